@@ -1,0 +1,1 @@
+"""stemstream.codec (see SPEC.md section 2)."""

@@ -1,0 +1,1 @@
+"""stemstream.eval (see SPEC.md section 2)."""

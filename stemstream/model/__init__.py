@@ -1,0 +1,1 @@
+"""stemstream.model (see SPEC.md section 2)."""

@@ -1,0 +1,1 @@
+"""stemstream.stream (see SPEC.md section 2)."""

@@ -1,0 +1,1 @@
+"""stemstream.train (see SPEC.md section 2)."""
