@@ -43,10 +43,13 @@ def main() -> None:
     ours = stats.wall_seconds / stats.rendered_seconds
     base = baseline_seconds_per_audio_second(config, args.baseline_tracks)
     print(f"\n{'':<34}{'s per audio s':>14}{'x real time':>13}")
-    print(f"{'stemstream synth (' + str(args.jobs) + ' jobs, full)':<34}{ours:>14.4f}{1 / ours:>13.1f}")
+    label = f"stemstream synth ({args.jobs} jobs, full)"
+    print(f"{label:<34}{ours:>14.4f}{1 / ours:>13.1f}")
     print(f"{'pretty_midi.fluidsynth (1 proc)':<34}{base:>14.4f}{1 / base:>13.1f}")
-    print(f"speed-up over baseline: {base / ours:.1f}x (ours includes composing, loudness, "
-          f"FLAC/MIDI writing; the baseline only synthesises)")
+    print(
+        f"speed-up over baseline: {base / ours:.1f}x (ours includes composing, loudness, "
+        f"FLAC/MIDI writing; the baseline only synthesises)"
+    )
 
 
 if __name__ == "__main__":

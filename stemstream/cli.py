@@ -41,21 +41,48 @@ def data() -> None:
 
 
 @data.command("synth")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
-              help="Corpus directory to create (Slakh2100 layout).")
-@click.option("--tracks", type=click.IntRange(min=1), default=20, show_default=True,
-              help="Number of tracks over all splits.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Corpus directory to create (Slakh2100 layout).",
+)
+@click.option(
+    "--tracks",
+    type=click.IntRange(min=1),
+    default=20,
+    show_default=True,
+    help="Number of tracks over all splits.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--sources", default="procedural,chorales", show_default=True,
-              help="Comma-separated MIDI sources: procedural, chorales.")
-@click.option("--soundfont", type=click.Path(path_type=Path), default=None,
-              help="General-MIDI .sf2 (default: FluidR3_GM from fluid-soundfont-gm, "
-                   "else pretty_midi's TimGM6mb).")
+@click.option(
+    "--sources",
+    default="procedural,chorales",
+    show_default=True,
+    help="Comma-separated MIDI sources: procedural, chorales.",
+)
+@click.option(
+    "--soundfont",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="General-MIDI .sf2 (default: FluidR3_GM from fluid-soundfont-gm, "
+    "else pretty_midi's TimGM6mb).",
+)
 @click.option("--sample-rate", type=click.IntRange(min=8000), default=16000, show_default=True)
-@click.option("--seconds", type=click.FloatRange(min=5.0), default=40.0, show_default=True,
-              help="Target length of procedural songs (chorales keep their own length).")
-@click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Parallel render processes (default: CPU count).")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=5.0),
+    default=40.0,
+    show_default=True,
+    help="Target length of procedural songs (chorales keep their own length).",
+)
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Parallel render processes (default: CPU count).",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def data_synth(out_dir, tracks, seed, sources, soundfont, sample_rate, seconds, jobs, progress):
     """Render a synthetic multitrack corpus with FluidSynth."""
@@ -84,10 +111,21 @@ def data_stats(corpus):
 
 @data.command("windows")
 @click.argument("corpus", type=click.Path(path_type=Path))
-@click.option("--seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
-              help="Window length.")
-@click.option("--tf", "future_seconds", type=float, default=0.0, show_default=True,
-              help="Future visibility in seconds (t_f > 0 needs extra real input audio).")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Window length.",
+)
+@click.option(
+    "--tf",
+    "future_seconds",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Future visibility in seconds (t_f > 0 needs extra real input audio).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--split", "splits", multiple=True, help="Only these splits (repeatable).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -101,8 +139,9 @@ def data_windows(corpus, seconds, future_seconds, seed, splits, progress):
 
 
 @cli.command("demo")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/demo"),
-              show_default=True)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True
+)
 @click.option("--tracks", type=click.IntRange(min=1), default=6, show_default=True)
 def demo(out_dir, tracks):
     """The README's main job. Until the streaming model ships: synthesise a small corpus,

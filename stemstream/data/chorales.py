@@ -111,7 +111,7 @@ def load_chorale(index: int, seed: int) -> Song:
     key = score.analyze("key")
     name = path.split("/")[-1]
     info = SongInfo(
-        source="chorale",
+        source="chorales",
         name=name,
         tempo_bpm=bpm,
         meter=meter,

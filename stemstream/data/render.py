@@ -113,12 +113,12 @@ class StemRenderer:
     def _write(self, synth, n: int) -> np.ndarray:
         left = np.zeros(n, dtype=np.float32)
         right = np.zeros(n, dtype=np.float32)
-        self._write_float(
-            synth.synth, n, left.ctypes.data, 0, 1, right.ctypes.data, 0, 1
-        )
+        self._write_float(synth.synth, n, left.ctypes.data, 0, 1, right.ctypes.data, 0, 1)
         return 0.5 * (left + right)
 
-    def render(self, instrument: pretty_midi.Instrument, num_samples: int | None = None) -> np.ndarray:
+    def render(
+        self, instrument: pretty_midi.Instrument, num_samples: int | None = None
+    ) -> np.ndarray:
         """Render ``instrument`` alone.
 
         Args:
@@ -135,8 +135,12 @@ class StemRenderer:
         synth, sfid = self._new_synth()
         try:
             channel = DRUM_CHANNEL if instrument.is_drum else 0
-            synth.program_select(channel, sfid, 128 if instrument.is_drum else 0,
-                                 0 if instrument.is_drum else instrument.program)
+            synth.program_select(
+                channel,
+                sfid,
+                128 if instrument.is_drum else 0,
+                0 if instrument.is_drum else instrument.program,
+            )
             out = np.zeros(num_samples, dtype=np.float32)
             pos = 0
             for event in events:

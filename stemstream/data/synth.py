@@ -60,7 +60,9 @@ class SynthConfig:
     def __post_init__(self):
         unknown = set(self.sources) - set(SOURCES)
         if unknown or not self.sources:
-            raise ConfigError(f"sources must be a non-empty subset of {SOURCES}, got {self.sources}")
+            raise ConfigError(
+                f"sources must be a non-empty subset of {SOURCES}, got {self.sources}"
+            )
         if self.num_tracks < 1:
             raise ConfigError(f"num_tracks must be >= 1, got {self.num_tracks}")
         if not 0.0 <= self.chorale_fraction <= 1.0:
@@ -170,10 +172,12 @@ def render_track(plan: TrackPlan, out_dir: Path, config: SynthConfig) -> TrackRe
     if (final / "metadata.yaml").is_file():
         meta = yaml.safe_load((final / "metadata.yaml").read_text())
         info = meta.get("stemstream", {})
-        classes = [class_from_program(s["program_num"] % 128, s["is_drum"])
-                   for s in meta["stems"].values()]
-        return TrackResult(plan.name, plan.split, plan.source, info.get("seconds", 0.0),
-                           classes, 0.0, skipped=True)
+        classes = [
+            class_from_program(s["program_num"] % 128, s["is_drum"]) for s in meta["stems"].values()
+        ]
+        return TrackResult(
+            plan.name, plan.split, plan.source, info.get("seconds", 0.0), classes, 0.0, skipped=True
+        )
     t0 = time.perf_counter()
     song = compose(plan, config)
     sr = config.sample_rate
@@ -207,8 +211,11 @@ def render_track(plan: TrackPlan, out_dir: Path, config: SynthConfig) -> TrackRe
     audio.save(tmp / "mix.flac", mix, sr)
     song.midi.write(str(tmp / "all_src.mid"))
     seconds = num_samples / sr
-    info = song.info.as_dict() | {"seconds": round(seconds, 4), "seed": plan.seed,
-                                  "sample_rate": sr}
+    info = song.info.as_dict() | {
+        "seconds": round(seconds, 4),
+        "seed": plan.seed,
+        "sample_rate": sr,
+    }
     metadata = {
         "UUID": f"stemstream-{plan.seed:010d}",
         "audio_dir": "stems",
@@ -223,8 +230,9 @@ def render_track(plan: TrackPlan, out_dir: Path, config: SynthConfig) -> TrackRe
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     classes = [class_from_program(i.program, i.is_drum) for i in song.midi.instruments]
-    return TrackResult(plan.name, plan.split, plan.source, seconds, classes,
-                       time.perf_counter() - t0)
+    return TrackResult(
+        plan.name, plan.split, plan.source, seconds, classes, time.perf_counter() - t0
+    )
 
 
 @dataclass
@@ -253,15 +261,24 @@ class CorpusStats:
 
     def format(self) -> str:
         lines = [f"{'split':<12}{'tracks':>8}{'stems':>8}{'hours':>9}"]
-        for split in sorted(self.tracks, key=lambda s: (s not in SPLITS, SPLITS.index(s)
-                                                        if s in SPLITS else 0, s)):
-            lines.append(f"{split:<12}{self.tracks[split]:>8}{self.stems[split]:>8}"
-                         f"{self.seconds[split] / 3600:>9.3f}")
-        lines.append(f"{'total':<12}{sum(self.tracks.values()):>8}{sum(self.stems.values()):>8}"
-                     f"{self.total_hours:>9.3f}")
+        for split in sorted(
+            self.tracks, key=lambda s: (s not in SPLITS, SPLITS.index(s) if s in SPLITS else 0, s)
+        ):
+            lines.append(
+                f"{split:<12}{self.tracks[split]:>8}{self.stems[split]:>8}"
+                f"{self.seconds[split] / 3600:>9.3f}"
+            )
+        lines.append(
+            f"{'total':<12}{sum(self.tracks.values()):>8}{sum(self.stems.values()):>8}"
+            f"{self.total_hours:>9.3f}"
+        )
         if self.sources:
-            lines.append("sources: " + ", ".join(f"{k} {v}" for k, v in sorted(self.sources.items())))
-        lines.append("stem classes: " + ", ".join(f"{k} {v}" for k, v in self.classes.most_common()))
+            lines.append(
+                "sources: " + ", ".join(f"{k} {v}" for k, v in sorted(self.sources.items()))
+            )
+        lines.append(
+            "stem classes: " + ", ".join(f"{k} {v}" for k, v in self.classes.most_common())
+        )
         if self.rendered_tracks and self.wall_seconds > 0:
             lines.append(
                 f"rendered {self.rendered_tracks} tracks in {self.wall_seconds:.1f} s: "
@@ -308,8 +325,9 @@ def synthesize_corpus(
         for plan in plans:
             collect(render_track(plan, out_dir, config))
     else:
-        with ProcessPoolExecutor(jobs, initializer=_worker_init,
-                                 initargs=(config.soundfont, config.sample_rate)) as pool:
+        with ProcessPoolExecutor(
+            jobs, initializer=_worker_init, initargs=(config.soundfont, config.sample_rate)
+        ) as pool:
             futures = [pool.submit(render_track, plan, out_dir, config) for plan in plans]
             for future in as_completed(futures):
                 collect(future.result())
@@ -327,8 +345,12 @@ def corpus_stats(corpus: str | Path) -> CorpusStats:
     for split in reader.splits:
         for track in reader.tracks(split):
             seconds = float(track.info.get("seconds", 0.0)) or _seconds_of(track)
-            stats.add(split, track.info.get("source", "slakh"), seconds,
-                      [s.inst_class for s in track.stems])
+            stats.add(
+                split,
+                track.info.get("source", "slakh"),
+                seconds,
+                [s.inst_class for s in track.stems],
+            )
     return stats
 
 

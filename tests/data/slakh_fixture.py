@@ -71,7 +71,7 @@ def write_track(
     (track / "stems").mkdir(parents=True, exist_ok=True)
     (track / "MIDI").mkdir(exist_ok=True)
     waves = []
-    for sid, (meta, wave) in stems.items():
+    for sid, (_meta, wave) in stems.items():
         if wave is not None:
             sf.write(str(track / "stems" / f"{sid}.flac"), wave, sr, subtype="PCM_24")
             (track / "MIDI" / f"{sid}.mid").write_bytes(b"MThd")

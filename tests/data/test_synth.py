@@ -114,8 +114,9 @@ def test_stem_onsets_line_up_with_midi(corpus):
             midi = pretty_midi.PrettyMIDI(str(track / "MIDI" / f"{sid}.mid"))
             starts = _distinct(np.array([n.start for n in midi.instruments[0].notes]))
             wave = _read(track / "stems" / f"{sid}.flac")
-            onsets = librosa.onset.onset_detect(y=wave, sr=SR, units="time", hop_length=160,
-                                                backtrack=False)
+            onsets = librosa.onset.onset_detect(
+                y=wave, sr=SR, units="time", hop_length=160, backtrack=False
+            )
             scores.append(_onset_f(starts, _distinct(onsets)))
     assert len(scores) >= 5
     assert np.median(scores) >= 0.7, scores
@@ -157,7 +158,8 @@ def test_renderer_silence_before_first_note_and_sound_after():
     inst = pretty_midi.Instrument(program=33)
     inst.notes.append(pretty_midi.Note(100, 40, 0.5, 1.0))
     wave = renderer.render(inst)
-    assert np.max(np.abs(wave[: int(0.49 * SR)])) < 1e-6  # FluidSynth adds ~1e-8 anti-denormal noise
+    # FluidSynth adds ~1e-8 of anti-denormal noise, hence not exactly zero.
+    assert np.max(np.abs(wave[: int(0.49 * SR)])) < 1e-6
     assert np.sqrt(np.mean(wave[int(0.5 * SR) : int(0.9 * SR)] ** 2)) > 1e-3
 
 
@@ -171,8 +173,22 @@ def test_bad_config_and_missing_soundfont(tmp_path):
 def test_cli_synth_and_stats(tmp_path):
     runner = CliRunner()
     out = tmp_path / "c"
-    result = runner.invoke(cli, ["data", "synth", "--out", str(out), "--tracks", "2",
-                                 "--sources", "chorales", "--jobs", "1", "--no-progress"])
+    result = runner.invoke(
+        cli,
+        [
+            "data",
+            "synth",
+            "--out",
+            str(out),
+            "--tracks",
+            "2",
+            "--sources",
+            "chorales",
+            "--jobs",
+            "1",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "total" in result.output and "tracks/min" in result.output
     bad = runner.invoke(cli, ["data", "synth", "--out", str(out), "--sources", "nope"])
