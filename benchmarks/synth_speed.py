@@ -22,7 +22,7 @@ def baseline_seconds_per_audio_second(config: SynthConfig, n: int) -> float:
     for plan in plan_tracks(config)[:n]:
         song = compose(plan, config)
         t0 = time.perf_counter()
-        song.midi.fluidsynth(fs=config.sample_rate, sf2_path=str(default_soundfont()))
+        song.midi.fluidsynth(fs=config.sample_rate, synthesizer=str(default_soundfont()))
         total_wall += time.perf_counter() - t0
         total_audio += song.duration
     return total_wall / total_audio

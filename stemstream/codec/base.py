@@ -249,7 +249,7 @@ class Codec(nn.Module, metaclass=ABCMeta):
         return codes.long()
 
 
-class _Stream(metaclass=ABCMeta):
+class _Stream:
     """Shared state handling of the streaming encoder and decoder."""
 
     def __init__(self, codec: Codec) -> None:
@@ -306,7 +306,7 @@ class _Stream(metaclass=ABCMeta):
         return batch
 
 
-class StreamingEncoder(_Stream):
+class StreamingEncoder(_Stream, metaclass=ABCMeta):
     """Audio blocks of any length in, codes out as soon as each frame is final.
 
     Concatenating the outputs of every :meth:`step` and the final :meth:`flush` along the
@@ -344,7 +344,7 @@ class StreamingEncoder(_Stream):
     def _flush(self, batch_size: int) -> torch.Tensor: ...
 
 
-class StreamingDecoder(_Stream):
+class StreamingDecoder(_Stream, metaclass=ABCMeta):
     """Codes in frame by frame, audio out as soon as it is final.
 
     Concatenating the outputs of every :meth:`step` and the final :meth:`flush` equals

@@ -70,9 +70,7 @@ class DACConfig:
 
     def __post_init__(self) -> None:
         if self.latent_dim is None:
-            object.__setattr__(
-                self, "latent_dim", self.encoder_dim * 2 ** len(self.encoder_rates)
-            )
+            object.__setattr__(self, "latent_dim", self.encoder_dim * 2 ** len(self.encoder_rates))
         for name in ("encoder_dim", "latent_dim", "decoder_dim", "n_codebooks", "sample_rate"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"DACConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -97,9 +95,7 @@ class DACConfig:
                 f"codebook_dim {self.codebook_dim} must be >= 1 and give one value per codebook"
             )
         if not 0.0 <= self.quantizer_dropout <= 1.0:
-            raise ConfigError(
-                f"quantizer_dropout must be in [0, 1], got {self.quantizer_dropout}"
-            )
+            raise ConfigError(f"quantizer_dropout must be in [0, 1], got {self.quantizer_dropout}")
 
     @property
     def hop_length(self) -> int:
@@ -143,7 +139,7 @@ class DACConfig:
 
 
 DAC_PRESETS: dict[str, DACConfig] = {
-    # Tests: a few thousand parameters, hop 10, odd and even strides.
+    # Tests: about 11k parameters, hop 10, odd and even strides.
     "tiny": DACConfig(
         encoder_dim=4, encoder_rates=(2, 5), latent_dim=16, decoder_dim=16,
         decoder_rates=(5, 2), n_codebooks=4, codebook_size=32, codebook_dim=4,

@@ -45,7 +45,9 @@ class MockCodecConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"MockCodecConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.codebook_size < 2:
-            raise ConfigError(f"MockCodecConfig.codebook_size must be >= 2, got {self.codebook_size}")
+            raise ConfigError(
+                f"MockCodecConfig.codebook_size must be >= 2, got {self.codebook_size}"
+            )
         if self.sample_rate < 200:
             raise ConfigError(f"MockCodecConfig.sample_rate must be >= 200, got {self.sample_rate}")
 
@@ -73,8 +75,8 @@ class MockCodec(Codec):
         dim, levels, size = config.latent_dim, config.num_codebooks, config.codebook_size
         scales = 0.5 ** torch.arange(levels, dtype=torch.float32)
         self.register_buffer(
-            "projection", torch.randn(dim, config.hop_length, generator=gen) * 4.0
-            / math.sqrt(config.hop_length)
+            "projection",
+            torch.randn(dim, config.hop_length, generator=gen) * 4.0 / math.sqrt(config.hop_length),
         )
         self.register_buffer(
             "codebooks",
@@ -147,7 +149,9 @@ class MockCodec(Codec):
             freq = self.frequencies[k][codes[:, k]]  # [B, T] integer Hz
             cycles = (freq[..., None] * (sample % rate)) % rate  # exact integer phase
             angle = cycles.to(wave.dtype) * (2 * math.pi / rate)
-            wave = wave + self.amplitudes[k] * torch.sin(angle + self.phases[k][codes[:, k]][..., None])
+            wave = wave + self.amplitudes[k] * torch.sin(
+                angle + self.phases[k][codes[:, k]][..., None]
+            )
         return wave.reshape(batch, 1, frames * hop)
 
     def streaming_encoder(self) -> MockStreamingEncoder:
@@ -183,7 +187,9 @@ class MockStreamingEncoder(StreamingEncoder):
         rest = self._state.get("buffer")
         if rest is None or rest.shape[-1] == 0:
             device = self.codec.projection.device
-            return torch.zeros(batch_size, self.codec.num_codebooks, 0, dtype=torch.long, device=device)
+            return torch.zeros(
+                batch_size, self.codec.num_codebooks, 0, dtype=torch.long, device=device
+            )
         rest = F.pad(rest, (0, self.codec.hop_length - rest.shape[-1]))
         return self.codec._encode(rest, self.codec.num_codebooks)
 

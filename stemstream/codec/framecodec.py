@@ -1,0 +1,347 @@
+"""A frame-rate causal codec with an inverse-STFT decoder (the shipped default's design).
+
+Why: on a 2-core CPU a waveform-domain DAC trains too slowly to learn pitch
+(CODEC-CALIBRATION.md, design 1). Here every layer runs at the 50 Hz frame rate:
+
+* **Encoder** — causal STFT (window of ``enc_n_fft`` samples *ending* at the end of frame ``t``,
+  hop = one frame): log-magnitude plus magnitude-weighted cos/sin of the instantaneous-frequency
+  deviation (phase advance between frames minus the bin-centre advance), a 1x1 conv, causal
+  ConvNeXt blocks (depthwise kernels padded on the left), a 1x1 conv to the latent.
+* **Quantiser** — :class:`~stemstream.codec.ema_rvq.EMAResidualVQ`.
+* **Decoder** — causal ConvNeXt blocks -> per frame ``dec_n_fft // 2 + 1`` log-magnitudes and
+  bounded phase deviations. The phase is *integrated*: bin-centre advance plus the deviation,
+  accumulated over frames in float64 and wrapped at every step (absolute phase snaps steady
+  tones to multiples of the frame rate; float32 accumulation drifts in long streams).
+  An inverse real FFT with a sqrt-Hann window is overlap-added with hop = one frame: output
+  samples of frame ``t`` are the first half of frame ``t``'s window plus the second half of
+  frame ``t-1``'s, so frame ``t``'s audio is final as soon as frame ``t`` is decoded.
+
+Output frame ``t`` depends on input samples ``< (t + 1) * hop`` only, so the codec's algorithmic
+latency is one frame (20 ms at 50 Hz) plus the streaming block size.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stemstream.codec.base import Codec, CodecError, StreamingDecoder, StreamingEncoder
+from stemstream.codec.ema_rvq import EMAResidualVQ, QuantizerOutput
+
+
+@dataclass(frozen=True)
+class FrameCodecConfig:
+    """Hyper-parameters; ``tiny`` for tests, ``cpu16k`` for the shipped default."""
+
+    sample_rate: int = 16000
+    hop_length: int = 320
+    enc_n_fft: int = 1280
+    dec_n_fft: int = 640
+    channels: int = 192
+    enc_blocks: int = 4
+    dec_blocks: int = 5
+    kernel_size: int = 7
+    latent_dim: int = 128
+    num_codebooks: int = 8
+    codebook_size: int = 1024
+    codebook_dim: int = 8
+    ema_decay: float = 0.99
+    quantizer_dropout: float = 0.5
+
+    def __post_init__(self):
+        if self.enc_n_fft < self.hop_length or self.enc_n_fft % self.hop_length:
+            raise CodecError("enc_n_fft must be a multiple of hop_length")
+        if self.dec_n_fft != 2 * self.hop_length:
+            raise CodecError("dec_n_fft must be 2 * hop_length (50% overlap-add)")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FrameCodecConfig:
+        """Inverse of :meth:`FrameCodec.config_dict`; unknown keys raise ConfigError."""
+        from stemstream.config import from_dict
+
+        return from_dict(cls, data)
+
+    @classmethod
+    def preset(cls, name: str) -> FrameCodecConfig:
+        presets = {
+            "tiny": cls(
+                channels=32,
+                enc_blocks=1,
+                dec_blocks=1,
+                latent_dim=16,
+                num_codebooks=4,
+                codebook_size=64,
+                codebook_dim=4,
+            ),
+            "cpu16k": cls(),
+        }
+        if name not in presets:
+            raise CodecError(f"unknown FrameCodec preset {name!r}; choose from {sorted(presets)}")
+        return presets[name]
+
+
+class CausalConvNeXt(nn.Module):
+    """Depthwise causal conv over frames -> LayerNorm -> MLP (x4) -> layer scale, residual."""
+
+    def __init__(self, channels: int, kernel_size: int):
+        super().__init__()
+        self.context = kernel_size - 1
+        self.dwconv = nn.Conv1d(channels, channels, kernel_size, groups=channels)
+        self.norm = nn.LayerNorm(channels)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, 4 * channels), nn.GELU(), nn.Linear(4 * channels, channels)
+        )
+        self.scale = nn.Parameter(torch.full((channels,), 0.1))
+
+    def forward(
+        self, x: torch.Tensor, history: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [B, C, T]`` with ``history [B, C, kernel-1]`` (zeros when None) ->
+        ``(y [B, C, T], new history)``."""
+        if history is None:
+            history = x.new_zeros(x.shape[0], x.shape[1], self.context)
+        padded = torch.cat([history, x], dim=-1)
+        h = self.dwconv(padded).transpose(1, 2)
+        h = self.mlp(self.norm(h)) * self.scale
+        return x + h.transpose(1, 2), padded[..., padded.shape[-1] - self.context :]
+
+
+def _wrap(phase: torch.Tensor) -> torch.Tensor:
+    return torch.remainder(phase + math.pi, 2 * math.pi) - math.pi
+
+
+class FrameCodec(Codec):
+    """See the module docstring. Build with ``FrameCodec(FrameCodecConfig.preset("tiny"))``."""
+
+    def __init__(self, config: FrameCodecConfig | None = None):
+        super().__init__()
+        self.config = config = config or FrameCodecConfig()
+        enc_bins = config.enc_n_fft // 2 + 1
+        dec_bins = config.dec_n_fft // 2 + 1
+        self.register_buffer("enc_window", torch.hann_window(config.enc_n_fft), persistent=False)
+        self.register_buffer(
+            "dec_window", torch.hann_window(config.dec_n_fft).sqrt(), persistent=False
+        )
+        advance = 2 * math.pi * torch.arange(enc_bins) * config.hop_length / config.enc_n_fft
+        self.register_buffer(
+            "enc_advance", torch.polar(torch.ones(enc_bins), -advance), persistent=False
+        )
+        dec_advance = 2 * math.pi * torch.arange(dec_bins) * config.hop_length / config.dec_n_fft
+        self.register_buffer("dec_advance", dec_advance.double(), persistent=False)
+
+        self.enc_in = nn.Conv1d(3 * enc_bins, config.channels, 1)
+        self.enc_blocks = nn.ModuleList(
+            [CausalConvNeXt(config.channels, config.kernel_size) for _ in range(config.enc_blocks)]
+        )
+        self.enc_norm = nn.LayerNorm(config.channels)
+        self.enc_out = nn.Conv1d(config.channels, config.latent_dim, 1)
+        self.quantizer = EMAResidualVQ(
+            config.latent_dim,
+            config.num_codebooks,
+            config.codebook_size,
+            config.codebook_dim,
+            config.ema_decay,
+            config.quantizer_dropout,
+        )
+        self.dec_in = nn.Conv1d(config.latent_dim, config.channels, 1)
+        self.dec_blocks = nn.ModuleList(
+            [CausalConvNeXt(config.channels, config.kernel_size) for _ in range(config.dec_blocks)]
+        )
+        self.dec_norm = nn.LayerNorm(config.channels)
+        self.dec_out = nn.Conv1d(config.channels, 2 * dec_bins, 1)
+        for conv in (self.enc_in, self.enc_out, self.dec_in, self.dec_out):
+            nn.init.zeros_(conv.bias)
+
+    # ------------------------------------------------------------------ protocol properties
+    sample_rate = property(lambda self: self.config.sample_rate)
+    hop_length = property(lambda self: self.config.hop_length)
+    num_codebooks = property(lambda self: self.config.num_codebooks)
+    codebook_size = property(lambda self: self.config.codebook_size)
+    latent_dim = property(lambda self: self.config.latent_dim)
+
+    def config_dict(self) -> dict[str, Any]:
+        return asdict(self.config)
+
+    # ------------------------------------------------------------------------- encoder
+    def _features(
+        self, frames: torch.Tensor, prev_spec: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``frames [B, T, n_fft]`` (windows ending at each frame end) -> features
+        ``[B, 3F, T]`` and the last complex spectrum ``[B, F]``."""
+        spec = torch.fft.rfft(frames * self.enc_window, dim=-1)  # [B, T, F]
+        if prev_spec is None:
+            prev_spec = torch.zeros_like(spec[:, 0])
+        previous = torch.cat([prev_spec[:, None], spec[:, :-1]], dim=1)
+        rotation = spec * previous.conj() * self.enc_advance
+        deviation = rotation / (rotation.abs() + 1e-7)
+        magnitude = spec.abs()
+        weight = torch.log1p(10 * magnitude)
+        feats = torch.cat(
+            [torch.log(magnitude + 1e-5), weight * deviation.real, weight * deviation.imag], dim=-1
+        )
+        return feats.transpose(1, 2), spec[:, -1]
+
+    def _encoder_trunk(
+        self, feats: torch.Tensor, histories: list | None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        h = self.enc_in(feats)
+        new = []
+        for i, block in enumerate(self.enc_blocks):
+            h, hist = block(h, None if histories is None else histories[i])
+            new.append(hist)
+        h = self.enc_norm(h.transpose(1, 2)).transpose(1, 2)
+        return self.enc_out(h), new
+
+    def latents(self, wave: torch.Tensor) -> torch.Tensor:
+        """Continuous encoder output ``[B, D, T]`` for ``[B, 1, T*hop]`` audio."""
+        cfg = self.config
+        padded = F.pad(wave[:, 0], (cfg.enc_n_fft - cfg.hop_length, 0))
+        frames = padded.unfold(-1, cfg.enc_n_fft, cfg.hop_length)
+        feats, _ = self._features(frames, None)
+        return self._encoder_trunk(feats, None)[0]
+
+    def _encode(self, wave: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+        return self.quantizer.encode(self.latents(wave), num_codebooks)
+
+    def _embed(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.embed(codes)
+
+    # ------------------------------------------------------------------------- decoder
+    def _decoder_trunk(
+        self, latent: torch.Tensor, histories: list | None
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        h = self.dec_in(latent)
+        new = []
+        for i, block in enumerate(self.dec_blocks):
+            h, hist = block(h, None if histories is None else histories[i])
+            new.append(hist)
+        h = self.dec_out(self.dec_norm(h.transpose(1, 2)).transpose(1, 2))
+        log_mag, dev = h.chunk(2, dim=1)  # [B, F, T] each
+        return log_mag.clamp(max=6.0), math.pi * torch.tanh(dev), new
+
+    def _synthesise(
+        self,
+        log_mag: torch.Tensor,
+        deviation: torch.Tensor,
+        phase0: torch.Tensor | None,
+        tail: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Integrate phase, inverse FFT, overlap-add. Returns ``(audio [B, T*hop], last
+        phase [B, F] float64, tail [B, hop])``."""
+        hop = self.config.hop_length
+        batch, _, frames = log_mag.shape
+        step = deviation.double() + self.dec_advance[None, :, None]
+        if phase0 is None:
+            phase0 = step.new_zeros(batch, step.shape[1])
+        # Sum in float64 then wrap: equal (to ~1e-12) to wrapping after every frame.
+        phase = _wrap(phase0[:, :, None] + torch.cumsum(step, dim=-1))
+        spec = torch.polar(torch.exp(log_mag), phase.to(log_mag.dtype))
+        chunks = torch.fft.irfft(spec.transpose(1, 2), n=self.config.dec_n_fft, dim=-1)
+        chunks = chunks * self.dec_window  # [B, T, 2*hop]
+        if tail is None:
+            tail = chunks.new_zeros(batch, hop)
+        previous_second = torch.cat([tail[:, None], chunks[:, :-1, hop:]], dim=1)
+        audio = (chunks[:, :, :hop] + previous_second).reshape(batch, frames * hop)
+        return audio, phase[:, :, -1], chunks[:, -1, hop:]
+
+    def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """Quantised latent ``[B, D, T]`` -> audio ``[B, 1, T*hop]``."""
+        log_mag, dev, _ = self._decoder_trunk(latent, None)
+        return self._synthesise(log_mag, dev, None, None)[0][:, None]
+
+    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.decode_latent(self.quantizer.embed(codes))
+
+    # ------------------------------------------------------------------------ training
+    def train_forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
+        """``[B, 1, N]`` (N a multiple of hop) -> reconstruction and quantiser output."""
+        q = self.quantizer(self.latents(wave))
+        return self.decode_latent(q.quantized), q
+
+    # ----------------------------------------------------------------------- streaming
+    def streaming_encoder(self) -> FrameStreamingEncoder:
+        return FrameStreamingEncoder(self)
+
+    def streaming_decoder(self) -> FrameStreamingDecoder:
+        return FrameStreamingDecoder(self)
+
+
+class FrameStreamingEncoder(StreamingEncoder):
+    """Buffers samples; emits a frame when its last sample arrives."""
+
+    codec: FrameCodec
+
+    def _known_key(self, key: str) -> bool:
+        return super()._known_key(key) or key in ("audio", "prev_spec") or key.startswith("hist")
+
+    def _step(self, block: torch.Tensor) -> torch.Tensor:
+        cfg = self.codec.config
+        batch = block.shape[0]
+        context = cfg.enc_n_fft - cfg.hop_length
+        audio = self._state.get("audio")
+        if audio is None:
+            audio = block.new_zeros(batch, context)
+        audio = torch.cat([audio, block[:, 0]], dim=-1)
+        frames = (audio.shape[-1] - context) // cfg.hop_length
+        if frames == 0:
+            self._state["audio"] = audio
+            return torch.zeros(batch, cfg.num_codebooks, 0, dtype=torch.long, device=block.device)
+        used = context + frames * cfg.hop_length
+        windows = audio[:, :used].unfold(-1, cfg.enc_n_fft, cfg.hop_length)
+        prev = self._state.get("prev_spec")
+        feats, last = self.codec._features(
+            windows, None if prev is None else torch.view_as_complex(prev)
+        )
+        histories = (
+            [self._state[f"hist{i}"] for i in range(len(self.codec.enc_blocks))]
+            if "hist0" in self._state
+            else None
+        )
+        latent, new = self.codec._encoder_trunk(feats, histories)
+        self._state.update({f"hist{i}": h for i, h in enumerate(new)})
+        self._state["prev_spec"] = torch.view_as_real(last).contiguous()
+        self._state["audio"] = audio[:, used - context :]
+        return self.codec.quantizer.encode(latent, cfg.num_codebooks)
+
+    def _flush(self, batch_size: int) -> torch.Tensor:
+        cfg = self.codec.config
+        audio = self._state.get("audio")
+        pending = 0 if audio is None else audio.shape[-1] - (cfg.enc_n_fft - cfg.hop_length)
+        if pending <= 0:
+            device = self.codec.enc_window.device
+            return torch.zeros(batch_size, cfg.num_codebooks, 0, dtype=torch.long, device=device)
+        return self._step(audio.new_zeros(batch_size, 1, cfg.hop_length - pending))
+
+
+class FrameStreamingDecoder(StreamingDecoder):
+    """Decodes frames as they come; each frame's audio is final at once."""
+
+    codec: FrameCodec
+
+    def _known_key(self, key: str) -> bool:
+        return super()._known_key(key) or key in ("phase", "tail") or key.startswith("hist")
+
+    def _step(self, codes: torch.Tensor) -> torch.Tensor:
+        if codes.shape[-1] == 0:
+            return self.codec.dec_window.new_zeros(codes.shape[0], 1, 0)
+        latent = self.codec.quantizer.embed(codes)
+        histories = (
+            [self._state[f"hist{i}"] for i in range(len(self.codec.dec_blocks))]
+            if "hist0" in self._state
+            else None
+        )
+        log_mag, dev, new = self.codec._decoder_trunk(latent, histories)
+        audio, phase, tail = self.codec._synthesise(
+            log_mag, dev, self._state.get("phase"), self._state.get("tail")
+        )
+        self._state.update({f"hist{i}": h for i, h in enumerate(new)})
+        self._state["phase"], self._state["tail"] = phase, tail
+        return audio[:, None]
+
+    def _flush(self, batch_size: int) -> torch.Tensor:
+        return self.codec.dec_window.new_zeros(batch_size, 1, 0)

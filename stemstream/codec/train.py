@@ -1,0 +1,429 @@
+"""`stemstream codec train`: one resumable training loop for every codec architecture.
+
+DAC's recipe: multi-scale mel L1 (x15) + multi-resolution STFT + optional waveform L1,
+commitment (and, for gradient-trained codebooks, codebook) losses, quantizer dropout, and an
+optional adversarial phase (multi-period + banded multi-resolution STFT discriminators with
+feature matching). Crops are stems, sub-mixes and mixtures (:mod:`stemstream.data.crops`).
+
+Every ``checkpoint_every`` steps the whole state (codec, discriminator, optimizers, step, numpy
+and torch RNG) goes to ``OUT/checkpoints/step_XXXXXXX.safetensors`` atomically; rerunning the
+same command resumes from the newest one and continues bit-identically. Per-codebook usage
+and perplexity are logged, and a collapse detector warns (or stops) when a codebook falls to a
+handful of entries.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import yaml
+
+from stemstream import checkpoint
+from stemstream.codec.base import Codec
+from stemstream.config import to_dict
+from stemstream.data.crops import CropConfig, CropSampler
+from stemstream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    mel: float = 15.0
+    stft: float = 2.0
+    waveform: float = 0.0
+    commitment: float = 0.25
+    codebook: float = 1.0
+    adversarial: float = 1.0
+    feature_matching: float = 2.0
+
+
+@dataclass(frozen=True)
+class GANConfig:
+    enabled: bool = False
+    start_step: int = 0
+    lr: float = 1e-4
+    channels: int = 16
+    periods: tuple[int, ...] = (2, 3, 5, 7, 11)
+    fft_sizes: tuple[int, ...] = (1024, 512, 256)
+
+
+@dataclass(frozen=True)
+class CodecTrainConfig:
+    """Everything a codec training run needs (``configs/codec/*.yaml``)."""
+
+    corpus: Path = Path("corpora/synth20h")
+    out_dir: Path = Path("runs/codec")
+    codec: dict[str, Any] = field(default_factory=lambda: {"arch": "frame", "preset": "tiny"})
+    crops: CropConfig = field(default_factory=CropConfig)
+    train_split: str = "train"
+    valid_split: str = "validation"
+    max_valid_tracks: int = 8
+    valid_batches: int = 4
+    batch_size: int = 16
+    steps: int = 1000
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 200
+    betas: tuple[float, ...] = (0.8, 0.99)
+    weight_decay: float = 0.01
+    grad_clip: float = 3.0
+    mel_windows: tuple[int, ...] = (32, 64, 128, 256, 512, 1024, 2048)
+    mel_bins: tuple[int, ...] = (5, 10, 20, 40, 80, 160, 320)
+    losses: LossWeights = field(default_factory=LossWeights)
+    gan: GANConfig = field(default_factory=GANConfig)
+    dead_code_every: int = 20
+    dead_code_threshold: float = 0.02
+    collapse_perplexity: float = 4.0
+    stop_on_collapse: bool = False
+    log_every: int = 25
+    valid_every: int = 250
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+
+    def __post_init__(self):
+        for name in ("batch_size", "steps", "log_every", "valid_every", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if len(self.mel_windows) != len(self.mel_bins):
+            raise ConfigError("mel_windows and mel_bins must have the same length")
+        if "arch" not in self.codec:
+            raise ConfigError("codec.arch is required (frame or dac)")
+
+
+class TrainForward(NamedTuple):
+    audio: torch.Tensor  # [B, 1, N]
+    codes: torch.Tensor  # [B, K, T]
+    losses: dict[str, torch.Tensor]
+
+
+def build_codec(spec: dict[str, Any]) -> Codec:
+    """``{"arch": "frame"|"dac", "preset": NAME, **field overrides}`` -> a fresh codec."""
+    from dataclasses import asdict
+
+    from stemstream.config import from_dict
+
+    spec = dict(spec)
+    arch = spec.pop("arch")
+    preset = spec.pop("preset", None)
+    if arch == "frame":
+        from stemstream.codec.framecodec import FrameCodec, FrameCodecConfig
+
+        base = FrameCodecConfig.preset(preset) if preset else FrameCodecConfig()
+        return FrameCodec(from_dict(FrameCodecConfig, asdict(base) | spec, "codec"))
+    if arch == "dac":
+        from stemstream.codec.dac import DAC, DACConfig
+
+        base = DACConfig.preset(preset) if preset else DACConfig()
+        return DAC(from_dict(DACConfig, asdict(base) | spec, "codec"))
+    raise ConfigError(f"unknown codec arch {arch!r}; choose frame or dac")
+
+
+def train_forward(codec: Codec, wave: torch.Tensor) -> TrainForward:
+    """Architecture-specific training pass with a common result."""
+    from stemstream.codec.framecodec import FrameCodec
+
+    if isinstance(codec, FrameCodec):
+        audio, q = codec.train_forward(wave)
+        return TrainForward(audio, q.codes, {"commitment": q.commitment_loss})
+    out = codec(wave)
+    return TrainForward(
+        out.audio, out.codes, {"commitment": out.commitment_loss, "codebook": out.codebook_loss}
+    )
+
+
+def codebook_stats(codes: torch.Tensor, codebook_size: int) -> tuple[list[float], list[float]]:
+    """Per level: fraction of entries used and perplexity, from long ``[B, K, T]`` codes."""
+    usage, perplexity = [], []
+    for level in codes.transpose(0, 1).reshape(codes.shape[1], -1):
+        counts = torch.bincount(level, minlength=codebook_size).double()
+        p = counts / counts.sum()
+        usage.append(float((counts > 0).double().mean()))
+        entropy = -(p[p > 0] * p[p > 0].log()).sum()
+        perplexity.append(float(entropy.exp()))
+    return usage, perplexity
+
+
+def _lr_factor(step: int, config: CodecTrainConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+
+
+class CodecTrainer:
+    """Holds the run's state; :meth:`run` trains to ``config.steps`` (resuming if possible)."""
+
+    def __init__(self, config: CodecTrainConfig):
+        from stemstream.codec.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
+
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        torch.manual_seed(config.seed)
+        self.rng = np.random.default_rng(config.seed)
+        self.codec = build_codec(config.codec).to(self.device)
+        sr = self.codec.sample_rate
+        self.mel = MultiScaleMelLoss(sr, config.mel_windows, config.mel_bins).to(self.device)
+        self.stft = MultiResolutionSTFTLoss().to(self.device)
+        self.optimizer = torch.optim.AdamW(
+            self.codec.parameters(),
+            lr=config.lr,
+            betas=tuple(config.betas),
+            weight_decay=config.weight_decay,
+        )
+        self.disc = self.disc_optimizer = None
+        if config.gan.enabled:
+            from stemstream.codec.discriminators import Discriminator
+
+            gan = config.gan
+            self.disc = Discriminator(gan.periods, gan.fft_sizes, gan.channels).to(self.device)
+            self.disc_optimizer = torch.optim.AdamW(
+                self.disc.parameters(), lr=gan.lr, betas=tuple(config.betas)
+            )
+        self.step = 0
+        self.out_dir = Path(config.out_dir)
+        self._train = self._valid = None
+        self._writer = None
+
+    # ----------------------------------------------------------------- data (lazy)
+    @property
+    def train_data(self) -> CropSampler:
+        if self._train is None:
+            self._train = CropSampler(
+                self.config.corpus,
+                self.config.train_split,
+                self.codec.sample_rate,
+                self.config.crops,
+            )
+            log.info("train crops from %.1f min of audio", self._train.seconds / 60)
+        return self._train
+
+    def valid_batches(self) -> list[torch.Tensor]:
+        """Fixed validation crops (same every time: seeded independently of training)."""
+        if self._valid is None:
+            from dataclasses import replace
+
+            crops = replace(self.config.crops, max_tracks=self.config.max_valid_tracks)
+            sampler = CropSampler(
+                self.config.corpus, self.config.valid_split, self.codec.sample_rate, crops
+            )
+            rng = np.random.default_rng(12345)
+            self._valid = [
+                sampler.batch(self.config.batch_size, rng) for _ in range(self.config.valid_batches)
+            ]
+        return self._valid
+
+    # ------------------------------------------------------------------- one step
+    def train_step(self, wave: torch.Tensor) -> dict[str, float]:
+        cfg, w = self.config, self.config.losses
+        self.codec.train()
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(self.step, cfg)
+        out = train_forward(self.codec, wave)
+        recon = out.audio
+        losses = {"mel": self.mel(recon, wave), "stft": self.stft(recon, wave)}
+        if w.waveform:
+            losses["waveform"] = torch.nn.functional.l1_loss(recon, wave)
+        losses.update(out.losses)
+        use_gan = self.disc is not None and self.step >= cfg.gan.start_step
+        if use_gan:
+            from stemstream.codec.losses import (
+                discriminator_adv_loss,
+                feature_matching_loss,
+                generator_adv_loss,
+            )
+
+            d_loss = discriminator_adv_loss(self.disc(wave), self.disc(recon.detach()))
+            self.disc_optimizer.zero_grad(set_to_none=True)
+            d_loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.disc.parameters(), 10.0)
+            self.disc_optimizer.step()
+            real, fake = self.disc(wave), self.disc(recon)
+            losses["adversarial"] = generator_adv_loss(fake)
+            losses["feature_matching"] = feature_matching_loss(real, fake)
+        total = sum(getattr(w, name) * value for name, value in losses.items())
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.codec.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if cfg.dead_code_every and (self.step + 1) % cfg.dead_code_every == 0:
+            self._restart_dead_codes(wave)
+        metrics = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
+        metrics["loss/total"] = float(total.detach())
+        metrics["grad_norm"] = float(grad_norm)
+        if use_gan:
+            metrics["loss/discriminator"] = float(d_loss)
+        self._last_codes = out.codes.detach()
+        return metrics
+
+    @torch.no_grad()
+    def _restart_dead_codes(self, wave: torch.Tensor) -> None:
+        quantizer = getattr(self.codec, "quantizer", None)
+        if hasattr(quantizer, "restart_dead"):
+            latent = self.codec.latents(wave)
+            restarted = quantizer.restart_dead(latent, self.config.dead_code_threshold)
+            if any(restarted):
+                log.debug("step %d: restarted dead codes %s", self.step, restarted)
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        from stemstream.codec.losses import si_sdr
+
+        self.codec.eval()
+        sums: dict[str, float] = {}
+        all_codes = []
+        batches = self.valid_batches()
+        for batch in batches:
+            wave = batch.to(self.device)
+            codes = self.codec.encode(wave)
+            all_codes.append(codes)
+            for k in sorted({min(4, self.codec.num_codebooks), self.codec.num_codebooks}):
+                recon = self.codec.decode(codes[:, :k])[..., : wave.shape[-1]]
+                sums[f"valid/mel_k{k}"] = sums.get(f"valid/mel_k{k}", 0.0) + float(
+                    self.mel(recon, wave)
+                ) / len(batches)
+                sums[f"valid/si_sdr_k{k}"] = sums.get(f"valid/si_sdr_k{k}", 0.0) + float(
+                    si_sdr(recon, wave).mean()
+                ) / len(batches)
+        usage, perplexity = codebook_stats(torch.cat(all_codes), self.codec.codebook_size)
+        for k, (u, p) in enumerate(zip(usage, perplexity, strict=True)):
+            sums[f"codebook/usage_{k}"] = u
+            sums[f"codebook/perplexity_{k}"] = p
+        collapsed = [k for k, p in enumerate(perplexity) if p < self.config.collapse_perplexity]
+        sums["codebook/collapsed"] = float(len(collapsed))
+        if collapsed:
+            log.warning(
+                "step %d: codebooks %s collapsed (perplexity < %.1f)",
+                self.step,
+                collapsed,
+                self.config.collapse_perplexity,
+            )
+        return sums
+
+    # ---------------------------------------------------------------- checkpoints
+    def checkpoint_paths(self) -> list[Path]:
+        return sorted((self.out_dir / "checkpoints").glob("step_*.safetensors"))
+
+    def save_checkpoint(self) -> Path:
+        tensors = {f"codec/{k}": v for k, v in self.codec.state_dict().items()}
+        opt_t, opt_m = checkpoint.flatten_optimizer(self.optimizer, "optim")
+        rng_t, rng_m = checkpoint.rng_state(self.rng)
+        tensors |= opt_t | rng_t
+        meta = {
+            "kind": "codec-train",
+            "step": self.step,
+            "config": to_dict(self.config),
+            "codec": self.codec.config_dict(),
+            "codec_class": type(self.codec).__name__,
+            "optim": opt_m,
+            "rng": rng_m,
+        }
+        if self.disc is not None:
+            tensors |= {f"disc/{k}": v for k, v in self.disc.state_dict().items()}
+            d_t, d_m = checkpoint.flatten_optimizer(self.disc_optimizer, "disc_optim")
+            tensors |= d_t
+            meta["disc_optim"] = d_m
+        path = self.out_dir / "checkpoints" / f"step_{self.step:07d}.safetensors"
+        checkpoint.save(path, tensors, meta)
+        for old in self.checkpoint_paths()[: -self.config.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        tensors, meta = checkpoint.load(path, map_location=self.device)
+        if meta.get("kind") != "codec-train":
+            raise checkpoint.CheckpointError(f"{path}: not a codec training checkpoint")
+        if meta["codec"] != self.codec.config_dict():
+            raise checkpoint.CheckpointError(
+                f"{path}: was trained with codec {meta['codec']}, config asks for "
+                f"{self.codec.config_dict()}"
+            )
+        self.codec.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("codec/")})
+        checkpoint.restore_optimizer(self.optimizer, tensors, meta["optim"], "optim")
+        if self.disc is not None and "disc_optim" in meta:
+            self.disc.load_state_dict(
+                {k[5:]: v for k, v in tensors.items() if k.startswith("disc/")}
+            )
+            checkpoint.restore_optimizer(
+                self.disc_optimizer, tensors, meta["disc_optim"], "disc_optim"
+            )
+        checkpoint.restore_rng(tensors, meta["rng"], self.rng)
+        self.step = int(meta["step"])
+
+    # ----------------------------------------------------------------------- loop
+    def _log(self, metrics: dict[str, float]) -> None:
+        record = {"step": self.step, "time": time.time()} | metrics
+        with open(self.out_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out_dir / "tb"))
+            except ImportError:
+                self._writer = False
+        if self._writer:
+            for key, value in metrics.items():
+                self._writer.add_scalar(key, value, self.step)
+
+    def run(self, progress: bool = True, stop_after: int | None = None) -> dict[str, float]:
+        """Train until ``config.steps`` (or ``stop_after`` more steps); resume if a checkpoint
+        exists. Returns the last validation metrics."""
+        from tqdm import tqdm
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config)))
+        existing = self.checkpoint_paths()
+        if existing:
+            self.load_checkpoint(existing[-1])
+            log.info("resumed from %s (step %d)", existing[-1], self.step)
+        end = (
+            self.config.steps
+            if stop_after is None
+            else min(self.config.steps, self.step + stop_after)
+        )
+        bar = tqdm(total=end, initial=self.step, desc="codec", unit="step", disable=not progress)
+        last_valid: dict[str, float] = {}
+        t0, seen = time.perf_counter(), 0
+        while self.step < end:
+            wave = self.train_data.batch(self.config.batch_size, self.rng).to(self.device)
+            metrics = self.train_step(wave)
+            self.step += 1
+            seen += wave.shape[0] * wave.shape[-1]
+            if self.step % self.config.log_every == 0:
+                elapsed = time.perf_counter() - t0
+                metrics["speed/x_realtime"] = seen / self.codec.sample_rate / max(elapsed, 1e-9)
+                usage, _ = codebook_stats(self._last_codes, self.codec.codebook_size)
+                metrics["codebook/train_usage_min"] = min(usage)
+                self._log(metrics)
+                bar.set_postfix(
+                    mel=f"{metrics['loss/mel']:.3f}", xrt=f"{metrics['speed/x_realtime']:.0f}"
+                )
+            if self.step % self.config.valid_every == 0 or self.step == end:
+                last_valid = self.validate()
+                self._log(last_valid)
+                if self.config.stop_on_collapse and last_valid["codebook/collapsed"]:
+                    self.save_checkpoint()
+                    raise RuntimeError(f"codebook collapse at step {self.step}")
+            if self.step % self.config.checkpoint_every == 0 or self.step == end:
+                self.save_checkpoint()
+            bar.update()
+        bar.close()
+        return last_valid
