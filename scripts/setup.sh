@@ -25,12 +25,19 @@ if [ ! -x .venv/bin/python ]; then
   .venv/bin/python -m pip install -q --upgrade pip
 fi
 
+pip_install() {  # quiet unless it fails
+  if ! .venv/bin/python -m pip install -q "$@" >.venv/pip.log 2>&1; then
+    grep -v "^WARNING: Location" .venv/pip.log; echo "[setup] pip install $* failed" >&2; exit 1
+  fi
+}
+
 stamp=.venv/.stemstream-installed
-want=$(cat pyproject.toml constraints.txt | sha256sum | cut -d' ' -f1)
+want=$(cat pyproject.toml constraints.txt requirements-compat.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[setup] installing torch==2.13.0 (CPU) and stemstream[dev,train]"
-  .venv/bin/python -m pip install -q torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
-  .venv/bin/python -m pip install -q -c constraints.txt -e '.[dev,train]' 2>&1 | grep -v "^WARNING: Location" || true
+  pip_install torch==2.13.0
+  pip_install -c constraints.txt -e '.[dev,train]'
+  pip_install --no-deps -r requirements-compat.txt
   .venv/bin/python -c "import torch, stemstream; assert torch.__version__.startswith('2.13.0'), torch.__version__"
   echo "$want" > "$stamp"
 fi

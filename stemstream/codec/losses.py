@@ -19,6 +19,38 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    linear = hz / (200.0 / 3)
+    log_part = 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0)
+    return np.where(hz >= 1000.0, log_part, linear)
+
+
+def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    linear = mel * (200.0 / 3)
+    log_part = 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0))
+    return np.where(mel >= 15.0, log_part, linear)
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
+                   fmax: float | None = None) -> np.ndarray:
+    """Slaney-normalised triangular mel filters ``[n_mels, n_fft // 2 + 1]`` (the same
+    numbers as ``librosa.filters.mel(norm="slaney", htk=False)``; computed here so training
+    needs no librosa)."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+    fft_hz = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    mel_hz = _mel_to_hz(np.linspace(_hz_to_mel(fmin), _hz_to_mel(fmax), n_mels + 2))
+    widths = np.diff(mel_hz)
+    ramps = mel_hz[:, None] - fft_hz[None, :]
+    lower = -ramps[:-2] / widths[:-1, None]
+    upper = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (mel_hz[2 : n_mels + 2] - mel_hz[:n_mels]))[:, None]
+    return weights.astype(np.float32)
+
+
 def _stft_mag(x: torch.Tensor, n_fft: int, hop: int, window: torch.Tensor) -> torch.Tensor:
     """``[B, 1, N] -> [B, F, T]`` magnitude (reflect-free, centre-padded like DAC)."""
     spec = torch.stft(x.squeeze(1), n_fft, hop, window=window, return_complex=True, center=True)
@@ -36,21 +68,11 @@ class MultiScaleMelLoss(nn.Module):
         fmin: float = 0.0,
     ):
         super().__init__()
-        import librosa
-
         if len(window_lengths) != len(n_mels):
             raise ValueError("window_lengths and n_mels must have the same length")
         self.window_lengths = tuple(window_lengths)
         for i, (win, mels) in enumerate(zip(window_lengths, n_mels, strict=True)):
-            fb = librosa.filters.mel(
-                sr=sample_rate,
-                n_fft=win,
-                n_mels=mels,
-                fmin=fmin,
-                fmax=sample_rate / 2,
-                norm="slaney",
-                htk=False,
-            )
+            fb = mel_filterbank(sample_rate, win, mels, fmin, sample_rate / 2)
             self.register_buffer(
                 f"fb{i}", torch.from_numpy(fb.astype(np.float32)), persistent=False
             )

@@ -383,9 +383,15 @@ class CodecTrainer:
             for key, value in metrics.items():
                 self._writer.add_scalar(key, value, self.step)
 
-    def run(self, progress: bool = True, stop_after: int | None = None) -> dict[str, float]:
-        """Train until ``config.steps`` (or ``stop_after`` more steps); resume if a checkpoint
-        exists. Returns the last validation metrics."""
+    def run(
+        self,
+        progress: bool = True,
+        stop_after: int | None = None,
+        time_limit_s: float | None = None,
+    ) -> dict[str, float]:
+        """Train until ``config.steps`` (or ``stop_after`` more steps, or ``time_limit_s``
+        seconds, whichever comes first, then checkpoint); resume if a checkpoint exists.
+        Returns the last validation metrics."""
         from tqdm import tqdm
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -403,6 +409,12 @@ class CodecTrainer:
         last_valid: dict[str, float] = {}
         t0, seen = time.perf_counter(), 0
         while self.step < end:
+            if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
+                log.info("time limit reached at step %d", self.step)
+                last_valid = self.validate()
+                self._log(last_valid)
+                self.save_checkpoint()
+                break
             wave = self.train_data.batch(self.config.batch_size, self.rng).to(self.device)
             metrics = self.train_step(wave)
             self.step += 1

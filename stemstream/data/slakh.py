@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 METADATA = "metadata.yaml"
 STANDARD_SPLITS = ("train", "validation", "test", "omitted")
-_AUDIO_SUFFIXES = (".flac", ".wav")
+_AUDIO_SUFFIXES = (".flac", ".wav", ".ogg")
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml is ~10x faster on Slakh
 
 

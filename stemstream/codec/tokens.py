@@ -1,0 +1,84 @@
+"""Codes on disk: `stemstream codec encode/decode`.
+
+A codes file is an ``.npz`` (no pickle) with ``codes`` (int16/int32 ``[K, T]``) and ``meta``
+(a JSON string: codec identity, sample rate, frame rate, source file). Decoding checks that the
+codec is the one that produced the codes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stemstream import audio
+from stemstream.codec.base import CodecError
+from stemstream.codec.registry import get_codec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    num_codebooks: int
+    frames: int
+    frame_rate: float
+
+    @property
+    def seconds(self) -> float:
+        return self.frames / self.frame_rate
+
+
+def encode_file(path: str | Path, out: str | Path, codec_spec: str = "default",
+                num_codebooks: int | None = None) -> EncodedFile:
+    """Encode any audio file (resampled and downmixed as needed) to a codes ``.npz``."""
+    codec = get_codec(codec_spec)
+    loaded = audio.load(path, sample_rate=codec.sample_rate, channels=1)
+    with torch.inference_mode():
+        codes = codec.encode(torch.from_numpy(loaded.samples)[None], num_codebooks=num_codebooks)
+    dtype = np.int16 if codec.codebook_size <= np.iinfo(np.int16).max else np.int32
+    meta = {"codec": codec.codec_identity(), "sample_rate": codec.sample_rate,
+            "frame_rate": codec.frame_rate, "source": str(path),
+            "num_samples": int(loaded.samples.shape[-1])}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, codes=codes[0].numpy().astype(dtype), meta=np.array(json.dumps(meta)))
+    return EncodedFile(codes.shape[1], codes.shape[2], codec.frame_rate)
+
+
+def read_codes(path: str | Path) -> tuple[np.ndarray, dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise CodecError(f"codes file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            codes, meta = data["codes"], json.loads(str(data["meta"]))
+    except (OSError, ValueError, KeyError) as err:
+        raise CodecError(f"{path}: not a codes file written by `stemstream codec encode` "
+                         f"({err})") from err
+    if codes.ndim != 2:
+        raise CodecError(f"{path}: codes must be [K, T], got shape {codes.shape}")
+    return codes, meta
+
+
+def decode_file(path: str | Path, out: str | Path, codec_spec: str = "default") -> float:
+    """Decode a codes ``.npz`` to audio; returns the duration in seconds."""
+    codes, meta = read_codes(path)
+    codec = get_codec(codec_spec)
+    identity = codec.codec_identity()
+    recorded = meta.get("codec", {})
+    if recorded.get("weights_hash") not in (None, identity["weights_hash"]):
+        raise CodecError(
+            f"{path} was encoded by codec {recorded.get('class')} with weights "
+            f"{recorded.get('weights_hash')}, not by {identity['class']} "
+            f"{identity['weights_hash']}; pass the same --codec"
+        )
+    with torch.inference_mode():
+        wave = codec.decode(torch.from_numpy(codes.astype(np.int64))[None])[0]
+    n = int(meta.get("num_samples", wave.shape[-1]))
+    audio.save(out, wave[:, :n].numpy(), codec.sample_rate)
+    return n / codec.sample_rate
