@@ -138,6 +138,78 @@ def data_windows(corpus, seconds, future_seconds, seed, splits, progress):
     click.echo(report.format())
 
 
+@data.command("dump")
+@click.argument("corpus", type=click.Path(path_type=Path))
+@click.option(
+    "--codec",
+    "codec_name",
+    required=True,
+    help="default (shipped), mock, a codec .safetensors, a training checkpoint or a DAC .pth.",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Dump directory."
+)
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0.1),
+    default=10.0,
+    show_default=True,
+    help="Output window length.",
+)
+@click.option(
+    "--tf",
+    "future_seconds",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Future visibility in seconds (t_f > 0 dumps that much extra real input audio).",
+)
+@click.option("--windows-per-track", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--split", "splits", multiple=True, help="Only these splits (repeatable).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--overwrite/--no-overwrite",
+    default=False,
+    show_default=True,
+    help="Redo existing splits; replace a dump made with another codec or config.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def data_dump(
+    corpus,
+    codec_name,
+    out_dir,
+    seconds,
+    future_seconds,
+    windows_per_track,
+    splits,
+    batch_size,
+    seed,
+    overwrite,
+    progress,
+):
+    """Encode A.1 windows of a corpus with a codec into a token dump (codes, provenance,
+    audio of validation/test windows)."""
+    from stemstream.codec.registry import get_codec
+    from stemstream.data.dump import dump_corpus
+    from stemstream.data.windows import WindowConfig
+
+    config = WindowConfig(window_seconds=seconds, future_seconds=future_seconds)
+    summary = dump_corpus(
+        corpus,
+        get_codec(codec_name),
+        out_dir,
+        config,
+        splits=splits or None,
+        windows_per_track=windows_per_track,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
+        overwrite=overwrite,
+    )
+    click.echo(summary.format())
+
+
 @cli.group(cls=_Group)
 def codec() -> None:
     """Train, run and evaluate audio codecs (the token layer under every model)."""

@@ -78,8 +78,9 @@ def code_dtype(codebook_size: int) -> np.dtype:
 @dataclass
 class SplitSummary:
     """One split of a dump: ``rows`` windows from ``tracks`` tracks; ``rejections`` counts
-    rejected tracks per reason; ``audio`` whether audio files were written; ``skipped`` when
-    this run found the split already dumped (then the seconds are the original run's)."""
+    rejected window draws (``windows_per_track`` per track) per reason; ``audio`` whether audio
+    files were written; ``skipped`` when this run found the split already dumped (then the
+    seconds are the original run's)."""
 
     tracks: int
     rows: int
@@ -267,7 +268,9 @@ def _encode(
     with torch.no_grad():
         codes = codec.encode(wave.to(device), codec.sample_rate)
     if tuple(codes.shape[1:]) != tuple(shape):
-        raise DumpError(f"codec returned codes {tuple(codes.shape)}, expected (B, *{shape})")
+        raise DumpError(
+            f"codec returned codes {tuple(codes.shape)}, expected (B, {shape[0]}, {shape[1]})"
+        )
     return codes.cpu().numpy().astype(dtype)  # .cpu() also synchronises for the timing
 
 
