@@ -58,15 +58,17 @@ class EMACodebook(nn.Module):
         return self.out_proj(vectors)
 
     @torch.no_grad()
+    def init_from(self, flat: torch.Tensor) -> None:
+        """Data initialisation: entries drawn from the first training batch's vectors."""
+        picks = flat[torch.randint(len(flat), (self.codebook.shape[0],), device=flat.device)]
+        self.codebook.copy_(picks)
+        self.ema_sum.copy_(picks)
+        self.ema_count.fill_(1.0)
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
     def ema_update(self, flat: torch.Tensor, codes: torch.Tensor) -> None:
         size = self.codebook.shape[0]
-        if not bool(self.initialised):
-            picks = flat[torch.randint(len(flat), (size,), device=flat.device)]
-            self.codebook.copy_(picks)
-            self.ema_sum.copy_(picks)
-            self.ema_count.fill_(1.0)
-            self.initialised.fill_(True)
-            return
         onehot = F.one_hot(codes, size).type_as(flat)
         self.ema_count.mul_(self.decay).add_(onehot.sum(0), alpha=1 - self.decay)
         self.ema_sum.mul_(self.decay).add_(onehot.t() @ flat, alpha=1 - self.decay)
@@ -128,6 +130,8 @@ class EMAResidualVQ(nn.Module):
         codes, commitment = [], latent.new_zeros(())
         for k, level in enumerate(self.levels[:k_max]):
             flat = level.project(residual)
+            if self.training and not bool(level.initialised):
+                level.init_from(flat.detach())
             idx = level.nearest(flat.detach())
             if self.training:
                 level.ema_update(flat.detach(), idx)

@@ -113,6 +113,39 @@ class MultiResolutionSTFTLoss(nn.Module):
         return total / len(self.fft_sizes)
 
 
+class InstantaneousFrequencyLoss(nn.Module):
+    """Magnitude-weighted instantaneous-frequency loss: compares the phase *advance* between
+    consecutive STFT frames (``angle(X_t conj(X_{t-1}))``) of output and target.
+
+    Unlike a complex-STFT loss it ignores absolute phase, which a streaming decoder that
+    integrates phase from the start of a crop cannot know; it directly penalises partials at
+    the wrong frequency (what smears pitch). Per bin ``|u_fake - u_real|^2 = 2 - 2 cos(dphi)``,
+    weighted by the target's magnitude; mean over resolutions, in ``[0, 4]``.
+    """
+
+    def __init__(self, fft_sizes: Sequence[int] = (640, 1280, 2048)):
+        super().__init__()
+        self.fft_sizes = tuple(fft_sizes)
+        for n in self.fft_sizes:
+            self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        total = fake.new_zeros(())
+        for n in self.fft_sizes:
+            window = getattr(self, f"win{n}")
+            f = torch.stft(fake.squeeze(1).float(), n, n // 4, window=window,
+                           return_complex=True)
+            r = torch.stft(real.squeeze(1).float(), n, n // 4, window=window,
+                           return_complex=True)
+            uf = f[..., 1:] * f[..., :-1].conj()
+            ur = r[..., 1:] * r[..., :-1].conj()
+            uf = uf / (uf.abs() + 1e-7)
+            ur = ur / (ur.abs() + 1e-7)
+            weight = (r[..., 1:].abs() * r[..., :-1].abs()).sqrt()
+            total = total + (weight * (uf - ur).abs().pow(2)).sum() / weight.sum().clamp_min(1e-7)
+        return total / len(self.fft_sizes)
+
+
 def discriminator_adv_loss(
     real_outs: list[list[torch.Tensor]], fake_outs: list[list[torch.Tensor]]
 ) -> torch.Tensor:

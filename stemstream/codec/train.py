@@ -40,6 +40,7 @@ class LossWeights:
     mel: float = 15.0
     stft: float = 2.0
     waveform: float = 0.0
+    phase: float = 0.0  # InstantaneousFrequencyLoss
     commitment: float = 0.25
     codebook: float = 1.0
     adversarial: float = 1.0
@@ -62,6 +63,7 @@ class CodecTrainConfig:
 
     corpus: Path = Path("corpora/synth20h")
     out_dir: Path = Path("runs/codec")
+    init_from: Path | None = None  # start from these codec weights (fine-tuning)
     codec: dict[str, Any] = field(default_factory=lambda: {"arch": "frame", "preset": "tiny"})
     crops: CropConfig = field(default_factory=CropConfig)
     train_split: str = "train"
@@ -167,7 +169,11 @@ class CodecTrainer:
     """Holds the run's state; :meth:`run` trains to ``config.steps`` (resuming if possible)."""
 
     def __init__(self, config: CodecTrainConfig):
-        from stemstream.codec.losses import MultiResolutionSTFTLoss, MultiScaleMelLoss
+        from stemstream.codec.losses import (
+            InstantaneousFrequencyLoss,
+            MultiResolutionSTFTLoss,
+            MultiScaleMelLoss,
+        )
 
         self.config = config
         if config.threads:
@@ -182,6 +188,7 @@ class CodecTrainer:
         sr = self.codec.sample_rate
         self.mel = MultiScaleMelLoss(sr, config.mel_windows, config.mel_bins).to(self.device)
         self.stft = MultiResolutionSTFTLoss().to(self.device)
+        self.phase_loss = InstantaneousFrequencyLoss().to(self.device)
         self.optimizer = torch.optim.AdamW(
             self.codec.parameters(),
             lr=config.lr,
@@ -241,6 +248,8 @@ class CodecTrainer:
         losses = {"mel": self.mel(recon, wave), "stft": self.stft(recon, wave)}
         if w.waveform:
             losses["waveform"] = torch.nn.functional.l1_loss(recon, wave)
+        if w.phase:
+            losses["phase"] = self.phase_loss(recon, wave)
         losses.update(out.losses)
         use_gan = self.disc is not None and self.step >= cfg.gan.start_step
         if use_gan:
@@ -269,7 +278,7 @@ class CodecTrainer:
         metrics["loss/total"] = float(total.detach())
         metrics["grad_norm"] = float(grad_norm)
         if use_gan:
-            metrics["loss/discriminator"] = float(d_loss)
+            metrics["loss/discriminator"] = float(d_loss.detach())
         self._last_codes = out.codes.detach()
         return metrics
 
@@ -395,11 +404,16 @@ class CodecTrainer:
         from tqdm import tqdm
 
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config)))
         existing = self.checkpoint_paths()
         if existing:
             self.load_checkpoint(existing[-1])
             log.info("resumed from %s (step %d)", existing[-1], self.step)
+        elif self.config.init_from is not None:
+            from stemstream.codec.registry import get_codec
+
+            self.codec.load_state_dict(get_codec(self.config.init_from).state_dict())
+            log.info("initialised codec weights from %s", self.config.init_from)
+        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config)))
         end = (
             self.config.steps
             if stop_after is None
