@@ -23,13 +23,18 @@ def main() -> None:
     parser.add_argument("dst", type=Path)
     parser.add_argument("--train", type=int, default=38)
     parser.add_argument("--validation", type=int, default=6)
-    parser.add_argument("--quality", type=float, default=0.4,
-                        help="libsndfile Vorbis compression level (0 best .. 1 smallest)")
+    parser.add_argument(
+        "--quality",
+        type=float,
+        default=0.4,
+        help="libsndfile Vorbis compression level (0 best .. 1 smallest)",
+    )
     args = parser.parse_args()
     shutil.rmtree(args.dst, ignore_errors=True)
     for split, count in (("train", args.train), ("validation", args.validation)):
-        tracks = sorted(p for p in (args.src / split).iterdir()
-                        if p.is_dir() and not p.name.startswith("."))
+        tracks = sorted(
+            p for p in (args.src / split).iterdir() if p.is_dir() and not p.name.startswith(".")
+        )
         for index in np.linspace(0, len(tracks) - 1, count).astype(int):
             track = tracks[index]
             out = args.dst / split / track.name
@@ -37,8 +42,14 @@ def main() -> None:
             shutil.copy(track / "metadata.yaml", out / "metadata.yaml")
             for stem in sorted((track / "stems").glob("*.flac")):
                 data, sr = sf.read(str(stem), dtype="float32")
-                sf.write(str(out / "stems" / f"{stem.stem}.ogg"), data, sr, format="OGG",
-                         subtype="VORBIS", compression_level=args.quality)
+                sf.write(
+                    str(out / "stems" / f"{stem.stem}.ogg"),
+                    data,
+                    sr,
+                    format="OGG",
+                    subtype="VORBIS",
+                    compression_level=args.quality,
+                )
     print(f"packed {args.train} + {args.validation} tracks into {args.dst}")
 
 

@@ -22,7 +22,7 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv"
   "$PY" -m venv .venv
-  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 fi
 
 pip_install() {  # quiet unless it fails

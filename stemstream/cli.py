@@ -219,13 +219,27 @@ _CODEC_HELP = "default (shipped), mock, a codec .safetensors, a training checkpo
 
 
 @codec.command("train", context_settings={"ignore_unknown_options": False})
-@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True,
-              help="YAML, e.g. configs/codec/cpu16k.yaml.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="YAML, e.g. configs/codec/cpu16k.yaml.",
+)
 @click.argument("overrides", nargs=-1)
-@click.option("--stop-after", type=click.IntRange(min=1), default=None,
-              help="Train at most this many steps in this invocation (rerun to resume).")
-@click.option("--time-limit", "time_limit", type=click.FloatRange(min=0.1), default=None,
-              help="Stop (and checkpoint) after this many minutes.")
+@click.option(
+    "--stop-after",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train at most this many steps in this invocation (rerun to resume).",
+)
+@click.option(
+    "--time-limit",
+    "time_limit",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Stop (and checkpoint) after this many minutes.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def codec_train(config_path, overrides, stop_after, time_limit, progress):
     """Train a codec; rerunning the same command resumes from the newest checkpoint.
@@ -237,8 +251,7 @@ def codec_train(config_path, overrides, stop_after, time_limit, progress):
 
     config = load_config(CodecTrainConfig, config_path, list(overrides))
     limit = None if time_limit is None else 60 * time_limit
-    metrics = CodecTrainer(config).run(progress=progress, stop_after=stop_after,
-                                       time_limit_s=limit)
+    metrics = CodecTrainer(config).run(progress=progress, stop_after=stop_after, time_limit_s=limit)
     for key, value in sorted(metrics.items()):
         click.echo(f"{key:<28}{value:.4f}")
 
@@ -255,8 +268,13 @@ def codec_export(checkpoint_path, out):
 
 @codec.command("encode")
 @click.argument("audio_path", type=click.Path(path_type=Path))
-@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
-              help="Output .npz with codes [K, T] and the codec identity.")
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output .npz with codes [K, T] and the codec identity.",
+)
 @click.option("--codec", "codec_spec", default="default", show_default=True, help=_CODEC_HELP)
 @click.option("--num-codebooks", type=click.IntRange(min=1), default=None)
 def codec_encode(audio_path, out, codec_spec, num_codebooks):
@@ -264,8 +282,10 @@ def codec_encode(audio_path, out, codec_spec, num_codebooks):
     from stemstream.codec.tokens import encode_file
 
     result = encode_file(audio_path, out, codec_spec, num_codebooks)
-    click.echo(f"wrote {out}: {result.num_codebooks} codebooks x {result.frames} frames "
-               f"({result.seconds:.2f} s at {result.frame_rate:g} Hz)")
+    click.echo(
+        f"wrote {out}: {result.num_codebooks} codebooks x {result.frames} frames "
+        f"({result.seconds:.2f} s at {result.frame_rate:g} Hz)"
+    )
 
 
 @codec.command("decode")
@@ -282,19 +302,28 @@ def codec_decode(codes_path, out, codec_spec):
 
 @codec.command("eval")
 @click.option("--codec", "codec_spec", default="default", show_default=True, help=_CODEC_HELP)
-@click.option("--corpus", type=click.Path(path_type=Path), default=Path("corpora/synth20h"),
-              show_default=True)
+@click.option(
+    "--corpus", type=click.Path(path_type=Path), default=Path("corpora/synth20h"), show_default=True
+)
 @click.option("--split", default="test", show_default=True)
 @click.option("--tracks", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--seconds", type=click.FloatRange(min=1.0), default=8.0, show_default=True)
-@click.option("--codebooks", default="4,8", show_default=True,
-              help="Comma-separated codebook counts to evaluate.")
+@click.option(
+    "--codebooks",
+    default="4,8",
+    show_default=True,
+    help="Comma-separated codebook counts to evaluate.",
+)
 @click.option("--baselines/--no-baselines", default=True, show_default=True)
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/codec-eval"),
-              show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("out/codec-eval"),
+    show_default=True,
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def codec_eval(codec_spec, corpus, split, tracks, seconds, codebooks, baselines, out_dir,
-               progress):
+def codec_eval(codec_spec, corpus, split, tracks, seconds, codebooks, baselines, out_dir, progress):
     """Pitch/rhythm/timbre metrics of a codec vs baselines; writes JSON, markdown and a PNG."""
     from stemstream.codec import evaluate
     from stemstream.codec.registry import get_codec

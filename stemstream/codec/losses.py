@@ -34,8 +34,9 @@ def _mel_to_hz(mel: np.ndarray) -> np.ndarray:
     return np.where(mel >= 15.0, log_part, linear)
 
 
-def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
-                   fmax: float | None = None) -> np.ndarray:
+def mel_filterbank(
+    sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0, fmax: float | None = None
+) -> np.ndarray:
     """Slaney-normalised triangular mel filters ``[n_mels, n_fft // 2 + 1]`` (the same
     numbers as ``librosa.filters.mel(norm="slaney", htk=False)``; computed here so training
     needs no librosa)."""
@@ -92,28 +93,42 @@ class MultiScaleMelLoss(nn.Module):
         )
 
 
-class MultiResolutionSTFTLoss(nn.Module):
-    """Spectral convergence + log-magnitude L1 at several resolutions (mean over scales)."""
+class _MultiResolution(nn.Module):
+    """Hann windows for several FFT sizes; :meth:`spectra` yields complex STFT pairs."""
 
-    def __init__(self, fft_sizes: Sequence[int] = (2048, 1024, 512, 256, 128)):
+    def __init__(self, fft_sizes: Sequence[int]):
         super().__init__()
         self.fft_sizes = tuple(fft_sizes)
         for n in self.fft_sizes:
             self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
 
-    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-        total = fake.new_zeros(())
+    def spectra(self, fake: torch.Tensor, real: torch.Tensor):
+        """Yield ``(F_fake, F_real)`` complex ``[B, F, T]`` per resolution (hop = n / 4)."""
         for n in self.fft_sizes:
             window = getattr(self, f"win{n}")
-            f = _stft_mag(fake.float(), n, n // 4, window)
-            r = _stft_mag(real.float(), n, n // 4, window)
+            yield tuple(
+                torch.stft(x.squeeze(1).float(), n, n // 4, window=window, return_complex=True)
+                for x in (fake, real)
+            )
+
+
+class MultiResolutionSTFTLoss(_MultiResolution):
+    """Spectral convergence + log-magnitude L1 at several resolutions (mean over scales)."""
+
+    def __init__(self, fft_sizes: Sequence[int] = (2048, 1024, 512, 256, 128)):
+        super().__init__(fft_sizes)
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        total = fake.new_zeros(())
+        for f_spec, r_spec in self.spectra(fake, real):
+            f, r = f_spec.abs(), r_spec.abs()
             sc = torch.linalg.norm(r - f) / torch.linalg.norm(r).clamp_min(1e-7)
             mag = F.l1_loss(torch.log(f.clamp_min(1e-5)), torch.log(r.clamp_min(1e-5)))
             total = total + sc + mag
         return total / len(self.fft_sizes)
 
 
-class InstantaneousFrequencyLoss(nn.Module):
+class InstantaneousFrequencyLoss(_MultiResolution):
     """Magnitude-weighted instantaneous-frequency loss: compares the phase *advance* between
     consecutive STFT frames (``angle(X_t conj(X_{t-1}))``) of output and target.
 
@@ -124,19 +139,11 @@ class InstantaneousFrequencyLoss(nn.Module):
     """
 
     def __init__(self, fft_sizes: Sequence[int] = (640, 1280, 2048)):
-        super().__init__()
-        self.fft_sizes = tuple(fft_sizes)
-        for n in self.fft_sizes:
-            self.register_buffer(f"win{n}", torch.hann_window(n), persistent=False)
+        super().__init__(fft_sizes)
 
     def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
         total = fake.new_zeros(())
-        for n in self.fft_sizes:
-            window = getattr(self, f"win{n}")
-            f = torch.stft(fake.squeeze(1).float(), n, n // 4, window=window,
-                           return_complex=True)
-            r = torch.stft(real.squeeze(1).float(), n, n // 4, window=window,
-                           return_complex=True)
+        for f, r in self.spectra(fake, real):
             uf = f[..., 1:] * f[..., :-1].conj()
             ur = r[..., 1:] * r[..., :-1].conj()
             uf = uf / (uf.abs() + 1e-7)

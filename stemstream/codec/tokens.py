@@ -33,17 +33,22 @@ class EncodedFile:
         return self.frames / self.frame_rate
 
 
-def encode_file(path: str | Path, out: str | Path, codec_spec: str = "default",
-                num_codebooks: int | None = None) -> EncodedFile:
+def encode_file(
+    path: str | Path, out: str | Path, codec_spec: str = "default", num_codebooks: int | None = None
+) -> EncodedFile:
     """Encode any audio file (resampled and downmixed as needed) to a codes ``.npz``."""
     codec = get_codec(codec_spec)
     loaded = audio.load(path, sample_rate=codec.sample_rate, channels=1)
     with torch.inference_mode():
         codes = codec.encode(torch.from_numpy(loaded.samples)[None], num_codebooks=num_codebooks)
     dtype = np.int16 if codec.codebook_size <= np.iinfo(np.int16).max else np.int32
-    meta = {"codec": codec.codec_identity(), "sample_rate": codec.sample_rate,
-            "frame_rate": codec.frame_rate, "source": str(path),
-            "num_samples": int(loaded.samples.shape[-1])}
+    meta = {
+        "codec": codec.codec_identity(),
+        "sample_rate": codec.sample_rate,
+        "frame_rate": codec.frame_rate,
+        "source": str(path),
+        "num_samples": int(loaded.samples.shape[-1]),
+    }
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, codes=codes[0].numpy().astype(dtype), meta=np.array(json.dumps(meta)))
@@ -58,8 +63,9 @@ def read_codes(path: str | Path) -> tuple[np.ndarray, dict]:
         with np.load(path, allow_pickle=False) as data:
             codes, meta = data["codes"], json.loads(str(data["meta"]))
     except (OSError, ValueError, KeyError) as err:
-        raise CodecError(f"{path}: not a codes file written by `stemstream codec encode` "
-                         f"({err})") from err
+        raise CodecError(
+            f"{path}: not a codes file written by `stemstream codec encode` ({err})"
+        ) from err
     if codes.ndim != 2:
         raise CodecError(f"{path}: codes must be [K, T], got shape {codes.shape}")
     return codes, meta

@@ -14,7 +14,9 @@ from stemstream.codec.losses import (
 )
 
 
-@pytest.mark.parametrize("sr, n_fft, n_mels", [(16000, 32, 5), (16000, 2048, 320), (44100, 512, 40)])
+@pytest.mark.parametrize(
+    "sr, n_fft, n_mels", [(16000, 32, 5), (16000, 2048, 320), (44100, 512, 40)]
+)
 def test_mel_filterbank_matches_librosa(sr, n_fft, n_mels):
     ours = mel_filterbank(sr, n_fft, n_mels)
     ref = librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, norm="slaney", htk=False)
@@ -38,6 +40,7 @@ def test_si_sdr_is_scale_invariant_and_drops_with_noise():
     assert 15 < float(si_sdr(noisy, x)[0]) < 25
 
 
+@torch.no_grad()
 def test_discriminator_losses():
     torch.manual_seed(0)
     disc = Discriminator(periods=(2, 3), fft_sizes=(256,), channels=4)
@@ -47,3 +50,20 @@ def test_discriminator_losses():
     assert float(feature_matching_loss(real, disc(x))) == 0.0
     assert float(feature_matching_loss(real, disc(x.flip(-1)))) > 0
     assert float(discriminator_adv_loss(real, disc(x))) > 0
+
+
+def test_instantaneous_frequency_loss_ignores_phase_offsets_not_frequency_errors():
+    from stemstream.codec.losses import InstantaneousFrequencyLoss
+
+    t = torch.arange(16000) / 16000
+
+    def tone(freq, phase=0.0):
+        return (0.3 * torch.sin(2 * torch.pi * freq * t + phase))[None, None]
+
+    loss = InstantaneousFrequencyLoss()
+    ref = tone(440.0)
+    assert float(loss(ref, ref)) == 0.0
+    shifted = float(loss(tone(440.0, 2.0), ref))
+    detuned = float(loss(tone(445.0), ref))
+    noise = float(loss(0.1 * torch.randn_like(ref), ref))
+    assert shifted < 0.1 < detuned < noise
