@@ -54,8 +54,23 @@ class EMACodebook(nn.Module):
 
     def lookup(self, codes: torch.Tensor) -> torch.Tensor:
         """long ``[B, T] -> [B, D, T]``: the level's contribution to the latent."""
-        vectors = F.embedding(codes, self.codebook).transpose(1, 2)
-        return self.out_proj(vectors)
+        if torch.is_grad_enabled() and self.out_proj.weight.requires_grad:
+            vectors = F.embedding(codes, self.codebook).transpose(1, 2)
+            return self.out_proj(vectors)
+        # Inference: index a table of projected entries instead of projecting per call.
+        return F.embedding(codes, self._table()).transpose(1, 2)
+
+    def _table(self) -> torch.Tensor:
+        """``[codebook_size, D]`` = ``out_proj(codebook)``, rebuilt when any input changed
+        (``_version`` counts in-place updates: optimizer steps, EMA, load_state_dict)."""
+        key = (self.codebook._version, self.out_proj.weight._version,
+               self.out_proj.bias._version, self.codebook.data_ptr(),
+               self.out_proj.weight.data_ptr(), self.codebook.device, self.codebook.dtype)
+        if getattr(self, "_table_key", None) != key:
+            with torch.no_grad():
+                table = self.out_proj(self.codebook.t()[None])[0].t().contiguous()
+            self._table_cache, self._table_key = table, key
+        return self._table_cache
 
     @torch.no_grad()
     def init_from(self, flat: torch.Tensor) -> None:
