@@ -59,6 +59,10 @@ def read_codes(path: str | Path) -> tuple[np.ndarray, dict]:
     path = Path(path)
     if not path.is_file():
         raise CodecError(f"codes file not found: {path}")
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise CodecError(f"{path}: not a codes .npz written by `stemstream codec encode`")
     try:
         with np.load(path, allow_pickle=False) as data:
             codes, meta = data["codes"], json.loads(str(data["meta"]))
