@@ -182,9 +182,7 @@ def cosine_schedule(step: int, num_steps: int) -> float:
     return cosine_mask_ratio((step + 1) / num_steps)
 
 
-def num_to_mask(
-    num_tokens: int, step: int, num_steps: int, num_masked: int | None = None
-) -> int:
+def num_to_mask(num_tokens: int, step: int, num_steps: int, num_masked: int | None = None) -> int:
     """How many tokens stay masked after iteration ``step`` (VampNet/MaskGIT rule).
 
     ``floor(cosine_schedule(step, num_steps) * num_tokens)``, then, except at the last

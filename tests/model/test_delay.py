@@ -114,9 +114,7 @@ def test_revert_rejects_special_token_at_code_position():
         pattern.revert(torch.zeros(1, 3, 5, dtype=torch.long))
 
 
-@pytest.mark.parametrize(
-    ("num_codebooks", "codebook_size"), [(0, 8), (4, 0), (True, 8), (4, 2.0)]
-)
+@pytest.mark.parametrize(("num_codebooks", "codebook_size"), [(0, 8), (4, 0), (True, 8), (4, 2.0)])
 def test_bad_pattern(num_codebooks, codebook_size):
     with pytest.raises(ConfigError):
         DelayPattern(num_codebooks, codebook_size)
