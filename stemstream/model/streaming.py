@@ -1,0 +1,280 @@
+"""The paper's model: a causal decoder over delayed codec tokens that hears the input stream
+with future visibility ``t_f`` and decides ``k`` frames per call (SPEC sections 1 and 5).
+
+Each position fuses an input-stream latent with an output-token embedding, as the reference
+does: ``LN(LN(proj(x)) + g * LN(emb(y)))`` with a zero-initialised gate ``g``; the instrument
+class token starts the sequence. Which frame and which token each position carries, and the
+block mask that trains every chunk of a sequence in one pass, come from
+:mod:`stemstream.model.layout`. Heads predict only codec tokens ``[0, V)``; delay-pattern pads
+are forced, never sampled.
+
+Generation keeps the KV cache across chunks: for ``k > 1`` the previous chunk's token-only
+positions are rolled back and re-entered as fused positions (their input is heard now) before
+the next chunk is generated — ``2k`` positions per chunk, cost linear in stream length.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stemstream.errors import ConfigError
+from stemstream.model.delay import DelayPattern
+from stemstream.model.kv_cache import KVCache
+from stemstream.model.layout import Layout, check_stream_args, training_layout
+from stemstream.model.sampling import SamplingConfig, sample_tokens
+from stemstream.model.transformer import Transformer, TransformerConfig
+
+
+@dataclass(frozen=True)
+class StreamingDecoderConfig:
+    """Model shape and the two design variables (frames: ``future_frames`` = ``t_f``,
+    ``chunk_frames`` = ``k``)."""
+
+    backbone: TransformerConfig = field(default_factory=TransformerConfig)
+    num_codebooks: int = 4
+    codebook_size: int = 1024
+    input_dim: int = 128
+    num_classes: int = 18
+    future_frames: int = 0
+    chunk_frames: int = 1
+
+    def __post_init__(self):
+        check_stream_args(self.future_frames, self.chunk_frames)
+        for name in ("num_codebooks", "codebook_size", "input_dim", "num_classes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class StreamOutput(NamedTuple):
+    """``logits [B, L', K, V]`` at the trained positions and their ``targets [B, K, L']``
+    (``pad_id`` where the delay pattern has no code), and the mean cross-entropy ``loss``."""
+
+    logits: torch.Tensor
+    targets: torch.Tensor
+    loss: torch.Tensor
+
+
+class StreamingDecoder(nn.Module):
+    """See the module docstring. Shapes: ``B`` batch, ``K`` codebooks, ``T`` frames, ``S``
+    delayed steps (``T + K - 1``), ``D`` model width, ``D_in`` input-latent width."""
+
+    def __init__(self, config: StreamingDecoderConfig, device=None, dtype=None):
+        super().__init__()
+        self.config = config
+        dim = config.backbone.dim
+        kw = {"device": device, "dtype": dtype}
+        self.delay = DelayPattern(config.num_codebooks, config.codebook_size)
+        self.token_emb = nn.ModuleList(
+            [nn.Embedding(self.delay.vocab_size, dim, **kw) for _ in range(config.num_codebooks)]
+        )
+        self.inst_emb = nn.Embedding(config.num_classes, dim, **kw)
+        self.in_proj = nn.Linear(config.input_dim, dim, **kw)
+        self.no_input = nn.Parameter(torch.zeros(dim, **kw))
+        self.norm_x = nn.LayerNorm(dim, **kw)
+        self.norm_y = nn.LayerNorm(dim, **kw)
+        self.gate = nn.Parameter(torch.zeros(1, **kw))
+        self.norm_fused = nn.LayerNorm(dim, **kw)
+        self.backbone = Transformer(config.backbone, **kw)
+        self.heads = nn.Linear(dim, config.num_codebooks * config.codebook_size, **kw)
+        for emb in [*self.token_emb, self.inst_emb]:
+            nn.init.normal_(emb.weight, std=0.02)
+
+    # ------------------------------------------------------------------------- pieces
+    def embed_tokens(self, tokens: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
+        """Delayed tokens ``[B, K, L]`` (``-1`` = instrument position) -> ``[B, L, D]``."""
+        is_inst = tokens[:, 0] < 0
+        safe = tokens.clamp_min(0)
+        y = sum(emb(safe[:, q]) for q, emb in enumerate(self.token_emb))
+        return torch.where(is_inst[..., None], self.inst_emb(inst)[:, None], y)
+
+    def fuse(
+        self, latents: torch.Tensor | None, has_input: torch.Tensor, token_emb: torch.Tensor
+    ) -> torch.Tensor:
+        """``latents [B, L, D_in]`` where ``has_input [L]`` (or ``[B, L]``), token embeddings
+        ``[B, L, D]`` -> fused ``[B, L, D]``."""
+        if latents is None:
+            x = self.no_input.expand_as(token_emb)
+        else:
+            x = torch.where(has_input[..., None], self.norm_x(self.in_proj(latents)), self.no_input)
+        return self.norm_fused(x + self.gate * self.norm_y(token_emb))
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[B, L, D] -> [B, L, K, V]``."""
+        return self.heads(hidden).unflatten(
+            -1, (self.config.num_codebooks, self.config.codebook_size)
+        )
+
+    # ----------------------------------------------------------------------- training
+    def forward(
+        self, input_latents: torch.Tensor, target_codes: torch.Tensor, inst: torch.Tensor
+    ) -> StreamOutput:
+        """Teacher-forced pass over whole windows (all chunks at once when ``k > 1``).
+
+        Args:
+            input_latents: ``[B, D_in, T_in]`` the input stream (``T_in >= T + t_f`` frames
+                give every step its full horizon; fewer are allowed).
+            target_codes: long ``[B, K, T]``.
+            inst: long ``[B]`` instrument classes.
+        """
+        cfg = self.config
+        delayed = self.delay.apply(target_codes)  # [B, K, S]
+        layout = training_layout(
+            delayed.shape[-1], cfg.future_frames, cfg.chunk_frames, input_latents.shape[-1]
+        )
+        return self._run_layout(input_latents, delayed, inst, layout)
+
+    def _run_layout(self, input_latents, delayed, inst, layout) -> StreamOutput:
+        device = delayed.device
+        layout = Layout(**{f.name: getattr(layout, f.name).to(device) for f in fields(layout)})
+        prev = layout.token_step.clamp_min(0)
+        tokens = delayed[:, :, prev].masked_fill((layout.token_step < 0)[None, None], -1)
+        frames = layout.input_frame
+        latents = input_latents.transpose(1, 2)[:, frames.clamp_min(0)]
+        hidden = self.backbone(
+            self.fuse(latents, frames >= 0, self.embed_tokens(tokens, inst)),
+            positions=layout.positions,
+            mask=layout.mask,
+        )
+        logits = self.logits(hidden[:, layout.loss])
+        targets = delayed[:, :, layout.positions[layout.loss]]
+        loss = F.cross_entropy(
+            logits.flatten(0, 2), targets.transpose(1, 2).flatten(), ignore_index=self.delay.pad_id
+        )
+        return StreamOutput(logits, targets, loss)
+
+    # --------------------------------------------------------------------- generation
+    def new_state(
+        self, inst: torch.Tensor, max_steps: int | None = None, window: int | None = None
+    ) -> GenerationState:
+        """A fresh stream for instrument classes ``inst [B]``; ``window`` bounds the KV cache
+        (ring) so a stream can run forever."""
+        param = self.heads.weight
+        caches = self.backbone.make_caches(
+            inst.shape[0],
+            max_steps and 2 * max_steps,
+            window=window,
+            device=param.device,
+            dtype=param.dtype,
+        )
+        return GenerationState(inst, caches, [], 0, 0)
+
+    @torch.no_grad()
+    def generate_chunk(
+        self,
+        state: GenerationState,
+        input_latents: torch.Tensor,
+        sampling: SamplingConfig | None = None,
+        generator: torch.Generator | None = None,
+        forced: torch.Tensor | None = None,
+        input_complete: bool = False,
+    ) -> torch.Tensor:
+        """Emit the next chunk of ``k`` delayed steps.
+
+        Args:
+            state: from :meth:`new_state`; updated in place.
+            input_latents: ``[B, D_in, T_heard]`` every input frame heard so far (at least
+                ``c + t_f`` frames for chunk start ``c``, when that is positive).
+            forced: optional long ``[B, K, k]`` tokens to use instead of sampling (teacher
+                forcing, for tests); pads are forced regardless.
+            input_complete: the input has ended (a file): frames past its end count as
+                silence-free "no input", as in training. Otherwise a chunk whose horizon is
+                not yet heard is an error.
+
+        Returns:
+            long ``[B, K, k]`` delayed tokens of steps ``c .. c + k - 1``.
+        """
+        cfg = self.config
+        sampling = sampling or SamplingConfig()
+        k, start = cfg.chunk_frames, state.step
+        need = start + cfg.future_frames
+        if need > input_latents.shape[-1] and not input_complete:
+            raise ConfigError(
+                f"chunk at step {start} needs {need} input frames "
+                f"(t_f = {cfg.future_frames}), got {input_latents.shape[-1]}"
+            )
+        if k > 1 and state.pending:
+            self._refeed_fused(state, input_latents)
+        out = []
+        for offset in range(k):
+            step = start + offset
+            frame = step + cfg.future_frames - 1 if offset == 0 else -1
+            logits = self._forward_positions(state, input_latents, [step], [frame])[:, 0]
+            tokens = sample_tokens(
+                logits,
+                sampling.temperature,
+                sampling.top_k,
+                generator,
+                valid_vocab=cfg.codebook_size,
+            )
+            if forced is not None:
+                tokens = forced[:, :, offset]
+            tokens = self._apply_pads(tokens, step)
+            state.tokens.append(tokens)
+            out.append(tokens)
+        state.step = start + k
+        state.pending = k if k > 1 else 0
+        return torch.stack(out, dim=-1)
+
+    def _refeed_fused(self, state: GenerationState, input_latents: torch.Tensor) -> None:
+        """Replace the previous chunk's token-only positions by fused ones."""
+        for cache in state.caches:
+            cache.rollback(state.pending)
+        steps = list(range(state.step - state.pending, state.step))
+        frames = [s + self.config.future_frames - 1 for s in steps]
+        self._forward_positions(state, input_latents, steps, frames)
+        state.pending = 0
+
+    def _forward_positions(
+        self,
+        state: GenerationState,
+        input_latents: torch.Tensor,
+        steps: list[int],
+        frames: list[int],
+    ) -> torch.Tensor:
+        batch = state.inst.shape[0]
+        device = input_latents.device
+        prev = [state.tokens[s - 1] if s > 0 else None for s in steps]
+        tokens = torch.stack(
+            [
+                p
+                if p is not None
+                else torch.full(
+                    (batch, self.config.num_codebooks), -1, dtype=torch.long, device=device
+                )
+                for p in prev
+            ],
+            dim=-1,
+        )
+        frames_t = torch.tensor(frames, device=device)
+        valid = (frames_t >= 0) & (frames_t < input_latents.shape[-1])
+        latents = input_latents.transpose(1, 2)[:, frames_t.clamp(0, input_latents.shape[-1] - 1)]
+        fused = self.fuse(latents, valid, self.embed_tokens(tokens, state.inst))
+        positions = torch.tensor(steps, device=device)
+        hidden = self.backbone(fused, positions=positions, caches=state.caches)
+        return self.logits(hidden)
+
+    def _apply_pads(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
+        """Codebook ``q`` has no frame before step ``q``: force the pad there."""
+        q = torch.arange(self.config.num_codebooks, device=tokens.device)
+        return torch.where((step - q >= 0)[None], tokens, self.delay.pad_id)
+
+
+@dataclass
+class GenerationState:
+    """Explicit streaming state: instrument ``inst [B]``, per-layer caches, emitted delayed
+    tokens per step (``[B, K]`` each), the next step, and how many token-only chunk positions
+    are still in the caches."""
+
+    inst: torch.Tensor
+    caches: list[KVCache]
+    tokens: list[torch.Tensor]
+    step: int
+    pending: int

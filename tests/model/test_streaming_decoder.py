@@ -1,0 +1,164 @@
+"""The streaming decoder: chunked training == one-chunk reference, cached generation == full
+recompute, visibility by gradients, valid sampling, long streams, a learnable task."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stemstream.errors import ConfigError
+from stemstream.model.layout import one_chunk_layout
+from stemstream.model.sampling import SamplingConfig
+from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
+from stemstream.model.transformer import TransformerConfig
+
+K, V, D_IN, T = 4, 32, 16, 12
+
+
+def _model(t_f: int, k: int, seed: int = 0) -> StreamingDecoder:
+    torch.manual_seed(seed)
+    cfg = StreamingDecoderConfig(
+        backbone=TransformerConfig.preset("tiny"),
+        num_codebooks=K,
+        codebook_size=V,
+        input_dim=D_IN,
+        future_frames=t_f,
+        chunk_frames=k,
+    )
+    model = StreamingDecoder(cfg).eval()
+    with torch.no_grad():
+        model.gate.fill_(0.7)  # zero at init would hide the token path from these checks
+    return model
+
+
+def _batch(t_f: int, seed: int = 1):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(2, D_IN, T + max(t_f, 0), generator=gen)
+    y = torch.randint(0, V, (2, K, T), generator=gen)
+    return x, y, torch.tensor([3, 14])
+
+
+@pytest.mark.parametrize("t_f", [-3, 0, 2])
+@pytest.mark.parametrize("k", [2, 5])
+def test_all_chunks_in_one_pass_equal_the_one_chunk_formulation(t_f, k):
+    model = _model(t_f, k)
+    x, y, inst = _batch(t_f)
+    with torch.no_grad():
+        full = model(x, y, inst)
+        delayed = model.delay.apply(y)
+        steps = delayed.shape[-1]
+        for c in range(0, steps, k):
+            ref = model._run_layout(
+                x, delayed, inst, one_chunk_layout(c, steps, t_f, k, x.shape[-1])
+            )
+            mine = full.logits[:, c : c + k]
+            torch.testing.assert_close(mine, ref.logits, atol=1e-5, rtol=0)
+            targets = delayed[:, :, c : c + k]
+            chunk_loss = F.cross_entropy(
+                mine.flatten(0, 2),
+                targets.transpose(1, 2).flatten(),
+                ignore_index=model.delay.pad_id,
+            )
+            assert float(chunk_loss) == pytest.approx(float(ref.loss), abs=1e-5)
+
+
+@pytest.mark.parametrize("t_f", [-3, 0, 2])
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_cached_generation_equals_full_recompute(t_f, k):
+    model = _model(t_f, k)
+    x, y, inst = _batch(t_f)
+    delayed = model.delay.apply(y)
+    captured = []
+    original = model.logits
+
+    def capture(hidden):
+        out = original(hidden)
+        if hidden.shape[1] == 1:  # generated positions (not the re-fed fused context)
+            captured.append(out)
+        return out
+
+    with torch.no_grad():
+        full = model(x, y, inst)
+        model.logits = capture
+        state = model.new_state(inst, max_steps=64)
+        for c in range(0, delayed.shape[-1] - k + 1, k):
+            model.generate_chunk(state, x, forced=delayed[:, :, c : c + k], input_complete=True)
+    generated = torch.cat(captured, dim=1)
+    torch.testing.assert_close(generated, full.logits[:, : generated.shape[1]], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("t_f", [-2, 0, 3])
+@pytest.mark.parametrize("k", [1, 4])
+def test_visibility_by_gradients(t_f, k):
+    model = _model(t_f, k)
+    x, y, inst = _batch(t_f)
+    x.requires_grad_(True)
+    logits = model(x, y, inst).logits  # [B, S, K, V], position = delayed step
+    for step in range(logits.shape[1]):
+        horizon = (step - step % k) + t_f  # input frames < horizon are allowed
+        (grad,) = torch.autograd.grad(logits[:, step].square().sum(), x, retain_graph=True)
+        per_frame = grad.abs().sum(dim=(0, 1))
+        assert float(per_frame[max(horizon, 0) :].sum()) == 0.0, (step, horizon)
+        if horizon > 0:
+            assert float(per_frame[:horizon].sum()) > 0.0
+
+
+def test_sampled_tokens_are_codec_tokens_and_pads_only_where_forced():
+    model = _model(0, 3)
+    x, _, inst = _batch(0)
+    state = model.new_state(inst, max_steps=64)
+    gen = torch.Generator().manual_seed(0)
+    chunks = [
+        model.generate_chunk(state, x, SamplingConfig(temperature=1.0, top_k=5), gen)
+        for _ in range(3)
+    ]
+    tokens = torch.cat(chunks, dim=-1)  # [B, K, 9]
+    for q in range(K):
+        assert (tokens[:, q, :q] == model.delay.pad_id).all()
+        assert (tokens[:, q, q:] < V).all()
+
+
+def test_long_stream_with_ring_cache_keeps_constant_memory():
+    model = _model(-1, 2)
+    x = torch.randn(1, D_IN, 400)
+    state = model.new_state(torch.tensor([1]), window=24)
+    sizes = set()
+    for _ in range(150):
+        model.generate_chunk(state, x, SamplingConfig(temperature=0.0))
+        sizes.add(sum(c.keys.numel() for c in state.caches))
+    assert state.step == 300 and len(sizes) == 1
+
+
+def test_horizon_not_heard_yet_is_an_error():
+    model = _model(2, 1)
+    state = model.new_state(torch.tensor([0]), max_steps=8)
+    with pytest.raises(ConfigError, match="needs 2 input frames"):
+        model.generate_chunk(state, torch.randn(1, D_IN, 1))
+    with pytest.raises(ConfigError, match="chunk size"):
+        StreamingDecoderConfig(chunk_frames=0)
+
+
+def test_loss_falls_on_a_learnable_copy_task():
+    """Target codes = a function of the same-time input frame: learnable with t_f >= 1."""
+    torch.manual_seed(0)
+    cfg = StreamingDecoderConfig(
+        backbone=TransformerConfig.preset("tiny"),
+        num_codebooks=2,
+        codebook_size=8,
+        input_dim=8,
+        future_frames=1,
+        chunk_frames=1,
+    )
+    model = StreamingDecoder(cfg)
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(120):
+        codes = torch.randint(0, 8, (8, 2, 16))
+        x = F.one_hot(codes[:, 0], 8).float().transpose(1, 2)  # input frame t encodes code t
+        out = model(x, codes.clone().fill_(0) + codes[:, :1], torch.zeros(8, dtype=torch.long))
+        optim.zero_grad()
+        out.loss.backward()
+        optim.step()
+        losses.append(float(out.loss.detach()))
+    assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
