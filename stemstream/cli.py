@@ -340,6 +340,45 @@ def codec_eval(codec_spec, corpus, split, tracks, seconds, codebooks, baselines,
     click.echo(f"wrote {out_dir}/codec_eval.json, codec_eval.md and {png.name}")
 
 
+@cli.command("train", context_settings={"ignore_unknown_options": False})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="YAML, e.g. configs/model/cpu_k1_tf0.yaml.",
+)
+@click.argument("overrides", nargs=-1)
+@click.option(
+    "--stop-after",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train at most this many steps in this invocation (rerun to resume).",
+)
+@click.option(
+    "--time-limit",
+    "time_limit",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Stop (and checkpoint) after this many minutes.",
+)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def train(config_path, overrides, stop_after, time_limit, progress):
+    """Train a model on a token dump; rerunning the same command resumes from the newest
+    checkpoint. Under `torchrun` it trains with DistributedDataParallel.
+
+    OVERRIDES are dotted key=value pairs, e.g. `steps=500 model.chunk_frames=4`.
+    """
+    from stemstream.config import load_config
+    from stemstream.train import ModelTrainConfig, ModelTrainer
+
+    config = load_config(ModelTrainConfig, config_path, list(overrides))
+    limit = None if time_limit is None else 60 * time_limit
+    metrics = ModelTrainer(config).run(progress=progress, stop_after=stop_after, time_limit_s=limit)
+    for key, value in sorted(metrics.items()):
+        click.echo(f"{key:<28}{value:.4f}")
+
+
 @cli.command("demo")
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True

@@ -1,0 +1,129 @@
+"""Typed configuration of a model training run (``configs/model/*.yaml``) and its LR schedule.
+
+Seconds are resolved to frames against the token dump once, in :func:`resolve_future_frames`,
+so the rest of the loop only ever sees frames.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stemstream.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The model to train (family-independent fields; each family reads what it needs).
+
+    Attributes:
+        backbone: transformer preset name (``tiny``, ``cpu``, ``paper``).
+        backbone_overrides: fields of the preset to replace, e.g. ``{dropout: 0.1}``.
+        num_codebooks: ``K``, RVQ levels modelled (and embedded as input); at most the dump's.
+        future_frames: ``t_f`` in frames; ``None`` = from ``future_seconds``, else the dump's.
+        future_seconds: ``t_f`` in seconds (converted with the dump's frame rate).
+        chunk_frames: ``k``, frames decided per call.
+        num_classes: instrument classes (``None`` = :data:`~stemstream.data.instruments.
+            NUM_CLASSES`).
+    """
+
+    backbone: str = "tiny"
+    backbone_overrides: dict[str, Any] = field(default_factory=dict)
+    num_codebooks: int = 4
+    future_frames: int | None = None
+    future_seconds: float | None = None
+    chunk_frames: int = 1
+    num_classes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_codebooks < 1:
+            raise ConfigError(f"model.num_codebooks must be >= 1, got {self.num_codebooks}")
+        if self.chunk_frames < 1:
+            raise ConfigError(f"model.chunk_frames (k) must be >= 1, got {self.chunk_frames}")
+        if self.future_frames is not None and self.future_seconds is not None:
+            raise ConfigError("give model.future_frames or model.future_seconds, not both")
+        if self.future_seconds is not None and not math.isfinite(self.future_seconds):
+            raise ConfigError(f"model.future_seconds must be finite, got {self.future_seconds}")
+
+
+@dataclass(frozen=True)
+class ModelTrainConfig:
+    """Everything a model training run needs. Defaults follow SPEC section 6 (AdamW lr 1e-4,
+    linear warm-up then cosine decay to 1e-5, gradient clip 1.0)."""
+
+    dump_dir: Path = Path("dumps/tokens")
+    out_dir: Path = Path("runs/model")
+    codec: str = "default"  # a get_codec() spec; must be the codec the dump was made with
+    family: str = "streaming"
+    model: ModelSpec = field(default_factory=ModelSpec)
+    train_split: str = "train"
+    valid_split: str = "validation"
+    valid_batches: int = 8  # at most this many (fixed, in order) validation batches
+    batch_size: int = 16  # per process
+    steps: int = 1000
+    lr: float = 1e-4
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    betas: tuple[float, ...] = (0.9, 0.95)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True  # autocast to bfloat16 on CUDA (never on CPU)
+    log_every: int = 25
+    valid_every: int = 250
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 3
+    num_workers: int = 0
+    threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "steps", "log_every", "valid_every", "checkpoint_every")
+        for name in (*positive, "keep_checkpoints", "valid_batches"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "num_workers", "threads"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.min_lr <= self.lr:
+            raise ConfigError(f"need 0 < min_lr <= lr, got min_lr={self.min_lr}, lr={self.lr}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
+        if self.grad_clip <= 0:
+            raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+
+
+def resolve_future_frames(spec: ModelSpec, frame_rate_hz: float, dumped_future: int) -> int:
+    """``t_f`` in frames: explicit frames, else seconds at the dump's frame rate, else the
+    dump's own ``t_f``. Raises :class:`ConfigError` when it needs input the dump lacks or the
+    seconds are not a whole number of frames."""
+    if spec.future_frames is not None:
+        frames = spec.future_frames
+    elif spec.future_seconds is not None:
+        exact = spec.future_seconds * frame_rate_hz
+        frames = round(exact)
+        if abs(exact - frames) > 1e-6:
+            raise ConfigError(
+                f"model.future_seconds={spec.future_seconds} is not a whole number of frames "
+                f"at {frame_rate_hz:g} frames/s"
+            )
+    else:
+        frames = dumped_future
+    if frames > dumped_future:
+        raise ConfigError(
+            f"t_f = {frames} frames needs future input the dump lacks (it holds "
+            f"{dumped_future}); re-dump with `stemstream data dump --tf`"
+        )
+    return frames
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
+    """LR multiplier at ``step``: linear warm-up to 1 over ``warmup_steps``, then cosine decay
+    to ``min_ratio`` at ``total_steps``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return min_ratio + (1 - min_ratio) * cosine

@@ -1,0 +1,112 @@
+"""Model families the training loop can build, by the config's ``family`` key.
+
+A family turns a :class:`~stemstream.train.config.ModelSpec` plus the dump's facts into a
+model config dataclass, and rebuilds the model from that config's dict (for resume and for
+inference). Every family's model has the same training call:
+``model(input_latents [B, D_in, T_in], target_codes [B, K, T], inst [B]) -> output.loss``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from stemstream.config import from_dict
+from stemstream.errors import ConfigError
+from stemstream.train.config import ModelSpec
+
+
+class DumpFacts(NamedTuple):
+    """What a family needs to know about the data: input-latent width ``D_in``, codebook
+    size ``V``, instrument classes and the resolved ``t_f`` in frames."""
+
+    input_dim: int
+    codebook_size: int
+    num_classes: int
+    future_frames: int
+
+
+@dataclass(frozen=True)
+class Family:
+    """``make_config(spec, facts)`` -> a config dataclass; ``config_class`` / ``model_class``
+    rebuild the model from ``asdict(config)``."""
+
+    config_class: type
+    model_class: type[nn.Module]
+    make_config: Callable[[ModelSpec, DumpFacts], Any]
+
+    def build(self, config: Any) -> nn.Module:
+        return self.model_class(config)
+
+    def config_from_dict(self, data: dict[str, Any]) -> Any:
+        return from_dict(self.config_class, data, "model")
+
+
+def _backbone(spec: ModelSpec):
+    from stemstream.model.transformer import TransformerConfig
+
+    base = asdict(TransformerConfig.preset(spec.backbone))
+    return from_dict(TransformerConfig, base | dict(spec.backbone_overrides), "backbone")
+
+
+def _streaming() -> Family:
+    from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
+
+    def make(spec: ModelSpec, facts: DumpFacts) -> StreamingDecoderConfig:
+        return StreamingDecoderConfig(
+            backbone=_backbone(spec),
+            num_codebooks=spec.num_codebooks,
+            codebook_size=facts.codebook_size,
+            input_dim=facts.input_dim,
+            num_classes=facts.num_classes,
+            future_frames=facts.future_frames,
+            chunk_frames=spec.chunk_frames,
+        )
+
+    return Family(StreamingDecoderConfig, StreamingDecoder, make)
+
+
+def _offline(module: str, config_name: str, model_name: str) -> Callable[[], Family]:
+    """The offline baselines take the same facts minus ``t_f`` / ``k`` (they hear everything)."""
+
+    def factory() -> Family:
+        import importlib
+
+        mod = importlib.import_module(module)
+        config_class, model_class = getattr(mod, config_name), getattr(mod, model_name)
+
+        def make(spec: ModelSpec, facts: DumpFacts) -> Any:
+            return config_class(
+                backbone=_backbone(spec),
+                num_codebooks=spec.num_codebooks,
+                codebook_size=facts.codebook_size,
+                input_dim=facts.input_dim,
+                num_classes=facts.num_classes,
+            )
+
+        return Family(config_class, model_class, make)
+
+    return factory
+
+
+FAMILIES: dict[str, Callable[[], Family]] = {
+    "streaming": _streaming,
+    "prefix": _offline("stemstream.model.prefix", "PrefixDecoderConfig", "PrefixDecoder"),
+    "stemgen": _offline("stemstream.model.stemgen", "StemGenConfig", "StemGenModel"),
+}
+"""Family name -> a factory (imports stay lazy). Other families register here."""
+
+
+def register_family(name: str, factory: Callable[[], Family]) -> None:
+    """Make ``family: name`` available to training configs."""
+    FAMILIES[name] = factory
+
+
+def get_family(name: str) -> Family:
+    """The family called ``name``; :class:`ConfigError` listing the known ones otherwise."""
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown model family {name!r}; known: {', '.join(sorted(FAMILIES))}")
+    return FAMILIES[name]()

@@ -1,0 +1,408 @@
+"""`stemstream train`: one resumable training loop for every model family (SPEC section 6).
+
+Data come from a token dump (:mod:`stemstream.data.tokens`); the frozen codec the dump was made
+with turns input codes into the model's input latents. Each epoch visits the training split in
+a permutation seeded by ``(seed, epoch)``; the *data position* ``(epoch, batch)`` is stored in
+every checkpoint with the model, optimizer, RNG and step, so a run killed at any moment and
+restarted with the same command continues bit-identically from its newest checkpoint.
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel, each
+global batch is split by rank, and only rank 0 logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from stemstream import __version__, checkpoint
+from stemstream.config import to_dict
+from stemstream.data.tokens import TokenBatch, TokenDataset, collate, read_meta
+from stemstream.errors import ConfigError
+from stemstream.train.config import ModelTrainConfig, resolve_future_frames, warmup_cosine
+from stemstream.train.families import DumpFacts, get_family
+
+log = logging.getLogger(__name__)
+
+TRAIN_KIND = "model-train"
+MODEL_KIND = "model"
+
+
+class LoadedModel(NamedTuple):
+    """A model rebuilt from a checkpoint (eval mode, CPU), its family, config and codec."""
+
+    model: nn.Module
+    family: str
+    config: Any
+    codec: dict[str, Any]
+
+
+def _check_codec(where: str, recorded: dict[str, Any], codec: dict[str, Any]) -> None:
+    if recorded.get("weights_hash") != codec["weights_hash"]:
+        raise ConfigError(
+            f"{where} was made with codec {recorded.get('class')} "
+            f"(weights {recorded.get('weights_hash')}), but the configured codec is "
+            f"{codec['class']} (weights {codec['weights_hash']}); use the dump's codec"
+        )
+
+
+def load_model(path: str | Path, family: str | None = None) -> LoadedModel:
+    """Rebuild the model held in an exported (``kind: model``) or training checkpoint.
+
+    Raises:
+        CheckpointError: not a model checkpoint, or of another ``family`` than asked for.
+    """
+    tensors, meta = checkpoint.load(path)
+    if meta.get("kind") not in (MODEL_KIND, TRAIN_KIND):
+        raise checkpoint.CheckpointError(f"{path}: not a model checkpoint ({meta.get('kind')})")
+    if family is not None and meta.get("family") != family:
+        raise checkpoint.CheckpointError(
+            f"{path}: holds a {meta.get('family')!r} model, expected {family!r}"
+        )
+    fam = get_family(meta["family"])
+    config = fam.config_from_dict(meta["model"])
+    model = fam.build(config)
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+    return LoadedModel(model.eval(), meta["family"], config, meta["codec"])
+
+
+class _Dist(NamedTuple):
+    rank: int
+    world: int
+    local_rank: int
+    owned: bool  # this trainer initialised the process group
+
+
+def _init_distributed(device: str) -> _Dist:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return _Dist(0, 1, 0, False)
+    import torch.distributed as dist
+
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]), owned)
+
+
+class ModelTrainer:
+    """Holds the run's state; :meth:`run` trains to ``config.steps`` (resuming if possible)."""
+
+    def __init__(self, config: ModelTrainConfig):
+        from stemstream.codec.registry import get_codec
+        from stemstream.data.instruments import NUM_CLASSES
+
+        self.config = config
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        device = config.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dist = _init_distributed(device)
+        if device == "cuda" and self.dist.world > 1:
+            device = f"cuda:{self.dist.local_rank}"
+        self.device = torch.device(device)
+        self.is_main = self.dist.rank == 0
+
+        self.dump_meta = read_meta(config.dump_dir)
+        self.codec = get_codec(config.codec).to(self.device).eval().requires_grad_(False)
+        self.codec_identity = self.codec.codec_identity()
+        _check_codec(f"dump {config.dump_dir}", self.dump_meta["codec"], self.codec_identity)
+        spec = config.model
+        window = self.dump_meta["window"]
+        facts = DumpFacts(
+            input_dim=self.codec.latent_dim,
+            codebook_size=int(self.dump_meta["codebook_size"]),
+            num_classes=spec.num_classes or NUM_CLASSES,
+            future_frames=resolve_future_frames(
+                spec, float(self.dump_meta["frame_rate_hz"]), int(window.get("future_frames", 0))
+            ),
+        )
+        self.family = get_family(config.family)
+        self.model_config = self.family.make_config(spec, facts)
+        self.train_data = TokenDataset(config.dump_dir, config.train_split, spec.num_codebooks)
+        self.batches_per_epoch = len(self.train_data) // (config.batch_size * self.dist.world)
+        if self.batches_per_epoch < 1:
+            raise ConfigError(
+                f"split {config.train_split!r} has {len(self.train_data)} windows, fewer than "
+                f"one global batch ({config.batch_size} x {self.dist.world} processes)"
+            )
+
+        torch.manual_seed(config.seed)
+        self.model = self.family.build(self.model_config).to(self.device)
+        self.net: nn.Module = self.model
+        if self.dist.world > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(),
+            lr=config.lr,
+            betas=tuple(config.betas),
+            weight_decay=config.weight_decay,
+        )
+        self.step = 0
+        self.epoch = 0
+        self.batch_index = 0  # next batch of ``epoch``
+        self.out_dir = Path(config.out_dir)
+        self._valid: list[TokenBatch] | None = None
+        self._writer = None
+
+    # ------------------------------------------------------------------------ data
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """Row order of ``epoch`` (same on every rank and every restart)."""
+        return np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_data))
+
+    def _batches(self) -> Iterator[TokenBatch]:
+        """Batches from the current data position onwards, this rank's share of each."""
+        from torch.utils.data import DataLoader
+
+        size, rank = self.config.batch_size, self.dist.rank
+        while True:
+            order = self.epoch_order(self.epoch)
+            global_size = size * self.dist.world
+            index_lists = [
+                order[b * global_size + rank * size : b * global_size + (rank + 1) * size].tolist()
+                for b in range(self.batch_index, self.batches_per_epoch)
+            ]
+            loader = DataLoader(
+                self.train_data,
+                batch_sampler=index_lists,
+                collate_fn=collate,
+                num_workers=self.config.num_workers,
+                # Its own generator: making an iterator must not draw from the global RNG,
+                # or a resumed run (new iterator mid-epoch) would diverge.
+                generator=torch.Generator().manual_seed(self.config.seed + self.epoch),
+            )
+            yield from loader
+            self.epoch, self.batch_index = self.epoch + 1, 0
+
+    def valid_batches(self) -> list[TokenBatch]:
+        """The first ``valid_batches`` batches of the validation split, in order."""
+        if self._valid is None:
+            cfg = self.config
+            if cfg.valid_split not in self.dump_meta["splits"]:
+                log.warning("dump has no %r split: no validation", cfg.valid_split)
+                self._valid = []
+            else:
+                data = TokenDataset(cfg.dump_dir, cfg.valid_split, cfg.model.num_codebooks)
+                rows = range(min(len(data), cfg.valid_batches * cfg.batch_size))
+                self._valid = [
+                    collate([data[i] for i in rows[s : s + cfg.batch_size]])
+                    for s in range(0, len(rows), cfg.batch_size)
+                ]
+        return self._valid
+
+    # --------------------------------------------------------------------- one step
+    def _autocast(self):
+        if self.device.type == "cuda" and self.config.bf16:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _loss(self, net: nn.Module, batch: TokenBatch) -> torch.Tensor:
+        inputs = batch.input_codes.to(self.device)
+        with torch.no_grad():
+            latents = self.codec.embed(inputs)  # [B, D_in, T_in]
+        with self._autocast():
+            out = net(latents, batch.target_codes.to(self.device), batch.inst_class.to(self.device))
+        return out.loss.float()
+
+    def train_step(self, batch: TokenBatch) -> dict[str, float]:
+        cfg = self.config
+        self.net.train()
+        lr = cfg.lr * warmup_cosine(self.step, cfg.warmup_steps, cfg.steps, cfg.min_lr / cfg.lr)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss = self._loss(self.net, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        return {"loss/train": float(loss.detach()), "grad_norm": float(grad_norm), "lr": lr}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Mean loss over the fixed validation batches (``{}`` without a validation split)."""
+        batches = self.valid_batches()
+        if not batches:
+            return {}
+        self.model.eval()
+        losses = [float(self._loss(self.model, batch)) for batch in batches]
+        return {"loss/valid": sum(losses) / len(losses)}
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_paths(self) -> list[Path]:
+        return sorted((self.out_dir / "checkpoints").glob("step_*.safetensors"))
+
+    def _model_meta(self) -> dict[str, Any]:
+        return {
+            "family": self.config.family,
+            "model": to_dict(self.model_config),
+            "codec": self.codec_identity,
+            "stemstream_version": __version__,
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write the whole state atomically and drop checkpoints beyond ``keep_checkpoints``."""
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        opt_t, opt_m = checkpoint.flatten_optimizer(self.optimizer, "optim")
+        rng_t, rng_m = checkpoint.rng_state()
+        meta = {
+            "kind": TRAIN_KIND,
+            "step": self.step,
+            "data_position": {"epoch": self.epoch, "batch": self.batch_index},
+            "config": to_dict(self.config),
+            "optim": opt_m,
+            "rng": rng_m,
+        } | self._model_meta()
+        path = self.out_dir / "checkpoints" / f"step_{self.step:07d}.safetensors"
+        checkpoint.save(path, tensors | opt_t | rng_t, meta)
+        for old in self.checkpoint_paths()[: -self.config.keep_checkpoints]:
+            old.unlink()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore the state saved by :meth:`save_checkpoint`.
+
+        Raises:
+            CheckpointError: another kind of checkpoint, another family or model shape.
+            ConfigError: the checkpoint was trained on another codec's tokens.
+        """
+        tensors, meta = checkpoint.load(path, map_location=self.device)
+        if meta.get("kind") != TRAIN_KIND:
+            raise checkpoint.CheckpointError(f"{path}: not a model training checkpoint")
+        if meta.get("family") != self.config.family:
+            raise checkpoint.CheckpointError(
+                f"{path}: holds a {meta.get('family')!r} model, config asks for "
+                f"{self.config.family!r}"
+            )
+        _check_codec(f"checkpoint {path}", meta.get("codec", {}), self.codec_identity)
+        if meta["model"] != to_dict(self.model_config):
+            raise checkpoint.CheckpointError(
+                f"{path}: model config {meta['model']} differs from the configured "
+                f"{to_dict(self.model_config)}"
+            )
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
+        checkpoint.restore_optimizer(self.optimizer, tensors, meta["optim"], "optim")
+        checkpoint.restore_rng(tensors, meta["rng"])
+        self.step = int(meta["step"])
+        self.epoch = int(meta["data_position"]["epoch"])
+        self.batch_index = int(meta["data_position"]["batch"])
+
+    def export(self, out: str | Path) -> Path:
+        """Write the current weights as an inference checkpoint (``kind: model``)."""
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        meta = {"kind": MODEL_KIND, "step": self.step} | self._model_meta()
+        return checkpoint.save(out, tensors, meta)
+
+    # ------------------------------------------------------------------------- loop
+    def _log(self, metrics: dict[str, float]) -> None:
+        if not self.is_main or not metrics:
+            return
+        record = {"step": self.step, "time": time.time()} | metrics
+        with open(self.out_dir / "metrics.jsonl", "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self._writer is None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._writer = SummaryWriter(str(self.out_dir / "tb"))
+            except ImportError:
+                self._writer = False
+        if self._writer:
+            for key, value in metrics.items():
+                self._writer.add_scalar(key, value, self.step)
+
+    def _checkpoint_all(self) -> None:
+        if self.is_main:
+            self.save_checkpoint()
+        self._barrier()
+
+    def _barrier(self) -> None:
+        if self.dist.world > 1:
+            torch.distributed.barrier()
+
+    def _time_up(self, t0: float, limit: float | None) -> bool:
+        if limit is None:
+            return False
+        flag = torch.tensor([float(time.perf_counter() - t0 > limit)])
+        if self.dist.world > 1:  # every rank must stop at the same step
+            torch.distributed.broadcast(flag, 0)
+        return bool(flag.item())
+
+    def run(
+        self,
+        progress: bool = True,
+        stop_after: int | None = None,
+        time_limit_s: float | None = None,
+    ) -> dict[str, float]:
+        """Train until ``config.steps`` (or ``stop_after`` more steps, or ``time_limit_s``
+        seconds, whichever comes first, then checkpoint); resume if a checkpoint exists.
+
+        Returns:
+            The last validation metrics.
+        """
+        from tqdm import tqdm
+
+        cfg = self.config
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        self._barrier()
+        existing = self.checkpoint_paths()
+        if existing:
+            self.load_checkpoint(existing[-1])
+            log.info("resumed from %s (step %d)", existing[-1], self.step)
+        if self.is_main:
+            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+        end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
+        bar = tqdm(
+            total=end, initial=self.step, desc="train", unit="step",
+            disable=not (progress and self.is_main),
+        )  # fmt: skip
+        last_valid: dict[str, float] = {}
+        t0, tokens, batches = time.perf_counter(), 0, self._batches()
+        try:
+            while self.step < end:
+                if self._time_up(t0, time_limit_s):
+                    log.info("time limit reached at step %d", self.step)
+                    last_valid = self.validate()
+                    self._log(last_valid)
+                    self._checkpoint_all()
+                    break
+                batch = next(batches)
+                metrics = self.train_step(batch)
+                self.step += 1
+                self.batch_index += 1
+                tokens += batch.target_codes.numel() * self.dist.world
+                if self.step % cfg.log_every == 0:
+                    metrics["speed/tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
+                    self._log(metrics)
+                    bar.set_postfix(
+                        loss=f"{metrics['loss/train']:.3f}",
+                        tok_s=f"{metrics['speed/tokens_per_s']:.0f}",
+                    )
+                if self.step % cfg.valid_every == 0 or self.step == end:
+                    last_valid = self.validate()
+                    self._log(last_valid)
+                if self.step % cfg.checkpoint_every == 0 or self.step == end:
+                    self._checkpoint_all()
+                bar.update()
+        finally:
+            bar.close()
+            if self._writer:
+                self._writer.flush()
+            if self.dist.owned:
+                torch.distributed.destroy_process_group()
+        return last_valid

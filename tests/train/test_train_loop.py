@@ -1,0 +1,207 @@
+"""The model training loop: learning, bit-exact kill-and-resume, checkpoint rotation and
+identity checks, config errors, export/load, the CLI and a 2-process torchrun (gloo) run."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from stemstream import checkpoint
+from stemstream.cli import cli
+from stemstream.codec.mock import MockCodec
+from stemstream.config import load_config
+from stemstream.data.dump import dump_corpus
+from stemstream.data.windows import WindowConfig
+from stemstream.errors import ConfigError
+from stemstream.train import ModelTrainConfig, ModelTrainer, load_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from slakh_fixture import write_fake_slakh  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "model" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def dump(tmp_path_factory) -> Path:
+    """12 train / 6 validation windows of 1 s (50 frames) with t_f = 0.2 s, MockCodec."""
+    root = tmp_path_factory.mktemp("train")
+    out = root / "dump"
+    window = WindowConfig(window_seconds=1.0, future_seconds=0.2)
+    dump_corpus(
+        write_fake_slakh(root / "slakh"),
+        MockCodec().eval(),
+        out,
+        window,
+        splits=("train", "validation"),
+        windows_per_track=6,
+        progress=False,
+    )
+    return out
+
+
+def _config(dump: Path, out: Path, *overrides: str) -> ModelTrainConfig:
+    return load_config(ModelTrainConfig, TINY, [f"dump_dir={dump}", f"out_dir={out}", *overrides])
+
+
+def _train(dump: Path, out: Path, *overrides: str, **run) -> ModelTrainer:
+    trainer = ModelTrainer(_config(dump, out, *overrides))
+    trainer.run(progress=False, **run)
+    return trainer
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_loss_falls(dump, tmp_path):
+    _train(dump, tmp_path, "steps=40", "log_every=1")
+    losses = [m["loss/train"] for m in _metrics(tmp_path) if "loss/train" in m]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 1.0
+    assert any("loss/valid" in m for m in _metrics(tmp_path))
+
+
+def test_kill_and_resume_is_bit_identical(dump, tmp_path):
+    # 3 batches per epoch: 11 steps cross epoch boundaries; dropout exercises the RNG state.
+    common = ("steps=11", "checkpoint_every=100", "model.backbone_overrides.dropout=0.1")
+    a = _train(dump, tmp_path / "a", *common)
+    first = _train(dump, tmp_path / "b", *common, stop_after=4)
+    assert first.step == 4 and (first.epoch, first.batch_index) == (1, 1)
+    b = _train(dump, tmp_path / "b", *common)
+    assert a.step == b.step == 11
+    assert (a.epoch, a.batch_index) == (b.epoch, b.batch_index) == (3, 2)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    oa, ob = a.optimizer.state_dict()["state"], b.optimizer.state_dict()["state"]
+    for index, entry in oa.items():
+        assert all(torch.equal(v, ob[index][name]) for name, v in entry.items())
+
+
+def test_checkpoint_rotation_and_meta(dump, tmp_path):
+    trainer = _train(dump, tmp_path, "steps=8", "checkpoint_every=2", "keep_checkpoints=2")
+    paths = trainer.checkpoint_paths()
+    assert [p.name for p in paths] == ["step_0000006.safetensors", "step_0000008.safetensors"]
+    meta = checkpoint.read_meta(paths[-1])
+    assert meta["kind"] == "model-train" and meta["family"] == "streaming"
+    assert meta["step"] == 8 and meta["data_position"] == {"epoch": 2, "batch": 2}
+    assert meta["codec"] == MockCodec().codec_identity()
+    assert meta["config"]["steps"] == 8 and "stemstream_version" in meta
+    assert not list(paths[0].parent.glob(".*tmp*"))
+
+
+def test_export_and_load_model(dump, tmp_path):
+    trainer = _train(dump, tmp_path, "steps=3")
+    path = trainer.export(tmp_path / "model.safetensors")
+    loaded = load_model(path, family="streaming")
+    assert loaded.config == trainer.model_config and loaded.codec == trainer.codec_identity
+    batch = trainer.valid_batches()[0]
+    with torch.no_grad():
+        expected = trainer._loss(trainer.model.eval(), batch)
+        assert torch.equal(trainer._loss(loaded.model, batch), expected)
+    with pytest.raises(checkpoint.CheckpointError, match="'prefix'"):
+        load_model(path, family="prefix")
+
+
+def test_resume_refuses_other_family_codec_or_shape(dump, tmp_path):
+    trainer = _train(dump, tmp_path, "steps=2")
+    path = trainer.checkpoint_paths()[-1]
+    tensors, meta = checkpoint.load(path)
+    checkpoint.save(path, tensors, meta | {"family": "stemgen"})
+    with pytest.raises(checkpoint.CheckpointError, match="stemgen"):
+        ModelTrainer(_config(dump, tmp_path, "steps=4")).run(progress=False)
+    codec = meta["codec"] | {"weights_hash": "0123456789abcdef"}
+    checkpoint.save(path, tensors, meta | {"codec": codec})
+    with pytest.raises(ConfigError, match="0123456789abcdef"):
+        ModelTrainer(_config(dump, tmp_path, "steps=4")).run(progress=False)
+    checkpoint.save(path, tensors, meta)
+    with pytest.raises(checkpoint.CheckpointError, match="model config"):
+        _train(dump, tmp_path, "steps=4", "model.chunk_frames=2")
+
+
+def test_dump_of_another_codec_is_refused(dump, tmp_path):
+    other = tmp_path / "dump"
+    other.mkdir()
+    for split in ("train", "validation"):
+        (other / split).symlink_to(dump / split)
+    meta = json.loads((dump / "meta.json").read_text())
+    meta["codec"]["weights_hash"] = "ffffffffffffffff"
+    (other / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="ffffffffffffffff.*use the dump's codec"):
+        ModelTrainer(_config(other, tmp_path / "run"))
+
+
+def test_config_errors_and_units(dump, tmp_path):
+    with pytest.raises(ConfigError, match="unknown config key.*learning_rate"):
+        _config(dump, tmp_path, "learning_rate=1")
+    with pytest.raises(ConfigError, match="unknown config key.*model.kk"):
+        _config(dump, tmp_path, "model.kk=1")
+    with pytest.raises(ConfigError, match="unknown model family 'nope'; known: .*streaming"):
+        ModelTrainer(_config(dump, tmp_path, "family=nope"))
+    with pytest.raises(ConfigError, match="min_lr"):
+        _config(dump, tmp_path, "min_lr=1")
+    with pytest.raises(ConfigError, match="future input the dump lacks"):
+        ModelTrainer(_config(dump, tmp_path, "model.future_frames=11"))
+    with pytest.raises(ConfigError, match="whole number of frames"):
+        ModelTrainer(
+            _config(dump, tmp_path, "model.future_frames=null", "model.future_seconds=0.01")
+        )
+    seconds = ModelTrainer(
+        _config(dump, tmp_path, "model.future_frames=null", "model.future_seconds=0.2")
+    )
+    assert seconds.model_config.future_frames == 10
+    default = ModelTrainer(_config(dump, tmp_path, "model.future_frames=null"))
+    assert default.model_config.future_frames == 10  # the dump's t_f
+
+
+def test_cli_train_and_resume(dump, tmp_path):
+    args = ["train", "--config", str(TINY), f"dump_dir={dump}", f"out_dir={tmp_path}"]
+    result = CliRunner().invoke(cli, [*args, "steps=4", "--stop-after", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "loss/valid" in result.output
+    result = CliRunner().invoke(cli, [*args, "steps=4", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in sorted((tmp_path / "checkpoints").iterdir())] == [
+        "step_0000002.safetensors",
+        "step_0000004.safetensors",
+    ]
+    bad = CliRunner().invoke(cli, [*args, "model.bogus=1", "--no-progress"])
+    assert bad.exit_code == 1 and "unknown config key" in bad.output
+
+
+def test_torchrun_two_processes_gloo(dump, tmp_path):
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    env.pop("WORLD_SIZE", None)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+        "-m", "stemstream.cli", "train", "--config", str(TINY), f"dump_dir={dump}",
+        f"out_dir={tmp_path}", "steps=4", "batch_size=2", "checkpoint_every=2", "--no-progress",
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = checkpoint.read_meta(tmp_path / "checkpoints" / "step_0000004.safetensors")
+    # 12 rows, 2 processes x 2 windows: 3 global batches per epoch.
+    assert meta["step"] == 4 and meta["data_position"] == {"epoch": 1, "batch": 1}
+    assert sum("loss/valid" in m for m in _metrics(tmp_path)) == 1  # rank 0 only
+
+
+@pytest.mark.parametrize("family", ["prefix", "stemgen"])
+def test_offline_families_train_export_and_reload(dump, tmp_path, family):
+    trainer = _train(dump, tmp_path, f"family={family}", "steps=30", "log_every=1")
+    losses = [m["loss/train"] for m in _metrics(tmp_path) if "loss/train" in m]
+    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+    path = trainer.export(tmp_path / "model.safetensors")
+    model = load_model(path).model
+    assert type(model).__name__ == type(trainer.model).__name__
+    for a, b in zip(model.state_dict().values(), trainer.model.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
