@@ -379,6 +379,31 @@ def train(config_path, overrides, stop_after, time_limit, progress):
         click.echo(f"{key:<28}{value:.4f}")
 
 
+@cli.command("generate")
+@click.option("--checkpoint", "checkpoint_path", type=click.Path(path_type=Path), required=True,
+              help="A model checkpoint (training or exported) of any family.")
+@click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
+              help="The input mix (any format, rate and channel count).")
+@click.option("--instrument", required=True, help="Class to play, e.g. Bass, Piano, Drums.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
+@click.option("--mix", "mix_out", type=click.Path(path_type=Path), default=None,
+              help="Also write input + stem.")
+@click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def generate(checkpoint_path, input_path, instrument, out, mix_out, codec_spec, temperature,
+             top_k, seed):
+    """Generate an accompaniment stem for a whole file (streaming families run their
+    streaming loop over it)."""
+    from stemstream.stream.offline import generate_file
+
+    result = generate_file(checkpoint_path, input_path, instrument, out, codec_spec,
+                           temperature, top_k, seed, mix_out)
+    click.echo(f"wrote {result.stem_path} ({result.seconds:.2f} s of {result.instrument}, "
+               f"{result.family} model)" + (f" and {result.mix_path}" if result.mix_path else ""))
+
+
 @cli.command("demo")
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True

@@ -1,0 +1,131 @@
+"""Generate a stem for a whole file with any trained model family (`stemstream generate`).
+
+Streaming decoders run their own streaming loop over the file — chunk by chunk with the KV
+cache, exactly as live — only without a clock; the offline baselines (prefix decoder, StemGen)
+see the whole input at once. The real-time engine with clocks and latency accounting is
+``stemstream.stream`` proper (issue 6).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stemstream import audio
+from stemstream.codec.base import Codec, CodecError
+from stemstream.data.instruments import class_from_name, class_name
+from stemstream.errors import ConfigError
+from stemstream.model.sampling import SamplingConfig
+from stemstream.model.streaming import StreamingDecoder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerateResult:
+    stem_path: Path
+    mix_path: Path | None
+    seconds: float
+    family: str
+    instrument: str
+
+
+def codec_for(identity: dict[str, Any], spec: str | None) -> Codec:
+    """The codec a model was trained with: ``spec`` (or ``default``) when its weights hash
+    matches the checkpoint's record; a weight-free codec (MockCodec) rebuilt from its config."""
+    from stemstream.codec.checkpoint import CODEC_CLASSES
+    from stemstream.codec.registry import get_codec
+
+    wanted = identity.get("weights_hash")
+    tried = []
+    for candidate in [spec] if spec else ["default"]:
+        try:
+            codec = get_codec(candidate)
+        except CodecError as err:
+            tried.append(f"{candidate}: {err}")
+            continue
+        if wanted is None or codec.codec_identity()["weights_hash"] == wanted:
+            return codec
+        tried.append(f"{candidate}: weights {codec.codec_identity()['weights_hash']}")
+    name = identity.get("class")
+    if spec is None and name == "MockCodec" and name in CODEC_CLASSES:
+        codec_class, config_class = CODEC_CLASSES[name]
+        codec = codec_class(config_class.from_dict(identity["config"])).eval()
+        if codec.codec_identity()["weights_hash"] == wanted:
+            return codec
+    raise CodecError(
+        f"the model was trained with codec {name} (weights {wanted}); pass it with --codec "
+        f"({'; '.join(tried)})"
+    )
+
+
+@torch.inference_mode()
+def generate_codes(
+    model: torch.nn.Module,
+    latents: torch.Tensor,
+    inst: torch.Tensor,
+    sampling: SamplingConfig,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """Output codes ``[B, K, T]`` for input latents ``[B, D_in, T]`` with any family."""
+    frames = latents.shape[-1]
+    if not isinstance(model, StreamingDecoder):
+        return model.generate(latents, inst, sampling, generator)
+    steps = model.delay.num_steps(frames)
+    k = model.config.chunk_frames
+    state = model.new_state(inst, max_steps=steps + k)
+    chunks = []
+    while state.step < steps:
+        chunks.append(
+            model.generate_chunk(state, latents, sampling, generator, input_complete=True)
+        )
+    delayed = torch.cat(chunks, dim=-1)[..., :steps]
+    return model.delay.revert(delayed)
+
+
+def generate_file(
+    checkpoint: str | Path,
+    input_path: str | Path,
+    instrument: str,
+    out: str | Path,
+    codec_spec: str | None = None,
+    temperature: float = 1.0,
+    top_k: int = 200,
+    seed: int = 0,
+    mix_out: str | Path | None = None,
+) -> GenerateResult:
+    """Accompany ``input_path`` (any rate/channels) with ``instrument``; write the stem (and
+    optionally the input + stem mix) at the codec's rate."""
+    from stemstream.train.loop import load_model
+
+    loaded = load_model(checkpoint)
+    codec = codec_for(loaded.codec, codec_spec)
+    inst_id = class_from_name(instrument)
+    num_classes = getattr(loaded.config, "num_classes", 18)
+    if inst_id >= num_classes:
+        raise ConfigError(
+            f"instrument {instrument!r} is outside this model's {num_classes} classes"
+        )
+    source = audio.load(input_path, sample_rate=codec.sample_rate, channels=1)
+    wave = torch.from_numpy(source.samples)[None]
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        latents = codec.embed(codec.encode(wave))
+        codes = generate_codes(loaded.model, latents, torch.tensor([inst_id]), sampling, generator)
+        stem = codec.decode(codes)[0, :, : wave.shape[-1]].numpy()
+    out = audio.save(out, stem, codec.sample_rate)
+    mix_path = None
+    if mix_out is not None:
+        mix = source.samples + stem
+        peak = float(np.abs(mix).max())
+        mix_path = audio.save(mix_out, mix / max(1.0, peak / 0.99), codec.sample_rate)
+    log.info("generated %s for %s with a %s model", class_name(inst_id), input_path, loaded.family)
+    return GenerateResult(
+        out, mix_path, stem.shape[-1] / codec.sample_rate, loaded.family, class_name(inst_id)
+    )
