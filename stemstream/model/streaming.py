@@ -156,7 +156,7 @@ class StreamingDecoder(nn.Module):
     ) -> GenerationState:
         """A fresh stream for instrument classes ``inst [B]``; ``window`` bounds the KV cache
         (ring) so a stream can run forever."""
-        param = self.heads.weight
+        param = self.no_input  # stays a Parameter under dynamic int8 quantisation of Linears
         caches = self.backbone.make_caches(
             inst.shape[0],
             max_steps and 2 * max_steps,

@@ -199,6 +199,15 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("table", self._rotations(torch.arange(max_seq_len, device=device)),
                              persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        # ``module.to(torch.bfloat16)`` would cast the complex table to a real dtype (dropping
+        # the imaginary part) and the float64 frequencies to bf16: follow the device only.
+        kept = {"inv_freq": self.inv_freq, "table": self.table}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            setattr(self, name, old.to(getattr(self, name).device))
+        return self
+
     def _rotations(self, positions: torch.Tensor) -> torch.Tensor:
         angles = positions.to(torch.float64).unsqueeze(-1) * self.inv_freq
         return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
