@@ -14,7 +14,6 @@ handful of entries.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -31,6 +30,7 @@ from stemstream.codec.base import Codec
 from stemstream.config import to_dict
 from stemstream.data.crops import CropConfig, CropSampler
 from stemstream.errors import ConfigError
+from stemstream.metrics import MetricsLogger
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ class CodecTrainer:
         self.step = 0
         self.out_dir = Path(config.out_dir)
         self._train = self._valid = None
-        self._writer = None
+        self._metrics = MetricsLogger(self.out_dir)
 
     # ----------------------------------------------------------------- data (lazy)
     @property
@@ -378,19 +378,7 @@ class CodecTrainer:
 
     # ----------------------------------------------------------------------- loop
     def _log(self, metrics: dict[str, float]) -> None:
-        record = {"step": self.step, "time": time.time()} | metrics
-        with open(self.out_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.out_dir / "tb"))
-            except ImportError:
-                self._writer = False
-        if self._writer:
-            for key, value in metrics.items():
-                self._writer.add_scalar(key, value, self.step)
+        self._metrics.log(self.step, metrics)
 
     def run(
         self,

@@ -12,7 +12,6 @@ global batch is split by rank, and only rank 0 logs and writes checkpoints.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from stemstream import __version__, checkpoint
 from stemstream.config import to_dict
 from stemstream.data.tokens import TokenBatch, TokenDataset, collate, read_meta
 from stemstream.errors import ConfigError
+from stemstream.metrics import MetricsLogger
 from stemstream.train.config import ModelTrainConfig, resolve_future_frames, warmup_cosine
 from stemstream.train.families import DumpFacts, get_family
 
@@ -158,7 +158,7 @@ class ModelTrainer:
         self.batch_index = 0  # next batch of ``epoch``
         self.out_dir = Path(config.out_dir)
         self._valid: list[TokenBatch] | None = None
-        self._writer = None
+        self._metrics = MetricsLogger(self.out_dir)
 
     # ------------------------------------------------------------------------ data
     def epoch_order(self, epoch: int) -> np.ndarray:
@@ -311,19 +311,7 @@ class ModelTrainer:
     def _log(self, metrics: dict[str, float]) -> None:
         if not self.is_main or not metrics:
             return
-        record = {"step": self.step, "time": time.time()} | metrics
-        with open(self.out_dir / "metrics.jsonl", "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self._writer is None:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-
-                self._writer = SummaryWriter(str(self.out_dir / "tb"))
-            except ImportError:
-                self._writer = False
-        if self._writer:
-            for key, value in metrics.items():
-                self._writer.add_scalar(key, value, self.step)
+        self._metrics.log(self.step, metrics)
 
     def _checkpoint_all(self) -> None:
         if self.is_main:
@@ -401,8 +389,7 @@ class ModelTrainer:
                 bar.update()
         finally:
             bar.close()
-            if self._writer:
-                self._writer.flush()
+            self._metrics.flush()
             if self.dist.owned:
                 torch.distributed.destroy_process_group()
         return last_valid
