@@ -210,6 +210,40 @@ def data_dump(
     click.echo(summary.format())
 
 
+def _training_options(example_config: str):
+    """The options every training command shares (config, overrides, resumable limits)."""
+
+    def decorate(command):
+        options = [
+            click.option("--config", "config_path", type=click.Path(path_type=Path),
+                         required=True, help=f"YAML, e.g. {example_config}."),
+            click.argument("overrides", nargs=-1),
+            click.option("--stop-after", type=click.IntRange(min=1), default=None,
+                         help="Train at most this many steps in this invocation (rerun to "
+                              "resume)."),
+            click.option("--time-limit", "time_limit", type=click.FloatRange(min=0.1),
+                         default=None, help="Stop (and checkpoint) after this many minutes."),
+            click.option("--progress/--no-progress", default=True, show_default=True),
+        ]
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
+def _run_training(config_class, trainer_class, config_path, overrides, stop_after, time_limit,
+                  progress) -> None:
+    from stemstream.config import load_config
+
+    config = load_config(config_class, config_path, list(overrides))
+    limit = None if time_limit is None else 60 * time_limit
+    metrics = trainer_class(config).run(progress=progress, stop_after=stop_after,
+                                        time_limit_s=limit)
+    for key, value in sorted(metrics.items()):
+        click.echo(f"{key:<28}{value:.4f}")
+
+
 @cli.group(cls=_Group)
 def codec() -> None:
     """Train, run and evaluate audio codecs (the token layer under every model)."""
@@ -219,41 +253,16 @@ _CODEC_HELP = "default (shipped), mock, a codec .safetensors, a training checkpo
 
 
 @codec.command("train", context_settings={"ignore_unknown_options": False})
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="YAML, e.g. configs/codec/cpu16k.yaml.",
-)
-@click.argument("overrides", nargs=-1)
-@click.option(
-    "--stop-after",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Train at most this many steps in this invocation (rerun to resume).",
-)
-@click.option(
-    "--time-limit",
-    "time_limit",
-    type=click.FloatRange(min=0.1),
-    default=None,
-    help="Stop (and checkpoint) after this many minutes.",
-)
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@_training_options("configs/codec/cpu16k.yaml")
 def codec_train(config_path, overrides, stop_after, time_limit, progress):
     """Train a codec; rerunning the same command resumes from the newest checkpoint.
 
     OVERRIDES are dotted key=value pairs, e.g. `steps=500 crops.max_tracks=40`.
     """
     from stemstream.codec.train import CodecTrainConfig, CodecTrainer
-    from stemstream.config import load_config
 
-    config = load_config(CodecTrainConfig, config_path, list(overrides))
-    limit = None if time_limit is None else 60 * time_limit
-    metrics = CodecTrainer(config).run(progress=progress, stop_after=stop_after, time_limit_s=limit)
-    for key, value in sorted(metrics.items()):
-        click.echo(f"{key:<28}{value:.4f}")
+    _run_training(CodecTrainConfig, CodecTrainer, config_path, overrides, stop_after,
+                  time_limit, progress)
 
 
 @codec.command("export")
@@ -341,42 +350,17 @@ def codec_eval(codec_spec, corpus, split, tracks, seconds, codebooks, baselines,
 
 
 @cli.command("train", context_settings={"ignore_unknown_options": False})
-@click.option(
-    "--config",
-    "config_path",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="YAML, e.g. configs/model/cpu_k1_tf0.yaml.",
-)
-@click.argument("overrides", nargs=-1)
-@click.option(
-    "--stop-after",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Train at most this many steps in this invocation (rerun to resume).",
-)
-@click.option(
-    "--time-limit",
-    "time_limit",
-    type=click.FloatRange(min=0.1),
-    default=None,
-    help="Stop (and checkpoint) after this many minutes.",
-)
-@click.option("--progress/--no-progress", default=True, show_default=True)
+@_training_options("configs/model/cpu_k1_tf0.yaml")
 def train(config_path, overrides, stop_after, time_limit, progress):
     """Train a model on a token dump; rerunning the same command resumes from the newest
     checkpoint. Under `torchrun` it trains with DistributedDataParallel.
 
     OVERRIDES are dotted key=value pairs, e.g. `steps=500 model.chunk_frames=4`.
     """
-    from stemstream.config import load_config
     from stemstream.train import ModelTrainConfig, ModelTrainer
 
-    config = load_config(ModelTrainConfig, config_path, list(overrides))
-    limit = None if time_limit is None else 60 * time_limit
-    metrics = ModelTrainer(config).run(progress=progress, stop_after=stop_after, time_limit_s=limit)
-    for key, value in sorted(metrics.items()):
-        click.echo(f"{key:<28}{value:.4f}")
+    _run_training(ModelTrainConfig, ModelTrainer, config_path, overrides, stop_after,
+                  time_limit, progress)
 
 
 @cli.command("generate")
