@@ -175,13 +175,16 @@ class StreamingDecoder(nn.Module):
         generator: torch.Generator | None = None,
         forced: torch.Tensor | None = None,
         input_complete: bool = False,
+        input_offset: int = 0,
     ) -> torch.Tensor:
         """Emit the next chunk of ``k`` delayed steps.
 
         Args:
             state: from :meth:`new_state`; updated in place.
-            input_latents: ``[B, D_in, T_heard]`` every input frame heard so far (at least
-                ``c + t_f`` frames for chunk start ``c``, when that is positive).
+            input_latents: ``[B, D_in, T']`` the input frames heard so far, from frame
+                ``input_offset`` on (the stream up to frame ``c + t_f - 1`` for chunk start
+                ``c``, when that is positive). A long-running caller drops old frames and
+                raises ``input_offset``; frames from ``c - k + t_f - 1`` on must be kept.
             forced: optional long ``[B, K, k]`` tokens to use instead of sampling (teacher
                 forcing, for tests); pads are forced regardless.
             input_complete: the input has ended (a file): frames past its end count as
@@ -195,18 +198,21 @@ class StreamingDecoder(nn.Module):
         sampling = sampling or SamplingConfig()
         k, start = cfg.chunk_frames, state.step
         need = start + cfg.future_frames
-        if need > input_latents.shape[-1] and not input_complete:
+        heard = input_offset + input_latents.shape[-1]
+        if need > heard and not input_complete:
             raise ConfigError(
                 f"chunk at step {start} needs {need} input frames "
-                f"(t_f = {cfg.future_frames}), got {input_latents.shape[-1]}"
+                f"(t_f = {cfg.future_frames}), got {heard}"
             )
         if k > 1 and state.pending:
-            self._refeed_fused(state, input_latents)
+            self._refeed_fused(state, input_latents, input_offset)
         out = []
         for offset in range(k):
             step = start + offset
             frame = step + cfg.future_frames - 1 if offset == 0 else -1
-            logits = self._forward_positions(state, input_latents, [step], [frame])[:, 0]
+            logits = self._forward_positions(
+                state, input_latents, [step], [frame], input_offset
+            )[:, 0]
             tokens = sample_tokens(
                 logits,
                 sampling.temperature,
@@ -223,13 +229,15 @@ class StreamingDecoder(nn.Module):
         state.pending = k if k > 1 else 0
         return torch.stack(out, dim=-1)
 
-    def _refeed_fused(self, state: GenerationState, input_latents: torch.Tensor) -> None:
+    def _refeed_fused(
+        self, state: GenerationState, input_latents: torch.Tensor, input_offset: int
+    ) -> None:
         """Replace the previous chunk's token-only positions by fused ones."""
         for cache in state.caches:
             cache.rollback(state.pending)
         steps = list(range(state.step - state.pending, state.step))
         frames = [s + self.config.future_frames - 1 for s in steps]
-        self._forward_positions(state, input_latents, steps, frames)
+        self._forward_positions(state, input_latents, steps, frames, input_offset)
         state.pending = 0
 
     def _forward_positions(
@@ -238,10 +246,11 @@ class StreamingDecoder(nn.Module):
         input_latents: torch.Tensor,
         steps: list[int],
         frames: list[int],
+        input_offset: int = 0,
     ) -> torch.Tensor:
         batch = state.inst.shape[0]
         device = input_latents.device
-        prev = [state.tokens[s - 1] if s > 0 else None for s in steps]
+        prev = [state.token(s - 1) if s > 0 else None for s in steps]
         tokens = torch.stack(
             [
                 p
@@ -253,9 +262,17 @@ class StreamingDecoder(nn.Module):
             ],
             dim=-1,
         )
-        frames_t = torch.tensor(frames, device=device)
-        valid = (frames_t >= 0) & (frames_t < input_latents.shape[-1])
-        latents = input_latents.transpose(1, 2)[:, frames_t.clamp(0, input_latents.shape[-1] - 1)]
+        if any(0 <= f < input_offset for f in frames):
+            raise ConfigError(
+                f"input frame {min(frames)} was dropped (input_offset = {input_offset})"
+            )
+        frames_t = torch.tensor(frames, device=device) - input_offset
+        length = input_latents.shape[-1]
+        valid = (frames_t >= 0) & (frames_t < length)
+        if length == 0:  # nothing heard yet (t_f < 0): every position is "no input"
+            latents = None
+        else:
+            latents = input_latents.transpose(1, 2)[:, frames_t.clamp(0, length - 1)]
         fused = self.fuse(latents, valid, self.embed_tokens(tokens, state.inst))
         positions = torch.tensor(steps, device=device)
         hidden = self.backbone(fused, positions=positions, caches=state.caches)
@@ -270,11 +287,26 @@ class StreamingDecoder(nn.Module):
 @dataclass
 class GenerationState:
     """Explicit streaming state: instrument ``inst [B]``, per-layer caches, emitted delayed
-    tokens per step (``[B, K]`` each), the next step, and how many token-only chunk positions
-    are still in the caches."""
+    tokens per step (``[B, K]`` each, from step ``token_base`` on), the next step, and how many
+    token-only chunk positions are still in the caches."""
 
     inst: torch.Tensor
     caches: list[KVCache]
     tokens: list[torch.Tensor]
     step: int
     pending: int
+    token_base: int = 0
+
+    def token(self, step: int) -> torch.Tensor:
+        """The delayed tokens ``[B, K]`` emitted at ``step``."""
+        last = self.token_base + len(self.tokens) - 1
+        if not self.token_base <= step <= last:
+            raise IndexError(f"tokens of step {step} are not kept ({self.token_base}..{last})")
+        return self.tokens[step - self.token_base]
+
+    def forget_tokens(self, keep: int) -> None:
+        """Drop all but the newest ``keep`` steps' tokens (generation needs the last
+        ``k + 1``), so an endless stream holds constant memory."""
+        drop = max(0, len(self.tokens) - keep)
+        del self.tokens[:drop]
+        self.token_base += drop
