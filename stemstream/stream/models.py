@@ -1,0 +1,125 @@
+"""Resolve what ``--model`` options of the streaming front ends accept.
+
+* ``default`` — the shipped real-time model (``stemstream/assets/models/streaming-cpu.safetensors``,
+  with the shipped codec). Until it exists, an *untrained* ``cpu``-preset streaming decoder
+  over the shipped codec (random weights, seed 0) stands in, with a warning: timings are real,
+  the music is noise.
+* ``random-cpu`` / ``random-tiny`` — untrained decoders of that preset over the shipped codec
+  (``random-tiny-mock``: over :class:`~stemstream.codec.mock.MockCodec`, for tests);
+* a model checkpoint (exported or training) of the ``streaming`` family.
+
+``t_f`` and ``k`` may be overridden; a model run at values it was not trained for warns.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from stemstream.codec.base import Codec
+from stemstream.errors import ConfigError
+from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
+from stemstream.model.transformer import TransformerConfig
+
+log = logging.getLogger(__name__)
+
+MODEL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
+DEFAULT_MODEL = MODEL_ASSETS / "streaming-cpu.safetensors"
+RANDOM_SPECS = ("random-cpu", "random-tiny", "random-tiny-mock")
+
+
+@dataclass(frozen=True)
+class StreamModel:
+    """A streaming decoder ready for a session, its codec, and where it came from."""
+
+    model: StreamingDecoder
+    codec: Codec
+    source: str
+    trained: bool
+
+
+def random_model(preset: str, codec: Codec, num_codebooks: int = 4, seed: int = 0,
+                 future_frames: int = 0, chunk_frames: int = 1) -> StreamingDecoder:
+    """An untrained streaming decoder of a backbone ``preset`` shaped for ``codec``."""
+    torch.manual_seed(seed)
+    config = StreamingDecoderConfig(
+        backbone=TransformerConfig.preset(preset),
+        num_codebooks=min(num_codebooks, codec.num_codebooks),
+        codebook_size=codec.codebook_size,
+        input_dim=codec.latent_dim,
+        future_frames=future_frames,
+        chunk_frames=chunk_frames,
+    )
+    return StreamingDecoder(config).eval()
+
+
+def load_stream_model(
+    spec: str | Path = "default",
+    codec_spec: str | None = None,
+    future_frames: int | None = None,
+    chunk_frames: int | None = None,
+) -> StreamModel:
+    """Resolve ``spec`` (see the module docstring) and apply ``t_f`` / ``k`` overrides.
+
+    Raises:
+        ConfigError / CheckpointError / CodecError: unknown spec, a checkpoint of another
+            family or codec, invalid ``t_f`` / ``k``.
+    """
+    from stemstream.codec.registry import get_codec
+    from stemstream.stream.session import with_stream_args
+
+    spec = str(spec)
+    if spec == "default" and not DEFAULT_MODEL.exists():
+        warnings.warn(
+            "no trained default model is shipped yet: using an untrained `cpu` model "
+            "(real timings, meaningless audio)",
+            stacklevel=2,
+        )
+        spec = "random-cpu"
+    tf0 = 0 if future_frames is None else future_frames
+    k0 = 1 if chunk_frames is None else chunk_frames
+    if spec in RANDOM_SPECS:
+        preset = spec.split("-")[1]
+        if spec.endswith("-mock"):
+            from stemstream.codec.mock import MockCodec, MockCodecConfig
+
+            codec = MockCodec(MockCodecConfig())
+        else:
+            codec = get_codec(codec_spec or "default")
+        model = random_model(preset, codec, future_frames=tf0, chunk_frames=k0)
+        return StreamModel(model, codec.eval(), spec, trained=False)
+    if spec == "default":
+        spec = str(DEFAULT_MODEL)
+    path = Path(spec)
+    if not path.exists():
+        raise ConfigError(
+            f"--model {spec!r}: no such file; use default, {', '.join(RANDOM_SPECS)} or a "
+            "streaming model checkpoint"
+        )
+    from stemstream.stream.offline import codec_for
+    from stemstream.train.loop import load_model
+
+    loaded = load_model(path)
+    if loaded.family != "streaming":
+        raise ConfigError(
+            f"{path} holds a {loaded.family!r} model; real-time accompaniment needs the "
+            "'streaming' family (offline families run with `stemstream generate`)"
+        )
+    codec = codec_for(loaded.codec, codec_spec)
+    model = with_stream_args(loaded.model, future_frames, chunk_frames)
+    return StreamModel(model, codec.eval(), str(path), trained=True)
+
+
+def frames_from_seconds(seconds: float | None, frame_rate: float, what: str) -> int | None:
+    """Seconds (CLI) -> whole frames; an inexact value is rounded with a log line."""
+    if seconds is None:
+        return None
+    frames = round(seconds * frame_rate)
+    if abs(frames - seconds * frame_rate) > 1e-6:
+        log.info("%s %.4f s rounded to %d frames (%.4f s)", what, seconds, frames,
+                 frames / frame_rate)
+    return frames
