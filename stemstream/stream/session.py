@@ -538,16 +538,22 @@ class Session:
             return {k[len(prefix) + 1 :]: v for k, v in tensors.items()
                     if k.startswith(prefix + ".")}
 
-        self.latents = tensors["latents"].clone()
-        self.delayed = tensors["delayed"].clone()
-        self.generator.set_state(tensors["generator"].clone())
-        self.frame_ready = tensors["frame_ready"].tolist()
-        self.resampler.load_state_dict(part("resampler"))
-        self.out_resampler.load_state_dict(part("out_resampler"))
-        self.encoder.load_state_dict(part("encoder"))
-        self.decoder.load_state_dict(part("decoder"))
-        for i, cache in enumerate(self.state.caches):
-            cache.set_state(part(f"cache.{i}"))
+        try:
+            self.latents = tensors["latents"].clone()
+            self.delayed = tensors["delayed"].clone()
+            self.generator.set_state(tensors["generator"].clone())
+            self.frame_ready = tensors["frame_ready"].tolist()
+            self.resampler.load_state_dict(part("resampler"))
+            self.out_resampler.load_state_dict(part("out_resampler"))
+            self.encoder.load_state_dict(part("encoder"))
+            self.decoder.load_state_dict(part("decoder"))
+            for i, cache in enumerate(self.state.caches):
+                cache.set_state(part(f"cache.{i}"))
+        except (KeyError, ValueError, RuntimeError, StemstreamError) as err:
+            self.reset()
+            raise StreamError(
+                f"the snapshot does not fit this session (another model shape?): {err}"
+            ) from None
         counters = meta["counters"]
         self.state.tokens = list(tensors["tokens"].clone()) if "tokens" in tensors else []
         self.state.step = counters["step"]
