@@ -220,6 +220,7 @@ class Session:
         self.hop = codec.hop_length
         self.frame_seconds = self.hop / self.sample_rate
         self.out_rate = self.config.output_sample_rate or self.sample_rate
+        self._model_hash: str | None = None
         self.reset()
 
     # ------------------------------------------------------------------------ lifecycle
@@ -252,8 +253,8 @@ class Session:
     @property
     def output_length(self) -> int:
         """Samples (at :attr:`out_rate`) of output aligned with the input pushed so far: a
-        finished stream's output is exactly this long (a stream that plays ahead of its input,
-        ``t_f < 0``, may have returned more before :meth:`finish`)."""
+        finished stream's output is exactly this long (a stream that plays ahead of its input
+        — ``t_f < 0``, or ``k > 1`` chunks — may have returned more before :meth:`finish`)."""
         return -(-self.codec_samples_in * self.out_rate // self.sample_rate)
 
     @property
@@ -301,6 +302,11 @@ class Session:
         except (TypeError, ValueError) as err:
             raise StreamError(f"input block is not numeric audio: {err}") from None
         if samples.ndim == 2:
+            if samples.shape[1] > 16:
+                raise StreamError(
+                    f"input block has shape {samples.shape}: expected [n, channels] "
+                    "(frames first, as soundfile reads); transpose a [channels, n] block"
+                )
             samples = samples.mean(axis=1)
         elif samples.ndim != 1:
             raise StreamError(
@@ -339,7 +345,10 @@ class Session:
         before = self.samples_out
         out = self._generate_ready(final)
         if final:
-            tail = self.decoder.flush()[0, 0].float().numpy()
+            if self.frames_out:
+                tail = self.decoder.flush()[0, 0].float().numpy()
+            else:  # nothing was ever rendered (empty input)
+                tail = np.zeros(0, dtype=np.float32)
             self.samples_out += tail.shape[0]
             # the output stream is exactly as long as the input (at the codec rate)
             out = np.concatenate([out, tail])[: max(0, self.codec_samples_in - before)]
@@ -502,8 +511,7 @@ class Session:
             "format": SESSION_FORMAT,
             "stemstream_version": __version__,
             "config": dataclasses.asdict(self.config),
-            "model": {"future_frames": self.model.config.future_frames,
-                      "chunk_frames": self.model.config.chunk_frames},
+            "model": self._model_identity(),
             "codec_hash": self.codec.codec_identity()["weights_hash"],
             "counters": {
                 "step": self.state.step,
@@ -529,9 +537,10 @@ class Session:
             raise StreamError("the snapshot was taken with another session config")
         if meta["codec_hash"] != self.codec.codec_identity()["weights_hash"]:
             raise StreamError("the snapshot was taken with another codec")
-        mc = self.model.config
-        if meta["model"] != {"future_frames": mc.future_frames, "chunk_frames": mc.chunk_frames}:
-            raise StreamError("the snapshot was taken with another t_f / k")
+        if meta["model"] != self._model_identity():
+            raise StreamError(
+                "the snapshot was taken with another model (shape, weights, t_f or k)"
+            )
         self.reset()
 
         def part(prefix: str) -> dict[str, torch.Tensor]:
@@ -567,6 +576,16 @@ class Session:
         self.finished = counters["finished"]
         self.stats = SessionStats(**meta["stats"])
         self.clock.load_state(meta.get("clock", {}))
+
+    def _model_identity(self) -> dict[str, Any]:
+        from stemstream.codec.base import weights_hash
+
+        if self._model_hash is None:
+            self._model_hash = weights_hash(self.model)
+        return {
+            "config": json.loads(json.dumps(self.model.config.to_dict())),
+            "weights_hash": self._model_hash,
+        }
 
     def save(self, path: str | Path) -> Path:
         """Write a snapshot (safetensors, atomically)."""
