@@ -33,6 +33,7 @@ def cli(verbose: int) -> None:
     """stemstream: streaming music accompaniment."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.captureWarnings(True)  # UserWarnings become one log line, not a source dump
 
 
 @cli.group(cls=_Group)
@@ -392,18 +393,164 @@ def generate(checkpoint_path, input_path, instrument, out, mix_out, codec_spec, 
 @click.option(
     "--out", "out_dir", type=click.Path(path_type=Path), default=Path("out/demo"), show_default=True
 )
-@click.option("--tracks", type=click.IntRange(min=1), default=6, show_default=True)
-def demo(out_dir, tracks):
-    """The README's main job. Until the streaming model ships: synthesise a small corpus,
-    print its statistics and the A.1 window report."""
-    from stemstream.data.synth import SynthConfig, synthesize_corpus
-    from stemstream.data.windows import WindowConfig, window_report
+@click.option("--instrument", default="Bass", show_default=True)
+@click.option("--model", default="default", show_default=True)
+@click.option("--corpus/--no-corpus", default=False, show_default=True,
+              help="Also synthesise a 6-track corpus and print its statistics and A.1 report.")
+def demo(out_dir, instrument, model, corpus):
+    """The README's main job: the shipped model accompanies the bundled example (a band
+    without its bass) through the real-time engine; writes the stem, the A.7 mix, the latency
+    report and its timeline plot."""
+    from stemstream.stream.accompany import accompany_file
 
-    corpus = out_dir / "corpus"
-    stats = synthesize_corpus(corpus, SynthConfig(num_tracks=tracks, seed=0), progress=True)
-    click.echo(stats.format())
-    click.echo(window_report(corpus, WindowConfig(), seed=0, progress=False).format())
-    click.echo(f"corpus written to {corpus}")
+    example = Path(__file__).resolve().parent / "assets" / "examples" / "band_without_bass.flac"
+    result = accompany_file(
+        example, instrument, out_dir / f"{instrument.lower()}.wav", model=model,
+        mix_out=out_dir / "mix.wav", report_out=out_dir / "latency.json",
+        plot_out=out_dir / "latency.png", progress=True,
+    )
+    click.echo(result.summary())
+    for path in (result.mix_path, result.report_path, result.plot_path):
+        click.echo(f"wrote {path}")
+    if corpus:
+        from stemstream.data.synth import SynthConfig, synthesize_corpus
+        from stemstream.data.windows import WindowConfig, window_report
+
+        root = out_dir / "corpus"
+        stats = synthesize_corpus(root, SynthConfig(num_tracks=6, seed=0), progress=True)
+        click.echo(stats.format())
+        click.echo(window_report(root, WindowConfig(), seed=0, progress=False).format())
+        click.echo(f"corpus written to {root}")
+
+
+# --- accompany
+@cli.command("accompany")
+@click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
+@click.option("--instrument", required=True, help="Class to play, e.g. Bass, Piano, Drums.")
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
+              help="The stem to write (mono, codec rate, as long as INPUT).")
+@click.option("--model", default="default", show_default=True,
+              help="default, random-cpu, random-tiny, random-tiny-mock or a streaming "
+                   "model checkpoint.")
+@click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
+@click.option("--tf", "tf_seconds", type=float, default=None,
+              help="Future visibility t_f in seconds (negative: play ahead); default: the "
+                   "model's.")
+@click.option("--chunk", "chunk_frames", type=click.IntRange(min=1), default=None,
+              help="Chunk size k in frames; default: the model's.")
+@click.option("--latency", type=click.FloatRange(min=0.0), default=0.2, show_default=True,
+              help="Output delay L in seconds that deadlines are measured against.")
+@click.option("--realtime/--no-realtime", default=False, show_default=True,
+              help="Feed the file in real time on a wall clock (misses play silence) instead "
+                   "of a virtual clock (deterministic stem, measured timings).")
+@click.option("--mix", "mix_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the appendix-A.7 mix of input and stem.")
+@click.option("--report", "report_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the latency report (JSON).")
+@click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None,
+              help="Also write the slack timeline (PNG).")
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--block-ms", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
+              help="Input block size pushed per step, in milliseconds.")
+@click.option("--window", type=click.IntRange(min=1), default=None,
+              help="KV-cache ring size in positions (default: the model's context).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_frames, latency,
+              realtime, mix_out, report_out, plot_out, temperature, top_k, seed, block_ms,
+              window, progress):
+    """Accompany an audio file through the real-time engine: write the stem (and optionally
+    the mix, a latency report and its plot) and print RTF and deadline misses."""
+    from stemstream.stream.accompany import accompany_file
+
+    result = accompany_file(
+        input_path, instrument, out, model=model, codec=codec_spec, tf_seconds=tf_seconds,
+        chunk_frames=chunk_frames, latency=latency, realtime=realtime, mix_out=mix_out,
+        report_out=report_out, plot_out=plot_out, block_seconds=block_ms / 1000,
+        temperature=temperature, top_k=top_k, seed=seed, window=window, progress=progress,
+    )
+    click.echo(result.summary())
+    for path in (result.mix_path, result.report_path, result.plot_path):
+        if path is not None:
+            click.echo(f"wrote {path}")
+
+
+# --- bench: `stemstream bench` (stemstream.stream.bench)
+@cli.command("bench")
+@click.option("--model", default="default", show_default=True,
+              help="default, random-cpu, random-tiny, random-tiny-mock or a streaming checkpoint.")
+@click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
+@click.option("--seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              help="Test audio streamed in the model's own (t_f, k).")
+@click.option("--grid-seconds", type=click.FloatRange(min=0.1), default=4.0, show_default=True,
+              help="Test audio per (t_f, k) of the feasibility grid.")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
+@click.option("--grid/--no-grid", default=True, show_default=True,
+              help="Measure the (t_f, k, L) feasibility grid.")
+def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid):
+    """Real-time factor, per-frame latency percentiles and which (t_f, k, L) are feasible for
+    a streaming model on this machine (generated test audio, virtual clock)."""
+    import json
+
+    from stemstream.stream.bench import format_bench, run_bench
+
+    result = run_bench(model=model, codec=codec_spec, seconds=seconds,
+                       configs=None if grid else (), threads=threads, seed=seed,
+                       grid_seconds=grid_seconds)
+    click.echo(json.dumps(result) if as_json else format_bench(result))
+
+
+# --- live
+@cli.command("live")
+@click.option("--instrument", default="Bass", show_default=True, help="Class to play.")
+@click.option("--model", default="default", show_default=True,
+              help="default, random-cpu, random-tiny or a streaming model checkpoint.")
+@click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
+@click.option("--tf", "tf_seconds", type=float, default=None,
+              help="Future visibility t_f in seconds; default: the model's.")
+@click.option("--chunk", "chunk_frames", type=click.IntRange(min=1), default=None)
+@click.option("--latency", type=click.FloatRange(min=0.0), default=0.2, show_default=True,
+              help="Output delay L in seconds behind the input (plus device I/O latency).")
+@click.option("--sample-rate", type=click.IntRange(min=8000), default=None,
+              help="Device rate (default: the input device's).")
+@click.option("--block-ms", type=click.FloatRange(min=1.0), default=10.0, show_default=True)
+@click.option("--input-device", default=None, help="PortAudio input device (name or index).")
+@click.option("--output-device", default=None, help="PortAudio output device.")
+@click.option("--duration", type=click.FloatRange(min=0.1), default=None,
+              help="Stop after this many seconds (default: Ctrl-C).")
+@click.option("--report", "report_out", type=click.Path(path_type=Path), default=None)
+@click.option("--list-devices", is_flag=True, help="List sound devices and exit.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sample_rate,
+         block_ms, input_device, output_device, duration, report_out, list_devices, seed):
+    """Play along with a sound device in real time (needs `pip install 'stemstream[live]'`
+    and PortAudio)."""
+    from stemstream.stream.live import list_devices as devices
+    from stemstream.stream.live import run_live
+
+    if list_devices:
+        click.echo(devices())
+        return
+
+    def device(value):
+        return int(value) if value is not None and value.isdigit() else value
+
+    report = run_live(
+        model=model, instrument=instrument, codec=codec_spec, tf_seconds=tf_seconds,
+        chunk_frames=chunk_frames, latency=latency, sample_rate=sample_rate, block_ms=block_ms,
+        input_device=device(input_device), output_device=device(output_device),
+        duration=duration, report_out=report_out, seed=seed,
+    )
+    dev = report["device"]
+    click.echo(
+        f"played {dev['played_samples'] / dev['sample_rate']:.1f} s | RTF {report['rtf'] or 0:.3f}"
+        f" | missed {report['missed_chunks']}/{report['chunks']} chunks | underruns "
+        f"{dev['underrun_samples'] / dev['sample_rate']:.2f} s | dropped input blocks "
+        f"{dev['input_overflows']}"
+    )
 
 
 def main() -> None:

@@ -123,7 +123,7 @@ def stream_file(session, samples: np.ndarray, sample_rate: int, block_seconds: f
 
     block = max(1, round(block_seconds * sample_rate))
     num_samples = samples.shape[0]
-    outputs = []
+    outputs = [session.preroll()]
     bar = tqdm(total=num_samples, unit="s", unit_scale=1 / sample_rate, disable=not progress,
                desc="accompany", leave=False, bar_format="{l_bar}{bar}| {n:.1f}/{total:.1f} s "
                "[{elapsed}<{remaining}, {rate_fmt}]")

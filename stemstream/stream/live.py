@@ -190,6 +190,7 @@ def run_live(
         clock=WallClock(),
     )
     engine = LiveEngine(session, latency)
+    engine._write(session.preroll())  # a model that plays ahead is ready at time 0
     engine.start_worker()
     blocksize = max(1, int(rate * block_ms / 1000))
     log.info("live: %s at %d Hz, blocks of %d samples, L = %.0f ms", loaded.source, rate,

@@ -53,6 +53,9 @@ from stemstream.stream.resample import StreamResampler
 log = logging.getLogger(__name__)
 
 POLICIES = ("silence", "late")
+# Default KV ring: the ~10 s context streaming models are trained on (504 positions at K = 4);
+# a longer ring costs attention time and shows the model distances it never saw.
+DEFAULT_WINDOW = 512
 SESSION_FORMAT = "stemstream-session"
 
 
@@ -71,8 +74,8 @@ class SessionConfig:
         temperature: sampling temperature (0 = greedy).
         top_k: per-codebook top-k.
         seed: sampling seed.
-        window: KV-cache ring size in positions (default: the backbone's ``max_seq_len``,
-            the context the model was trained with); memory is constant in stream length.
+        window: KV-cache ring size in positions (default :data:`DEFAULT_WINDOW`, capped by
+            the backbone's ``max_seq_len``); memory is constant in stream length.
         policy: on a miss, ``"silence"`` or ``"late"``; default from the clock.
         output_sample_rate: rate of the returned audio (default: the codec's).
         keep_records: chunk records kept in memory (oldest dropped; counters stay exact).
@@ -215,7 +218,7 @@ class Session:
             )
         self.policy = self.config.policy or ("silence" if self.clock.realtime else "late")
         self.sampling = SamplingConfig(self.config.temperature, self.config.top_k)
-        self.window = self.config.window or mcfg.backbone.max_seq_len
+        self.window = self.config.window or min(mcfg.backbone.max_seq_len, DEFAULT_WINDOW)
         self.sample_rate = codec.sample_rate
         self.hop = codec.hop_length
         self.frame_seconds = self.hop / self.sample_rate
@@ -281,6 +284,16 @@ class Session:
         arrival = self.clock.arrival(self.samples_in / self.config.input_sample_rate)
         resampled = self.resampler.process(mono)
         return self._advance(resampled, arrival, final=False)
+
+    def preroll(self) -> np.ndarray:
+        """Generate, before any input arrives, the chunks that need none (``c + t_f <= 0``,
+        only when ``t_f <= 0``) and return their audio; front ends call it before starting
+        the stream so that a model playing ahead is ready at time 0."""
+        if self.finished or self.samples_in:
+            return np.zeros(0, dtype=np.float32)
+        with torch.inference_mode():
+            out = self._generate_ready(final=False)
+        return self.out_resampler.process(out)
 
     def finish(self) -> np.ndarray:
         """The input has ended: generate and render the rest (steps past the input's end see
@@ -619,7 +632,7 @@ def run_blocks(session: Session, audio: np.ndarray, block_sizes: Sequence[int] |
     sizes = [block_sizes] if isinstance(block_sizes, int) else list(block_sizes)
     if not sizes or min(sizes) < 1:
         raise ConfigError(f"block sizes must be >= 1, got {sizes}")
-    out, pos, i = [], 0, 0
+    out, pos, i = [session.preroll()], 0, 0
     while pos < audio.shape[0]:
         size = sizes[i % len(sizes)]
         out.append(session.push(audio[pos : pos + size]))

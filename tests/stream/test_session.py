@@ -369,6 +369,7 @@ def predict(
             out.append(Expected(step, count, when, start, end, first, deadline, slack, late))
             step += k
 
+    run_chunks(final=False)  # preroll: chunks that need no input run at time 0
     pos = 0
     while pos < samples:
         pos = min(pos + block, samples)
@@ -427,10 +428,11 @@ def assert_records_match(sess: Session, expected: list[Expected], t_f: int, k: i
 
 
 def test_slow_model_misses_exactly_the_predicted_chunks_closed_form():
-    """k = 1, t_f = 0, 1.5 frames of compute per chunk, one frame per block: the worker is
-    always busy, so chunk ``c`` ends at ``F + 1.5 F (c + 1)``; it renders frame ``c - 3``, due
-    at ``(c - 3) F + L``: slack ``L - 5.5 F - 0.5 c F``. With ``L = 20 F + half a sample``
-    chunks from 30 on miss; chunk 30 has 16 late samples, later ones all 32."""
+    """k = 1, t_f = 0, 1.5 frames of compute per chunk, one frame per block: chunk 0 needs no
+    input and runs at preroll (time 0), and from then on the worker is always busy, so chunk
+    ``c`` ends at ``1.5 F (c + 1)``; it renders frame ``c - 3``, due at ``(c - 3) F + L``: slack
+    ``L - 4.5 F - 0.5 c F``. With ``L = 20 F + half a sample`` chunks from 32 on miss; chunk 32
+    has 16 late samples, later ones all 32."""
     frames = 48
     latency = 20 * FRAME + HALF_SAMPLE
     sess, _ = run_timed(0, 1, 1.5 * FRAME, latency, frames * D_HOP, D_HOP)
@@ -438,14 +440,14 @@ def test_slow_model_misses_exactly_the_predicted_chunks_closed_form():
     assert len(records) == frames + K - 1
     for rec in records:
         c = rec.step
-        assert rec.end == pytest.approx(FRAME + 1.5 * FRAME * (c + 1), abs=1e-12)
+        assert rec.end == pytest.approx(1.5 * FRAME * (c + 1), abs=1e-12)
         if c < K - 1:
             assert rec.deadline is None and not rec.missed
             continue
-        assert rec.slack == pytest.approx(latency - 5.5 * FRAME - 0.5 * c * FRAME, abs=1e-9)
-        assert rec.missed == (c >= 30), c
-        assert rec.late_samples == (0 if c < 30 else 16 if c == 30 else 32), c
-    assert sess.stats.missed_chunks == frames + K - 1 - 30
+        assert rec.slack == pytest.approx(latency - 4.5 * FRAME - 0.5 * c * FRAME, abs=1e-9)
+        assert rec.missed == (c >= 32), c
+        assert rec.late_samples == (0 if c < 32 else 16 if c == 32 else 32), c
+    assert sess.stats.missed_chunks == frames + K - 1 - 32
 
 
 @pytest.mark.parametrize("t_f", [-3, 0, 2])
@@ -488,18 +490,19 @@ def test_policies_silence_exactly_the_late_samples_or_keep_them(t_f, k):
 @pytest.mark.parametrize("k", [1, 4])
 def test_fast_model_meets_every_deadline_with_the_delay_pattern_latency(t_f, k):
     """With free compute and one frame per block, a chunk runs when the frame it needs
-    arrives: the newest frame it renders is due ``(K - 1 + t_f)`` frames before that (and
-    nothing can play before the first block arrives), so that latency suffices exactly and
-    half a sample less misses."""
+    arrives: the newest frame it renders is due ``(K - 1 + t_f)`` frames before that (chunks
+    that need no input run at preroll, time 0), so that latency suffices exactly and half a
+    sample less misses."""
     samples = 30 * D_HOP
-    need = max(K - 1 + t_f, 1) * FRAME
+    need = max(K - 1 + t_f, 0) * FRAME
     sess, _ = run_timed(t_f, k, 0.0, need, samples, D_HOP, policy="silence")
     assert sess.stats.missed_chunks == 0 and sess.stats.late_samples == 0
     assert all(r.slack >= 0 for r in sess.records if r.slack is not None)
     assert_records_match(sess, predict(samples, D_HOP, t_f, k, 0.0, need), t_f, k)
 
-    sess, _ = run_timed(t_f, k, 0.0, need - HALF_SAMPLE, samples, D_HOP)
-    assert sess.stats.missed_chunks > 0
+    if need > 0:
+        sess, _ = run_timed(t_f, k, 0.0, need - HALF_SAMPLE, samples, D_HOP)
+        assert sess.stats.missed_chunks > 0
 
 
 def test_default_policy_follows_the_clock():
