@@ -27,13 +27,13 @@ import argparse
 import json
 import statistics
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
+from stemstream.model.quantize import quantize_int8
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import (
     GenerationState,
@@ -104,12 +104,7 @@ def convert_weights(model: StreamingDecoder, weights: str) -> tuple[nn.Module, t
             param.data = param.data.to(torch.bfloat16)
         return model, torch.bfloat16
     if weights == "int8":
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch.ao.quantization deprecation notice
-            quantized = torch.ao.quantization.quantize_dynamic(
-                model, {nn.Linear}, dtype=torch.qint8
-            )
-        return quantized, torch.float32
+        return quantize_int8(model), torch.float32
     raise ValueError(f"unknown weight mode {weights!r}")
 
 

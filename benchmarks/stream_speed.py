@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no trained default model yet" (printed below)
-        loaded = load_stream_model(args.model, args.codec, chunk_frames=1)
+        loaded = load_stream_model(args.model, args.codec, chunk_frames=1, weights=args.weights)
     model, codec = loaded.model, loaded.codec
     rate = codec.sample_rate
     audio = synthetic_music(args.seconds, rate, args.seed)
@@ -162,6 +162,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds first")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--weights", choices=("fp32", "int8"), default="fp32")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()

@@ -377,14 +377,20 @@ def train(config_path, overrides, stop_after, time_limit, progress):
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--tf", "tf_seconds", type=float, default=None,
+              help="Streaming family: run at this future visibility (seconds) instead of the "
+                   "trained one (warns).")
+@click.option("--chunk", "chunk_frames", type=int, default=None,
+              help="Streaming family: run with this chunk size k instead of the trained one.")
 def generate(checkpoint_path, input_path, instrument, out, mix_out, codec_spec, temperature,
-             top_k, seed):
+             top_k, seed, tf_seconds, chunk_frames):
     """Generate an accompaniment stem for a whole file (streaming families run their
     streaming loop over it)."""
     from stemstream.stream.offline import generate_file
 
     result = generate_file(checkpoint_path, input_path, instrument, out, codec_spec,
-                           temperature, top_k, seed, mix_out)
+                           temperature, top_k, seed, mix_out, tf_seconds=tf_seconds,
+                           chunk_frames=chunk_frames)
     click.echo(f"wrote {result.stem_path} ({result.seconds:.2f} s of {result.instrument}, "
                f"{result.family} model)" + (f" and {result.mix_path}" if result.mix_path else ""))
 
@@ -456,10 +462,12 @@ def demo(out_dir, instrument, model, corpus):
               help="Input block size pushed per step, in milliseconds.")
 @click.option("--window", type=click.IntRange(min=1), default=None,
               help="KV-cache ring size in positions (default: the model's context).")
+@click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="Model weights: int8 = dynamic quantisation of Linear layers (faster on CPU).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_frames, latency,
               realtime, mix_out, report_out, plot_out, temperature, top_k, seed, block_ms,
-              window, progress):
+              window, weights, progress):
     """Accompany an audio file through the real-time engine: write the stem (and optionally
     the mix, a latency report and its plot) and print RTF and deadline misses."""
     from stemstream.stream.accompany import accompany_file
@@ -469,6 +477,7 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
         chunk_frames=chunk_frames, latency=latency, realtime=realtime, mix_out=mix_out,
         report_out=report_out, plot_out=plot_out, block_seconds=block_ms / 1000,
         temperature=temperature, top_k=top_k, seed=seed, window=window, progress=progress,
+        weights=weights,
     )
     click.echo(result.summary())
     for path in (result.mix_path, result.report_path, result.plot_path):
@@ -490,7 +499,9 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 @click.option("--grid/--no-grid", default=True, show_default=True,
               help="Measure the (t_f, k, L) feasibility grid.")
-def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid):
+@click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="Model weights: int8 = dynamic quantisation of Linear layers (faster on CPU).")
+def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid, weights):
     """Real-time factor, per-frame latency percentiles and which (t_f, k, L) are feasible for
     a streaming model on this machine (generated test audio, virtual clock)."""
     import json
@@ -499,7 +510,7 @@ def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid
 
     result = run_bench(model=model, codec=codec_spec, seconds=seconds,
                        configs=None if grid else (), threads=threads, seed=seed,
-                       grid_seconds=grid_seconds)
+                       grid_seconds=grid_seconds, weights=weights)
     click.echo(json.dumps(result) if as_json else format_bench(result))
 
 
@@ -524,8 +535,11 @@ def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid
 @click.option("--report", "report_out", type=click.Path(path_type=Path), default=None)
 @click.option("--list-devices", is_flag=True, help="List sound devices and exit.")
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="Model weights: int8 = dynamic quantisation of Linear layers (faster on CPU).")
 def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sample_rate,
-         block_ms, input_device, output_device, duration, report_out, list_devices, seed):
+         block_ms, input_device, output_device, duration, report_out, list_devices, seed,
+         weights):
     """Play along with a sound device in real time (needs `pip install 'stemstream[live]'`
     and PortAudio)."""
     from stemstream.stream.live import list_devices as devices
@@ -542,7 +556,7 @@ def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sampl
         model=model, instrument=instrument, codec=codec_spec, tf_seconds=tf_seconds,
         chunk_frames=chunk_frames, latency=latency, sample_rate=sample_rate, block_ms=block_ms,
         input_device=device(input_device), output_device=device(output_device),
-        duration=duration, report_out=report_out, seed=seed,
+        duration=duration, report_out=report_out, seed=seed, weights=weights,
     )
     dev = report["device"]
     click.echo(

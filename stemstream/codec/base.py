@@ -30,13 +30,32 @@ class CodecError(StemstreamError):
 
 
 def weights_hash(module: nn.Module) -> str:
-    """A short, stable hash of a module's state dict (names, dtypes, shapes and values)."""
+    """A short, stable hash of a module's state dict (names, dtypes, shapes and values; int8
+    dynamically quantised layers included)."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    for name, value in sorted(module.state_dict().items()):
+        _hash_value(digest, name, value)
     return digest.hexdigest()[:16]
+
+
+def _hash_value(digest: Any, name: str, value: Any) -> None:
+    if isinstance(value, (tuple, list)):  # packed params of quantised layers
+        for i, item in enumerate(value):
+            _hash_value(digest, f"{name}.{i}", item)
+        return
+    if not isinstance(value, torch.Tensor):
+        digest.update(f"{name}|{value!r}|".encode())
+        return
+    tensor = value.detach().cpu()
+    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    if tensor.is_quantized:
+        if tensor.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            digest.update(f"{tensor.q_scale()}|{tensor.q_zero_point()}|".encode())
+        else:
+            _hash_value(digest, f"{name}.scales", tensor.q_per_channel_scales())
+            _hash_value(digest, f"{name}.zero_points", tensor.q_per_channel_zero_points())
+        tensor = tensor.int_repr()
+    digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 class Codec(nn.Module, metaclass=ABCMeta):

@@ -90,13 +90,13 @@ class AccompanyResult:
 
 
 def _resolve_model(model: str | Path, codec: str | None, tf_seconds: float | None,
-                   chunk_frames: int | None):
+                   chunk_frames: int | None, weights: str = "fp32"):
     """The :class:`~stemstream.stream.models.StreamModel` with ``t_f`` (seconds) and ``k``
     applied (``t_f`` is converted with the codec's frame rate, known once it is loaded)."""
     from stemstream.stream.models import StreamModel, frames_from_seconds, load_stream_model
     from stemstream.stream.session import with_stream_args
 
-    loaded = load_stream_model(model, codec)
+    loaded = load_stream_model(model, codec, weights=weights)
     future_frames = frames_from_seconds(tf_seconds, loaded.codec.frame_rate, "--tf")
     with warnings.catch_warnings():
         if not loaded.trained:  # an untrained model has no trained visibility to warn about
@@ -161,6 +161,7 @@ def accompany_file(
     seed: int = 0,
     window: int | None = None,
     progress: bool = False,
+    weights: str = "fp32",
 ) -> AccompanyResult:
     """Accompany an audio file with ``instrument`` through the real-time engine.
 
@@ -197,7 +198,7 @@ def accompany_file(
         raise ConfigError(f"block size must be > 0 seconds, got {block_seconds}")
     inst_id = class_from_name(instrument)  # fail fast, before loading anything heavy
     source = audio.load(input_path, sample_rate=None, channels=None)  # [C, N], native rate
-    loaded = _resolve_model(model, codec, tf_seconds, chunk_frames)
+    loaded = _resolve_model(model, codec, tf_seconds, chunk_frames, weights)
     config = SessionConfig(
         instrument=inst_id,
         input_sample_rate=source.sample_rate,

@@ -290,6 +290,7 @@ def run_bench(
     seed: int = 0,
     grid_seconds: float = GRID_SECONDS,
     settle_seconds: float = SETTLE_SECONDS,
+    weights: str = "fp32",
 ) -> dict[str, Any]:
     """Benchmark a streaming model on this machine (see the module docstring).
 
@@ -306,6 +307,7 @@ def run_bench(
         grid_seconds: test audio per grid configuration.
         settle_seconds: feasibility scores chunks playing from then on (see
             :func:`feasibility`; the start is reported apart).
+        weights: ``fp32`` or ``int8`` model weights.
 
     Returns:
         a JSON-safe dict: ``rtf`` (wall time of the session calls / audio seconds),
@@ -326,7 +328,7 @@ def run_bench(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no trained default model yet" is reported below
-            loaded = load_stream_model(model, codec)
+            loaded = load_stream_model(model, codec, weights=weights)
         base, codec_model = loaded.model, loaded.codec
         cfg = base.config
         rate = codec_model.sample_rate

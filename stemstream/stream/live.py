@@ -161,6 +161,7 @@ def run_live(
     duration: float | None = None,
     report_out: str | None = None,
     seed: int = 0,
+    weights: str = "fp32",
 ) -> dict[str, Any]:
     """Play along with the input device until Ctrl-C (or ``duration`` seconds); return the
     session report plus device statistics."""
@@ -179,7 +180,7 @@ def run_live(
     except Exception as err:
         raise LiveError(f"no usable output device ({err}); see --list-devices") from None
     rate = int(sample_rate or device_info["default_samplerate"])
-    loaded = load_stream_model(model, codec)
+    loaded = load_stream_model(model, codec, weights=weights)
     tf = frames_from_seconds(tf_seconds, loaded.codec.frame_rate, "--tf")
     stream_model = with_stream_args(loaded.model, tf, chunk_frames)
     session = Session(

@@ -9,6 +9,8 @@
 * a model checkpoint (exported or training) of the ``streaming`` family.
 
 ``t_f`` and ``k`` may be overridden; a model run at values it was not trained for warns.
+``weights="int8"`` quantises the model's Linear layers (:mod:`stemstream.model.quantize`; the
+codec stays fp32 so its tokens are the ones the model was trained on).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def load_stream_model(
     codec_spec: str | None = None,
     future_frames: int | None = None,
     chunk_frames: int | None = None,
+    weights: str = "fp32",
 ) -> StreamModel:
     """Resolve ``spec`` (see the module docstring) and apply ``t_f`` / ``k`` overrides.
 
@@ -69,10 +72,22 @@ def load_stream_model(
         ConfigError / CheckpointError / CodecError: unknown spec, a checkpoint of another
             family or codec, invalid ``t_f`` / ``k``.
     """
+    from stemstream.model.quantize import WEIGHT_MODES, convert_weights
+
+    if weights not in WEIGHT_MODES:
+        raise ConfigError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
+    loaded = _load(str(spec), codec_spec, future_frames, chunk_frames)
+    if weights == "fp32":
+        return loaded
+    model = convert_weights(loaded.model, weights)
+    return StreamModel(model, loaded.codec, f"{loaded.source} ({weights})", loaded.trained)
+
+
+def _load(spec: str, codec_spec: str | None, future_frames: int | None,
+          chunk_frames: int | None) -> StreamModel:
     from stemstream.codec.registry import get_codec
     from stemstream.stream.session import with_stream_args
 
-    spec = str(spec)
     if spec == "default" and not DEFAULT_MODEL.exists():
         warnings.warn(
             "no trained default model is shipped yet: using an untrained `cpu` model "

@@ -98,13 +98,24 @@ def generate_file(
     top_k: int = 200,
     seed: int = 0,
     mix_out: str | Path | None = None,
+    tf_seconds: float | None = None,
+    chunk_frames: int | None = None,
 ) -> GenerateResult:
     """Accompany ``input_path`` (any rate/channels) with ``instrument``; write the stem (and
-    optionally the input + stem mix) at the codec's rate."""
+    optionally the input + stem mix) at the codec's rate. A streaming model may run at another
+    ``t_f`` (seconds) / ``k`` than trained (with a warning); other families refuse them."""
+    from stemstream.stream.models import frames_from_seconds
+    from stemstream.stream.session import with_stream_args
     from stemstream.train.loop import load_model
 
     loaded = load_model(checkpoint)
     codec = codec_for(loaded.codec, codec_spec)
+    model = loaded.model
+    if tf_seconds is not None or chunk_frames is not None:
+        if not isinstance(model, StreamingDecoder):
+            raise ConfigError(f"--tf / --chunk apply to streaming models, not {loaded.family!r}")
+        future = frames_from_seconds(tf_seconds, codec.frame_rate, "--tf")
+        model = with_stream_args(model, future, chunk_frames)
     inst_id = class_from_name(instrument)
     num_classes = getattr(loaded.config, "num_classes", 18)
     if inst_id >= num_classes:
@@ -117,7 +128,7 @@ def generate_file(
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         latents = codec.embed(codec.encode(wave))
-        codes = generate_codes(loaded.model, latents, torch.tensor([inst_id]), sampling, generator)
+        codes = generate_codes(model, latents, torch.tensor([inst_id]), sampling, generator)
         stem = codec.decode(codes)[0, :, : wave.shape[-1]].numpy()
     out = audio.save(out, stem, codec.sample_rate)
     mix_path = None

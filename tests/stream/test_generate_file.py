@@ -137,3 +137,20 @@ def test_generate_errors(dump, tmp_path):
         ],
     )
     assert not_model.exit_code == 1 and not_model.output.startswith("error: ")
+
+
+def test_generate_at_another_tf_or_k_warns_and_invalid_values_fail(dump, tmp_path, caplog):
+    ckpt = _export(dump, tmp_path / "run", "family=streaming")
+    sf.write(str(tmp_path / "in.wav"), 0.1 * np.random.default_rng(0).standard_normal(8000), 16000)
+    base = ["generate", "--checkpoint", str(ckpt), "--input", str(tmp_path / "in.wav"),
+            "--instrument", "bass", "-o", str(tmp_path / "o.wav")]
+    runner = CliRunner()
+    with caplog.at_level("WARNING"):
+        other = runner.invoke(cli, [*base, "--tf", "0.04", "--chunk", "2"])
+    assert other.exit_code == 0, other.output
+    assert "not trained for that visibility" in caplog.text and "t_f=2, k=2" in caplog.text
+    bad_k = runner.invoke(cli, [*base, "--chunk", "0"])
+    assert bad_k.exit_code == 1 and "chunk size k must be an integer >= 1" in bad_k.output
+    prefix = _export(dump, tmp_path / "prefix", "family=prefix")
+    refused = runner.invoke(cli, [*base[:2], str(prefix), *base[3:], "--tf", "0.1"])
+    assert refused.exit_code == 1 and "apply to streaming models" in refused.output

@@ -1,0 +1,57 @@
+"""`--model` resolution for the streaming front ends."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from stemstream.errors import ConfigError
+from stemstream.stream.models import load_stream_model
+from stemstream.stream.session import Session, SessionConfig, run_blocks, with_stream_args
+
+
+def test_random_specs_build_untrained_models_shaped_for_their_codec():
+    loaded = load_stream_model("random-tiny-mock", future_frames=-2, chunk_frames=3)
+    cfg = loaded.model.config
+    assert not loaded.trained
+    assert (cfg.future_frames, cfg.chunk_frames) == (-2, 3)
+    assert cfg.codebook_size == loaded.codec.codebook_size
+    assert cfg.input_dim == loaded.codec.latent_dim
+
+
+def test_unknown_spec_and_weight_mode_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="no such file"):
+        load_stream_model(tmp_path / "missing.safetensors")
+    with pytest.raises(ConfigError, match="weights must be one of"):
+        load_stream_model("random-tiny-mock", weights="fp8")
+
+
+def test_int8_weights_run_a_session_and_snapshot(tmp_path):
+    fp32 = load_stream_model("random-tiny-mock")
+    int8 = load_stream_model("random-tiny-mock", weights="int8")
+    assert int8.source.endswith("(int8)")
+    assert isinstance(int8.model.heads, torch.ao.nn.quantized.dynamic.Linear)
+    audio = 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32)
+    config = SessionConfig(instrument="bass", temperature=0.0)
+    outs = []
+    for loaded in (fp32, int8):
+        session = Session(loaded.model, loaded.codec, config)
+        outs.append(run_blocks(session, audio, 320))
+    assert outs[0].shape == outs[1].shape and np.all(np.isfinite(outs[1]))
+    session = Session(int8.model, int8.codec, config)
+    session.push(audio[:3000])
+    session.save(tmp_path / "s.safetensors")  # hashing quantised weights works
+    session.load(tmp_path / "s.safetensors")
+
+
+def test_running_at_another_visibility_warns_and_shares_weights():
+    loaded = load_stream_model("random-tiny-mock")
+    with pytest.warns(UserWarning, match="not trained for that visibility"):
+        other = with_stream_args(loaded.model, 2, 4)
+    assert other.config.future_frames == 2 and other.config.chunk_frames == 4
+    assert other.heads.weight is loaded.model.heads.weight
+    assert loaded.model.config.future_frames == 0  # the original is untouched
+    assert with_stream_args(loaded.model, 0, 1) is loaded.model
+    with pytest.raises(ConfigError, match="chunk size"):
+        with_stream_args(loaded.model, 0, 0)
