@@ -71,11 +71,14 @@ def generate_codes(
     inst: torch.Tensor,
     sampling: SamplingConfig,
     generator: torch.Generator,
+    num_frames: int | None = None,
 ) -> torch.Tensor:
-    """Output codes ``[B, K, T]`` for input latents ``[B, D_in, T]`` with any family."""
-    frames = latents.shape[-1]
+    """Output codes ``[B, K, T]`` for input latents ``[B, D_in, T_in]`` with any family
+    (``T = num_frames``, default ``T_in``; input frames past ``T`` are the look-ahead a
+    ``t_f > 0`` model hears at the end of the window)."""
+    frames = latents.shape[-1] if num_frames is None else num_frames
     if not isinstance(model, StreamingDecoder):
-        return model.generate(latents, inst, sampling, generator)
+        return model.generate(latents, inst, sampling, generator, num_frames=num_frames)
     steps = model.delay.num_steps(frames)
     k = model.config.chunk_frames
     state = model.new_state(inst, max_steps=steps + k)

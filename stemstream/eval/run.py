@@ -1,0 +1,359 @@
+"""``stemstream eval run``: generate for N test windows and score every system side by side.
+
+For each window (appendix A.1 selection on a Slakh-layout corpus) the run writes, under
+``OUT/examples/NNNN/``::
+
+    input.wav                  the input mixture (all other stems; plus look-ahead for t_f > 0)
+    ground_truth.wav           the real target stem
+    codec_reconstruction.wav   the target through the codec (the ceiling of any token model)
+    random_pairing.wav         a real stem of the same class from another window
+    <system>.wav               each model's prediction
+    <system>_mix.wav           appendix-A.7 mix of the input and that stem (for every system)
+    meta.json                  provenance (track, stem, start, class, the random pairing's source)
+
+then scores each system's stem against the input mixture: COCOLA harmonic / percussive / both,
+beat F-measure (beats of the stem vs beats of the input mix, +-70 ms), and FAD of each system's
+stems against the ground-truth stems (one embedding set per system). Results: ``metrics.json``
+(system -> metric -> mean, with bootstrap 95% intervals in ``metrics_ci.json``),
+``per_example.csv``, ``summary.csv`` and ``summary.md``.
+
+A run is resumable: audio already written is reused (delete a system's files to regenerate).
+Systems are named ``model`` for ``--checkpoint`` and by ``NAME=CKPT`` for ``--systems``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stemstream import audio
+from stemstream.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ANCHORS = ("ground_truth", "codec_reconstruction", "random_pairing")
+METRICS = ("cocola", "beat", "fad")
+COCOLA_MODES = ("harmonic", "percussive", "both")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """What ``stemstream eval run`` does (see the module docstring).
+
+    Attributes:
+        corpus: Slakh-layout corpus root.
+        out: run directory.
+        systems: ``{name: checkpoint}``; ``default`` = the shipped streaming model.
+        split: corpus split.
+        num_examples: windows scored (one per track, tracks in corpus order, spread evenly).
+        seconds: output window length.
+        seed: window selection, random pairing and sampling seed.
+        metrics: subset of :data:`METRICS`.
+        cocola: COCOLA checkpoint (``None`` = shipped).
+        fad_embedding: ``cocola`` or ``codec`` (see :mod:`stemstream.eval.fad`).
+        beat_tracker: see :func:`stemstream.eval.beats.beat_f_measure`.
+        temperature, top_k: sampling.
+        codec: codec spec for the anchors (default: the first system's, else ``default``).
+    """
+
+    corpus: Path
+    out: Path
+    systems: dict[str, str] = field(default_factory=dict)
+    split: str = "test"
+    num_examples: int = 64
+    seconds: float = 10.0
+    seed: int = 0
+    metrics: tuple[str, ...] = METRICS
+    cocola: str | None = None
+    fad_embedding: str = "cocola"
+    beat_tracker: str = "auto"
+    temperature: float = 1.0
+    top_k: int = 200
+    codec: str | None = None
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.metrics) - set(METRICS))
+        if unknown:
+            raise ConfigError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
+        if self.num_examples < 1:
+            raise ConfigError(f"num_examples must be >= 1, got {self.num_examples}")
+        clash = sorted(set(self.systems) & set(ANCHORS))
+        if clash:
+            raise ConfigError(f"system names {clash} are reserved for the anchors")
+        for name in self.systems:
+            if not name or "/" in name or name.endswith("_mix"):
+                raise ConfigError(f"bad system name {name!r}")
+
+
+@dataclass
+class _System:
+    name: str
+    spec: str
+    model: Any
+    codec: Any
+    family: str
+    future_frames: int
+    chunk_frames: int
+
+    def describe(self) -> dict[str, Any]:
+        return {"checkpoint": self.spec, "family": self.family,
+                "future_frames": self.future_frames, "chunk_frames": self.chunk_frames,
+                "future_seconds": self.future_frames / self.codec.frame_rate}
+
+
+def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, str]:
+    """``--checkpoint CKPT`` (named ``model``) and ``--systems NAME=CKPT ...``."""
+    out: dict[str, str] = {}
+    if checkpoint:
+        out["model"] = checkpoint
+    for item in systems:
+        name, sep, spec = item.partition("=")
+        if not sep or not name or not spec:
+            raise ConfigError(f"--systems takes NAME=CHECKPOINT, got {item!r}")
+        if name in out:
+            raise ConfigError(f"system {name!r} given twice")
+        out[name] = spec
+    return out
+
+
+def _load_system(name: str, spec: str, codec_spec: str | None) -> _System:
+    from stemstream.model.streaming import StreamingDecoder
+    from stemstream.stream.offline import codec_for
+    from stemstream.train.loop import load_model
+
+    if spec == "default":
+        from stemstream.stream.models import load_stream_model
+
+        loaded = load_stream_model("default", codec_spec)
+        model, codec, family = loaded.model, loaded.codec, "streaming"
+    else:
+        loaded = load_model(spec)
+        model, codec = loaded.model, codec_for(loaded.codec, codec_spec)
+        family = loaded.family
+    if isinstance(model, StreamingDecoder):
+        future, chunk = model.config.future_frames, model.config.chunk_frames
+    else:
+        future, chunk = 0, 0
+    return _System(name, spec, model, codec, family, future, chunk)
+
+
+def _bootstrap_ci(values: np.ndarray, rng: np.random.Generator, draws: int = 2000
+                  ) -> tuple[float, float]:
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return (float("nan"), float("nan"))
+    means = rng.choice(values, size=(draws, values.size)).mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Run the evaluation; returns ``{"metrics": ..., "ci": ..., "seconds": ...}``."""
+    import torch
+    from tqdm import tqdm
+
+    from stemstream.codec.registry import get_codec
+    from stemstream.data.dataset import WindowDataset
+    from stemstream.data.windows import WindowConfig
+    from stemstream.eval.mixing import mix_a7
+    from stemstream.model.sampling import SamplingConfig
+    from stemstream.stream.offline import generate_codes
+
+    began = time.perf_counter()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    systems = [_load_system(n, s, config.codec) for n, s in config.systems.items()]
+    codec = systems[0].codec if systems else get_codec(config.codec or "default")
+    for system in systems:
+        if system.codec.codec_identity() != codec.codec_identity():
+            raise ConfigError(f"system {system.name!r} uses another codec than "
+                              f"{systems[0].name!r}; evaluate them in separate runs")
+    rate, hop = codec.sample_rate, codec.hop_length
+    look_ahead = max([0] + [s.future_frames for s in systems])
+    windows = WindowConfig(window_seconds=config.seconds,
+                           future_seconds=look_ahead / codec.frame_rate)
+    log.info("selecting %s windows of %s/%s", config.split, config.corpus, windows)
+    dataset = WindowDataset(config.corpus, config.split, windows, sample_rate=rate,
+                            seed=config.seed)
+    if len(dataset) == 0:
+        raise ConfigError(f"{config.corpus}: no usable windows in split {config.split!r}")
+    count = min(config.num_examples, len(dataset))
+    if count < config.num_examples:
+        log.warning("only %d windows in %s; evaluating all of them", count, config.split)
+    chosen = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int)).tolist()
+    classes = [dataset.window(i).inst_class for i in range(len(dataset))]
+    rng = np.random.default_rng(config.seed)
+    sampling = SamplingConfig(config.temperature, config.top_k)
+    names = [*ANCHORS, *(s.name for s in systems)]
+
+    def render(n: int, index: int) -> dict[str, Any]:
+        folder = out / "examples" / f"{n:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        example = dataset[index]
+        window = dataset.window(index)
+        frames = window.num_frames
+        length = frames * hop
+        input_audio = example.input_audio[0].numpy()
+        target = example.target_audio[0].numpy()
+        same = [j for j in range(len(dataset)) if j != index and classes[j] == classes[index]
+                and dataset.window(j).track != window.track]
+        pool = same or [j for j in range(len(dataset)) if j != index]
+        pair_index = int(rng.choice(pool))
+        meta = {**example.provenance, "inst_class": example.inst_class,
+                "random_pairing": {"index": pair_index, "same_class": bool(same),
+                                   **dataset[pair_index].provenance}}
+        (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        _cached(folder / "input.wav", lambda: input_audio, rate)
+        stems: dict[str, np.ndarray] = {
+            "ground_truth": _cached(folder / "ground_truth.wav", lambda: target, rate)
+        }
+
+        def reconstruct() -> np.ndarray:
+            with torch.inference_mode():
+                wave = torch.from_numpy(target)[None, None]
+                return codec.decode(codec.encode(wave))[0, 0, :length].numpy()
+
+        stems["codec_reconstruction"] = _cached(folder / "codec_reconstruction.wav",
+                                                reconstruct, rate)
+        stems["random_pairing"] = _cached(
+            folder / "random_pairing.wav",
+            lambda: dataset[pair_index].target_audio[0].numpy()[:length], rate)
+
+        def predict(system: _System, k: int) -> np.ndarray:
+            gen = torch.Generator().manual_seed(config.seed * 1000 + n * 10 + k)
+            with torch.inference_mode():
+                x = torch.from_numpy(input_audio)[None, None]
+                model_k = getattr(system.model.config, "num_codebooks", codec.num_codebooks)
+                latents = codec.embed(codec.encode(x)[:, :model_k])
+                codes = generate_codes(system.model, latents,
+                                       torch.tensor([example.inst_class]), sampling, gen,
+                                       num_frames=frames)
+                return codec.decode(codes)[0, 0, :length].numpy()
+
+        for k, system in enumerate(systems):
+            stems[system.name] = _cached(folder / f"{system.name}.wav",
+                                         lambda s=system, k=k: predict(s, k), rate)
+        mix_input = input_audio[:length]
+        for name in names:
+            _cached(folder / f"{name}_mix.wav",
+                    lambda s=stems[name]: mix_a7([mix_input], s, rate), rate)
+        return {"folder": folder, "input": mix_input, "stems": stems, "meta": meta}
+
+    bar = tqdm(chosen, desc="generate", disable=not progress)
+    examples = [render(n, index) for n, index in enumerate(bar)]
+    bar.close()
+
+    per_example = _score(examples, names, config, rate, progress)
+    metrics, ci = _aggregate(per_example, names, config, examples, rate, rng, progress)
+    _write_tables(out, per_example, metrics, ci, names)
+    seconds = time.perf_counter() - began
+    (out / "run.json").write_text(json.dumps({
+        "config": {k: str(v) if isinstance(v, Path) else v
+                   for k, v in config.__dict__.items()},
+        "examples": len(examples), "seconds": seconds,
+        "systems": {s.name: s.describe() for s in systems},
+        "codec": codec.codec_identity(),
+    }, indent=1, default=str) + "\n")
+    log.info("evaluated %d windows x %d systems in %.0f s", len(examples), len(names), seconds)
+    return {"metrics": metrics, "ci": ci, "seconds": seconds, "examples": len(examples)}
+
+
+def _cached(path: Path, make, rate: int) -> np.ndarray:
+    """Compute, write and return ``path`` unless it exists (resume). The samples returned are
+    always those read back from the file, so a resumed run scores exactly what a fresh one
+    did."""
+    import soundfile as sf
+
+    if not path.exists():
+        audio.save(path, np.asarray(make(), dtype=np.float32), rate)
+    samples, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+    if file_rate != rate:
+        raise ConfigError(f"{path} is at {file_rate} Hz, expected {rate}: delete it to redo it")
+    return samples.mean(axis=1)
+
+
+def _score(examples, names, config: EvalConfig, rate: int, progress: bool) -> list[dict]:
+    from tqdm import tqdm
+
+    rows = []
+    cocola = None
+    if "cocola" in config.metrics:
+        from stemstream.eval.cocola import load_cocola
+
+        cocola = load_cocola(config.cocola)
+    if "beat" in config.metrics:
+        from stemstream.eval.beats import beat_f_measure
+    for n, example in enumerate(tqdm(examples, desc="score", disable=not progress)):
+        for name in names:
+            stem = example["stems"][name]
+            row: dict[str, Any] = {"example": n, "system": name,
+                                   "track": example["meta"]["track"],
+                                   "inst_class": example["meta"]["inst_class"]}
+            if cocola is not None:
+                from stemstream.eval.cocola import cocola_score
+
+                for mode in COCOLA_MODES:
+                    row[f"cocola_{mode}"] = cocola_score(cocola, stem, example["input"], rate,
+                                                         mode=mode)
+            if "beat" in config.metrics:
+                row["beat_f"] = beat_f_measure(stem, example["input"], rate,
+                                               tracker=config.beat_tracker)
+            rows.append(row)
+    return rows
+
+
+def _aggregate(rows, names, config: EvalConfig, examples, rate, rng, progress):
+    metrics: dict[str, dict[str, float]] = {name: {} for name in names}
+    ci: dict[str, dict[str, list[float]]] = {name: {} for name in names}
+    keys = [k for k in (rows[0] if rows else {}) if k.startswith(("cocola_", "beat_"))]
+    for name in names:
+        for key in keys:
+            values = np.array([r[key] for r in rows if r["system"] == name], dtype=np.float64)
+            metrics[name][key] = float(np.nanmean(values))
+            ci[name][key] = list(_bootstrap_ci(values, rng))
+    if "fad" in config.metrics:
+        from stemstream.eval.fad import fad, get_embedder
+
+        embedder = get_embedder(config.fad_embedding,
+                                config.cocola if config.fad_embedding == "cocola" else None)
+        embeddings = {
+            name: np.concatenate([embedder.embed(e["stems"][name], rate) for e in examples])
+            for name in names
+        }
+        key = f"fad_{config.fad_embedding}"
+        for name in names:
+            metrics[name][key] = float(fad(embeddings[name], embeddings["ground_truth"]))
+    return metrics, ci
+
+
+def _write_tables(out: Path, rows, metrics, ci, names) -> None:
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    (out / "metrics_ci.json").write_text(json.dumps(ci, indent=1) + "\n")
+    if rows:
+        with open(out / "per_example.csv", "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    keys = sorted({k for m in metrics.values() for k in m})
+    with open(out / "summary.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["system", *keys])
+        for name in names:
+            writer.writerow([name, *(metrics[name].get(k, float("nan")) for k in keys)])
+    lines = ["| system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+    for name in names:
+        cells = []
+        for key in keys:
+            value = metrics[name].get(key, float("nan"))
+            low_high = ci[name].get(key)
+            cells.append(f"{value:.3f}" + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]"
+                                           if low_high and np.isfinite(low_high[0]) else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    (out / "summary.md").write_text("\n".join(lines) + "\n")

@@ -1,0 +1,147 @@
+"""`stemstream eval run`: audio for every system, anchors, resumability, metric tables, plots.
+
+The metric functions are replaced by cheap deterministic fakes here (their own tests live in
+test_cocola.py, test_beats.py and test_fad.py), so this file checks the orchestration only.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from stemstream.codec.mock import MockCodec
+from stemstream.config import load_config
+from stemstream.data.dump import dump_corpus
+from stemstream.data.windows import WindowConfig
+from stemstream.errors import ConfigError
+from stemstream.eval.plots import plot_runs
+from stemstream.eval.run import EvalConfig, parse_systems, run_eval
+from stemstream.train import ModelTrainConfig, ModelTrainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
+from slakh_fixture import write_fake_slakh  # noqa: E402
+
+TINY = Path(__file__).resolve().parents[2] / "configs" / "model" / "tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("evalrun")
+    corpus = write_fake_slakh(root / "slakh")
+    dump_corpus(corpus, MockCodec().eval(), root / "dump",
+                WindowConfig(window_seconds=1.0, future_seconds=0.1),
+                splits=("train", "validation"), windows_per_track=2, progress=False)
+    models = {}
+    for name, overrides in {"stream_tf2": ("model.future_frames=2",),
+                            "prefix": ("family=prefix",)}.items():
+        config = load_config(ModelTrainConfig, TINY, [f"dump_dir={root / 'dump'}",
+                                                      f"out_dir={root / name}", "steps=2",
+                                                      *overrides])
+        trainer = ModelTrainer(config)
+        trainer.run(progress=False)
+        models[name] = str(trainer.export(root / name / "model.safetensors"))
+    return corpus, models
+
+
+@pytest.fixture()
+def fake_metrics(monkeypatch):
+    """Deterministic stand-ins: COCOLA = correlation-like score, beat F = energy ratio,
+    embeddings = 1-s RMS frames."""
+    calls = {"cocola": 0, "beat": 0}
+
+    def cocola_score(model, stem, mix, sr, mode="both"):
+        calls["cocola"] += 1
+        offset = {"harmonic": 0.0, "percussive": 1.0, "both": 2.0}[mode]
+        return float(np.mean(stem * mix[: len(stem)]) + offset)
+
+    def beat_f_measure(stem, mix, sr, tracker="auto"):
+        calls["beat"] += 1
+        return float(np.sqrt(np.mean(stem**2)) / (np.sqrt(np.mean(mix**2)) + 1e-9))
+
+    class Embedder:
+        name = "fake"
+
+        def embed(self, audio, sr):
+            frames = audio[: len(audio) // 1600 * 1600].reshape(-1, 1600)
+            return np.stack([frames.std(1), np.abs(frames).mean(1)], 1)
+
+    def fad(a, b):
+        return float(np.sum((a.mean(0) - b.mean(0)) ** 2))
+
+    cocola = types.ModuleType("stemstream.eval.cocola")
+    cocola.load_cocola = lambda path=None: "model"
+    cocola.cocola_score = cocola_score
+    beats = types.ModuleType("stemstream.eval.beats")
+    beats.beat_f_measure = beat_f_measure
+    fad_mod = types.ModuleType("stemstream.eval.fad")
+    fad_mod.get_embedder = lambda name, path=None: Embedder()
+    fad_mod.fad = fad
+    for name, module in (("cocola", cocola), ("beats", beats), ("fad", fad_mod)):
+        monkeypatch.setitem(sys.modules, f"stemstream.eval.{name}", module)
+    return calls
+
+
+def test_run_writes_every_system_and_anchor_and_resumes(setup, fake_metrics, tmp_path):
+    corpus, models = setup
+    config = EvalConfig(corpus=corpus, out=tmp_path / "run", systems=models, split="train",
+                        num_examples=2, seconds=1.0, fad_embedding="codec")
+    result = run_eval(config, progress=False)
+    names = ["ground_truth", "codec_reconstruction", "random_pairing", "stream_tf2", "prefix"]
+    assert list(result["metrics"]) == names
+    examples = sorted((tmp_path / "run" / "examples").iterdir())
+    assert len(examples) == result["examples"] == 2
+    for folder in examples:
+        meta = json.loads((folder / "meta.json").read_text())
+        assert meta["random_pairing"]["track"] != meta["track"]
+        length = None
+        for name in names:
+            stem, sr = sf.read(str(folder / f"{name}.wav"))
+            mix, _ = sf.read(str(folder / f"{name}_mix.wav"))
+            assert sr == MockCodec().sample_rate and len(mix) == len(stem)
+            assert length in (None, len(stem))
+            length = len(stem)
+            assert np.abs(mix).max() <= 1.0
+        assert length == sr  # 1 s windows
+        inp, _ = sf.read(str(folder / "input.wav"))
+        assert len(inp) == sr + 2 * MockCodec().hop_length  # t_f = 2 frames of look-ahead
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert set(metrics["prefix"]) == {"cocola_harmonic", "cocola_percussive", "cocola_both",
+                                      "beat_f", "fad_codec"}
+    assert metrics["ground_truth"]["fad_codec"] == 0.0
+    assert metrics["prefix"]["cocola_percussive"] == pytest.approx(
+        metrics["prefix"]["cocola_harmonic"] + 1.0)
+    assert (tmp_path / "run" / "summary.md").read_text().count("\n") == 2 + len(names)
+    ci = json.loads((tmp_path / "run" / "metrics_ci.json").read_text())
+    low, high = ci["prefix"]["beat_f"]
+    assert low <= metrics["prefix"]["beat_f"] <= high
+
+    # Resume: nothing is regenerated, the numbers are identical.
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*.wav")}
+    again = run_eval(config, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert again["metrics"] == result["metrics"]
+
+    run_info = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run_info["systems"]["stream_tf2"]["future_frames"] == 2
+    pngs = plot_runs([tmp_path / "run"], tmp_path / "figures")
+    assert {p.stem for p in pngs} == set(metrics["prefix"])
+    assert all(p.stat().st_size > 1000 and p.with_suffix(".csv").exists() for p in pngs)
+
+
+def test_bad_configs_are_clear_errors(tmp_path):
+    with pytest.raises(ConfigError, match="unknown metrics"):
+        EvalConfig(corpus=tmp_path, out=tmp_path, metrics=("bleu",))
+    with pytest.raises(ConfigError, match="reserved"):
+        EvalConfig(corpus=tmp_path, out=tmp_path, systems={"ground_truth": "x"})
+    with pytest.raises(ConfigError, match="NAME=CHECKPOINT"):
+        parse_systems(None, ["oops"])
+    assert parse_systems("a.safetensors", ["b=b.safetensors"]) == {
+        "model": "a.safetensors", "b": "b.safetensors"}
+    with pytest.raises(ConfigError, match="not a finished eval run"):
+        plot_runs([tmp_path], tmp_path / "fig")
