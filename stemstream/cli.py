@@ -416,7 +416,19 @@ def demo(out_dir, instrument, model, corpus):
         plot_out=out_dir / "latency.png", progress=True,
     )
     click.echo(result.summary())
-    for path in (result.mix_path, result.report_path, result.plot_path):
+    from stemstream import audio
+    from stemstream.stream.picture import accompaniment_figure
+
+    stem = audio.load(result.stem_path, channels=1)
+    source = audio.load(example, sample_rate=stem.sample_rate, channels=1)
+    picture = out_dir / "picture.png"
+    beats = accompaniment_figure(source.samples.reshape(-1), stem.samples.reshape(-1),
+                                 stem.sample_rate, picture,
+                                 title=f"{result.instrument} for {example.name}")
+    click.echo(f"beats: input {beats['input_bpm']:.0f} BPM, accompaniment "
+               f"{beats['stem_bpm']:.0f} BPM, beat F {beats['beat_f']:.2f}")
+    for path in (result.stem_path, result.mix_path, result.report_path, result.plot_path,
+                 picture):
         click.echo(f"wrote {path}")
     if corpus:
         from stemstream.data.synth import SynthConfig, synthesize_corpus
