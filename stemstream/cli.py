@@ -579,6 +579,115 @@ def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sampl
     )
 
 
+# --- eval
+@cli.group("eval", cls=_Group)
+def eval_group() -> None:
+    """Evaluate accompaniment: metrics runs, figures, listening studies."""
+
+
+@eval_group.command("run")
+@click.option("--checkpoint", default=None,
+              help="A model checkpoint (any family), or `default` (the shipped model); "
+                   "named `model` in the tables.")
+@click.option("--systems", "system_specs", multiple=True, metavar="NAME=CKPT",
+              help="More systems evaluated in the same run (repeatable).")
+@click.option("--corpus", type=click.Path(path_type=Path), required=True,
+              help="Slakh-layout corpus (e.g. corpora/synth20h).")
+@click.option("--split", default="test", show_default=True)
+@click.option("--num-examples", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--seconds", type=click.FloatRange(min=1.0), default=10.0, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--metrics", default="cocola,beat,fad", show_default=True,
+              help="Comma-separated subset of cocola, beat, fad.")
+@click.option("--cocola", "cocola_path", default=None,
+              help="COCOLA checkpoint (default: the shipped one).")
+@click.option("--fad-embedding", type=click.Choice(["cocola", "codec", "vggish"]),
+              default="cocola", show_default=True)
+@click.option("--beat-tracker", default="auto", show_default=True,
+              help="auto, librosa, madmom or beat_this:CHECKPOINT.")
+@click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def eval_run(checkpoint, system_specs, corpus, split, num_examples, seconds, out, metrics,
+             cocola_path, fad_embedding, beat_tracker, codec_spec, temperature, top_k, seed,
+             progress):
+    """Generate for N windows and score every system beside ground truth, codec
+    reconstruction and random pairing (OUT/metrics.json, summary.md, per_example.csv)."""
+    from stemstream.eval.run import EvalConfig, parse_systems, run_eval
+
+    config = EvalConfig(
+        corpus=corpus, out=out, systems=parse_systems(checkpoint, system_specs), split=split,
+        num_examples=num_examples, seconds=seconds, seed=seed,
+        metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+        cocola=cocola_path, fad_embedding=fad_embedding, beat_tracker=beat_tracker,
+        temperature=temperature, top_k=top_k, codec=codec_spec,
+    )
+    result = run_eval(config, progress=progress)
+    click.echo((out / "summary.md").read_text())
+    click.echo(f"{result['examples']} windows in {result['seconds']:.0f} s -> {out}")
+
+
+@eval_group.command("plot")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+def eval_plot(runs, out):
+    """The paper's figures (metric vs t_f, one line per k) from eval runs, CSV beside each."""
+    from stemstream.eval.plots import plot_runs
+
+    for path in plot_runs(runs, out):
+        click.echo(f"wrote {path}")
+
+
+@eval_group.command("listening")
+@click.argument("prefs", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=Path("out/listening"),
+              show_default=True)
+@click.option("--alpha", type=click.FloatRange(min=0.0, max=1.0), default=0.05,
+              show_default=True)
+@click.option("--order", default=None, help="Comma-separated system order of the table.")
+def eval_listening(prefs, out, alpha, order):
+    """Listening-study statistics from pairwise preferences (appendix A.6 Table 1)."""
+    from stemstream.eval.listening import write_study
+
+    result = write_study(prefs, out, alpha, order.split(",") if order else None)
+    click.echo(result.table_markdown())
+    click.echo(f"wrote {out}/table.md, table.tex, win_rates.csv, preferences.png")
+
+
+@eval_group.command("ab-page")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True)
+@click.option("--pairs-per-example", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def eval_ab_page(run_dir, out, pairs_per_example, seed):
+    """A blind A/B listening page (static HTML) from an eval run; answers export as the CSV
+    `stemstream eval listening` reads."""
+    from stemstream.eval.abpage import make_ab_page
+
+    click.echo(f"wrote {make_ab_page(run_dir, out, pairs_per_example, seed=seed)}")
+
+
+@cli.group(cls=_Group)
+def experiment() -> None:
+    """Experiment grids."""
+
+
+@experiment.command("grid")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), required=True)
+@click.option("--train/--no-train", default=True, show_default=True,
+              help="Train missing models (else only evaluate exported ones).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def experiment_grid(config_path, train, progress):
+    """Train (resuming) and evaluate a (t_f, k) grid plus baselines; draw the figures."""
+    from stemstream.eval.grid import run_grid
+
+    result = run_grid(config_path, progress=progress, train=train)
+    for path in result["figures"]:
+        click.echo(f"wrote {path}")
+
+
 def main() -> None:
     cli(prog_name="stemstream")
 

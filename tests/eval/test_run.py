@@ -145,3 +145,32 @@ def test_bad_configs_are_clear_errors(tmp_path):
         "model": "a.safetensors", "b": "b.safetensors"}
     with pytest.raises(ConfigError, match="not a finished eval run"):
         plot_runs([tmp_path], tmp_path / "fig")
+
+
+def test_grid_trains_evaluates_and_plots(setup, fake_metrics, tmp_path):
+    import yaml
+
+    from stemstream.eval.grid import load_grid, run_grid
+
+    corpus, _ = setup
+    dump = Path(corpus).parent / "dump"
+    grid = {
+        "train_config": str(TINY),
+        "out_dir": str(tmp_path / "grid"),
+        "models": {"tf0": [f"dump_dir={dump}", "steps=2"],
+                   "tf2": [f"dump_dir={dump}", "steps=2", "model.future_frames=2"]},
+        "eval": {"corpus": str(corpus), "split": "train", "num_examples": 2, "seconds": 1.0,
+                 "fad_embedding": "codec"},
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    result = run_grid(path, progress=False)
+    assert set(result["eval"]["metrics"]) >= {"tf0", "tf2", "ground_truth"}
+    assert all(Path(p).exists() for p in result["figures"])
+    again = run_grid(path, progress=False, train=False)  # everything reused
+    assert again["eval"]["metrics"] == result["eval"]["metrics"]
+    path.write_text(yaml.safe_dump({**grid, "extra": 1}))
+    with pytest.raises(ConfigError, match="unknown keys"):
+        load_grid(path)
+    assert set(load_grid("configs/experiments/cpu_grid.yaml")["models"]) == {
+        "k1_tf-50", "k1_tf0", "k1_tf50", "k50_tf0", "prefix"}
