@@ -688,6 +688,49 @@ def experiment_grid(config_path, train, progress):
         click.echo(f"wrote {path}")
 
 
+# --- cocola
+@cli.group(cls=_Group)
+def cocola() -> None:
+    """Our COCOLA coherence model: train it, export it, score a stem against a mix."""
+
+
+@cocola.command("train")
+@_training_options("configs/cocola/synth.yaml")
+def cocola_train(config_path, overrides, stop_after, time_limit, progress):
+    """Contrastive training on a corpus (positives: disjoint submixes of one window);
+    rerunning the same command resumes."""
+    from stemstream.eval.cocola_train import CocolaTrainConfig, CocolaTrainer
+
+    _run_training(CocolaTrainConfig, CocolaTrainer, config_path, overrides, stop_after,
+                  time_limit, progress)
+
+
+@cocola.command("export")
+@click.argument("checkpoint_path", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
+def cocola_export(checkpoint_path, out):
+    """Write the model of a COCOLA training checkpoint as a standalone file."""
+    from stemstream.eval.cocola import load_cocola, save_cocola
+
+    click.echo(f"wrote {save_cocola(load_cocola(checkpoint_path), out)}")
+
+
+@cocola.command("score")
+@click.argument("stem_path", type=click.Path(path_type=Path))
+@click.argument("mix_path", type=click.Path(path_type=Path))
+@click.option("--cocola", "cocola_path", default=None, help="Checkpoint (default: shipped).")
+def cocola_score_command(stem_path, mix_path, cocola_path):
+    """COCOLA scores (harmonic, percussive, both) of STEM against MIX."""
+    from stemstream import audio
+    from stemstream.eval.cocola import MODES, SAMPLE_RATE, cocola_score, load_cocola
+
+    model = load_cocola(cocola_path)
+    stem = audio.load(stem_path, sample_rate=SAMPLE_RATE).samples.reshape(-1)
+    mix = audio.load(mix_path, sample_rate=SAMPLE_RATE).samples.reshape(-1)
+    for mode in MODES:
+        click.echo(f"{mode:<11}{cocola_score(model, stem, mix, SAMPLE_RATE, mode):.4f}")
+
+
 def main() -> None:
     cli(prog_name="stemstream")
 

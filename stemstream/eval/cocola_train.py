@@ -1,0 +1,272 @@
+"""``stemstream cocola train``: contrastive training of our COCOLA on a Slakh-layout corpus.
+
+Positives are two *disjoint submixes of the same 5 s window*: the window's active stems are
+split at random into two non-empty groups, each summed. The other pairs of the batch are the
+negatives (symmetric InfoNCE over bilinear scores, learned temperature).
+
+Features of a fixed pool of pairs are computed once and cached (``OUT/cache_<split>.pt``,
+float16): HPSS on the fly would make a CPU run feature-bound. Training is resumable: rerun the
+command to continue from the newest checkpoint (model, optimizer, step, RNG).
+The validation metric is the acceptance criterion of the metric itself: the share of held-out
+windows whose real partner scores above a random other window's submix, per mode.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stemstream import checkpoint
+from stemstream.errors import ConfigError
+from stemstream.eval.cocola import (
+    MODES,
+    SAMPLE_RATE,
+    WINDOW_SECONDS,
+    CocolaConfig,
+    CocolaModel,
+    features,
+    save_cocola,
+)
+
+log = logging.getLogger(__name__)
+TRAIN_KIND = "cocola-train"
+
+
+@dataclass(frozen=True)
+class CocolaTrainConfig:
+    """A COCOLA training run (YAML; dotted overrides on the command line)."""
+
+    corpus: str = "corpora/synth20h"
+    out_dir: str = "runs/cocola-synth"
+    model: CocolaConfig = field(default_factory=CocolaConfig)
+    train_pairs: int = 3000
+    valid_pairs: int = 200
+    windows_per_track: int = 3
+    batch_size: int = 32
+    steps: int = 2000
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    seed: int = 0
+    log_every: int = 25
+    valid_every: int = 250
+    checkpoint_every: int = 100
+    active_db: float = -45.0
+
+    def __post_init__(self) -> None:
+        for name in ("train_pairs", "valid_pairs", "batch_size", "steps", "windows_per_track"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.batch_size > self.train_pairs:
+            raise ConfigError("batch_size cannot exceed train_pairs")
+
+
+# ------------------------------------------------------------------------------- data
+def make_pairs(corpus: str | Path, split: str, count: int, windows_per_track: int,
+               active_db: float, seed: int, progress: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``count`` positive pairs of waveforms ``[count, N]`` x 2 from ``split``."""
+    from tqdm import tqdm
+
+    from stemstream import audio
+    from stemstream.data.slakh import SlakhCorpus
+
+    tracks = SlakhCorpus(corpus).tracks(split)
+    if not tracks:
+        raise ConfigError(f"{corpus}: no tracks in split {split!r}")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(tracks))
+    size = int(WINDOW_SECONDS * SAMPLE_RATE)
+    first, second = [], []
+    bar = tqdm(total=count, desc=f"cocola pairs ({split})", disable=not progress)
+    cursor = 0
+    attempts = 0
+    while len(first) < count:
+        if attempts > 20 * count:
+            raise ConfigError(f"{corpus}/{split}: too few windows with two active stems")
+        track = tracks[order[cursor % len(order)]]
+        cursor += 1
+        stems = [audio.load(s.audio_path, sample_rate=SAMPLE_RATE, channels=1).samples
+                 .reshape(-1) for s in track.stems]
+        length = min(len(s) for s in stems)
+        if length < size or len(stems) < 2:
+            attempts += 1
+            continue
+        for _ in range(windows_per_track):
+            attempts += 1
+            start = int(rng.integers(0, length - size + 1))
+            segs = [s[start : start + size] for s in stems]
+            rms_db = [20 * np.log10(np.sqrt(np.mean(x**2)) + 1e-12) for x in segs]
+            active = [x for x, db in zip(segs, rms_db, strict=True) if db > active_db]
+            if len(active) < 2:
+                continue
+            assign = rng.permutation(np.arange(len(active)) % 2)  # both groups non-empty
+            a = np.sum([x for x, g in zip(active, assign, strict=True) if g == 0], axis=0)
+            b = np.sum([x for x, g in zip(active, assign, strict=True) if g == 1], axis=0)
+            first.append(a.astype(np.float32))
+            second.append(b.astype(np.float32))
+            bar.update(1)
+            if len(first) == count:
+                break
+    bar.close()
+    return torch.from_numpy(np.stack(first)), torch.from_numpy(np.stack(second))
+
+
+def cached_features(config: CocolaTrainConfig, split: str, count: int, seed: int,
+                    progress: bool) -> torch.Tensor:
+    """``float16 [count, 2 (pair side), 2 (h/p), M, T]`` features, cached on disk."""
+    path = Path(config.out_dir) / f"cache_{split}.pt"
+    key = {"corpus": str(config.corpus), "count": count, "seed": seed,
+           "model": config.model.to_dict(), "windows_per_track": config.windows_per_track}
+    if path.exists():
+        cached = torch.load(path, weights_only=False)
+        if cached.get("key") == key:
+            return cached["features"]
+    a, b = make_pairs(config.corpus, split, count, config.windows_per_track,
+                      config.active_db, seed, progress)
+    chunks = []
+    with torch.inference_mode():
+        for i in range(0, count, 32):
+            fa = features(a[i : i + 32], config.model)
+            fb = features(b[i : i + 32], config.model)
+            chunks.append(torch.stack([fa, fb], dim=1).half())
+    feats = torch.cat(chunks)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"key": key, "features": feats}, path)
+    return feats
+
+
+# --------------------------------------------------------------------------- training
+def contrastive_loss(model: CocolaModel, fa: torch.Tensor, fb: torch.Tensor,
+                     mode: str) -> torch.Tensor:
+    za, zb = model.encode(fa, mode), model.encode(fb, mode)
+    logits = model.similarity(za, zb) * model.log_scale.exp().clamp(max=100.0)
+    target = torch.arange(len(za))
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2
+
+
+@torch.no_grad()
+def pair_accuracy(model: CocolaModel, feats: torch.Tensor, seed: int = 0
+                  ) -> dict[str, float]:
+    """Per mode: share of windows whose real partner outscores a random other window's."""
+    model.eval()
+    rng = np.random.default_rng(seed)
+    count = len(feats)
+    other = (np.arange(count) + rng.integers(1, count, count)) % count
+    out = {}
+    for mode in MODES:
+        za = torch.cat([model.encode(feats[i : i + 64, 0].float(), mode)
+                        for i in range(0, count, 64)])
+        zb = torch.cat([model.encode(feats[i : i + 64, 1].float(), mode)
+                        for i in range(0, count, 64)])
+        real = (za @ model.bilinear * zb).sum(-1)
+        fake = (za @ model.bilinear * zb[torch.from_numpy(other)]).sum(-1)
+        out[mode] = float((real > fake).float().mean())
+    model.train()
+    return out
+
+
+class CocolaTrainer:
+    def __init__(self, config: CocolaTrainConfig) -> None:
+        self.config = config
+        self.out = Path(config.out_dir)
+        torch.manual_seed(config.seed)
+        self.model = CocolaModel(config.model)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.step = 0
+        self.rng = np.random.default_rng(config.seed)
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.config
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+    def _checkpoints(self) -> list[Path]:
+        return sorted((self.out / "checkpoints").glob("step_*.safetensors"))
+
+    def save(self) -> Path:
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        opt_tensors, opt_meta = checkpoint.flatten_optimizer(self.optimizer, "optim")
+        rng_tensors, rng_meta = checkpoint.rng_state(self.rng)
+        meta = {"kind": TRAIN_KIND, "config": self.config.model.to_dict(), "step": self.step,
+                "optimizer": opt_meta, "rng": rng_meta}
+        path = self.out / "checkpoints" / f"step_{self.step:07d}.safetensors"
+        checkpoint.save(path, {**tensors, **opt_tensors, **rng_tensors}, meta)
+        for old in self._checkpoints()[:-3]:
+            old.unlink()
+        return path
+
+    def resume(self) -> bool:
+        found = self._checkpoints()
+        if not found:
+            return False
+        tensors, meta = checkpoint.load(found[-1])
+        if meta.get("kind") != TRAIN_KIND:
+            raise ConfigError(f"{found[-1]}: not a COCOLA training checkpoint")
+        self.model.load_state_dict({k[6:]: v for k, v in tensors.items()
+                                    if k.startswith("model/")})
+        checkpoint.restore_optimizer(self.optimizer, tensors, meta["optimizer"], "optim")
+        checkpoint.restore_rng(tensors, meta["rng"], self.rng)
+        self.step = meta["step"]
+        log.info("resumed COCOLA training at step %d from %s", self.step, found[-1])
+        return True
+
+    def run(self, progress: bool = True, stop_after: int | None = None,
+            time_limit_s: float | None = None) -> dict[str, Any]:
+        """Train to ``config.steps`` (resuming); returns the last validation accuracies."""
+        from tqdm import tqdm
+
+        from stemstream.metrics import MetricsLogger
+
+        cfg = self.config
+        train = cached_features(cfg, "train", cfg.train_pairs, cfg.seed, progress)
+        valid = cached_features(cfg, "validation", cfg.valid_pairs, cfg.seed + 1, progress)
+        self.resume()
+        metrics = MetricsLogger(self.out)
+        began = time.monotonic()
+        last: dict[str, Any] = {}
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="cocola", disable=not progress)
+        done_here = 0
+        self.model.train()
+        while self.step < cfg.steps:
+            index = torch.from_numpy(self.rng.choice(len(train), cfg.batch_size, replace=False))
+            batch = train[index].float()
+            mode = MODES[int(self.rng.integers(0, 3))]  # random channel dropout
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.lr_at(self.step)
+            loss = contrastive_loss(self.model, batch[:, 0], batch[:, 1], mode)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            done_here += 1
+            bar.update(1)
+            if self.step % cfg.log_every == 0:
+                metrics.log(self.step, {"loss/train": loss.item(), "lr": self.lr_at(self.step)})
+                bar.set_postfix(loss=f"{loss.item():.3f}")
+            if self.step % cfg.valid_every == 0 or self.step == cfg.steps:
+                last = pair_accuracy(self.model, valid)
+                metrics.log(self.step, {f"valid/pair_accuracy_{m}": v for m, v in last.items()})
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save()
+            out_of_time = time_limit_s is not None and time.monotonic() - began > time_limit_s
+            if (stop_after is not None and done_here >= stop_after) or out_of_time:
+                self.save()
+                break
+        bar.close()
+        metrics.flush()
+        return last
+
+    def export(self, path: str | Path) -> Path:
+        return save_cocola(self.model.eval(), path, {"step": self.step})
