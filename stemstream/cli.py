@@ -364,6 +364,16 @@ def train(config_path, overrides, stop_after, time_limit, progress):
                   time_limit, progress)
 
 
+@cli.command("export")
+@click.argument("checkpoint_path", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
+def export_model(checkpoint_path, out):
+    """Write the model of a training checkpoint as an inference checkpoint (no optimizer)."""
+    from stemstream.train.loop import export_checkpoint
+
+    click.echo(f"wrote {export_checkpoint(checkpoint_path, out)}")
+
+
 @cli.command("generate")
 @click.option("--checkpoint", "checkpoint_path", type=click.Path(path_type=Path), required=True,
               help="A model checkpoint (training or exported) of any family.")

@@ -77,6 +77,20 @@ def load_model(path: str | Path, family: str | None = None) -> LoadedModel:
     return LoadedModel(model.eval(), meta["family"], config, meta["codec"])
 
 
+def export_checkpoint(path: str | Path, out: str | Path) -> Path:
+    """Write the model of a training checkpoint as an inference checkpoint (``kind: model``;
+    no optimizer or RNG state) without the token dump the trainer would need."""
+    tensors, meta = checkpoint.load(path)
+    if meta.get("kind") == MODEL_KIND:
+        raise checkpoint.CheckpointError(f"{path}: already an exported model checkpoint")
+    if meta.get("kind") != TRAIN_KIND:
+        raise checkpoint.CheckpointError(f"{path}: not a model training checkpoint")
+    model = {k: v for k, v in tensors.items() if k.startswith("model/")}
+    keep = ("family", "model", "codec", "stemstream_version", "step")
+    return checkpoint.save(out, model, {"kind": MODEL_KIND} | {k: meta[k] for k in keep
+                                                              if k in meta})
+
+
 class _Dist(NamedTuple):
     rank: int
     world: int

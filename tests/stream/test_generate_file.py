@@ -154,3 +154,19 @@ def test_generate_at_another_tf_or_k_warns_and_invalid_values_fail(dump, tmp_pat
     prefix = _export(dump, tmp_path / "prefix", "family=prefix")
     refused = runner.invoke(cli, [*base[:2], str(prefix), *base[3:], "--tf", "0.1"])
     assert refused.exit_code == 1 and "apply to streaming models" in refused.output
+
+
+def test_export_turns_a_training_checkpoint_into_a_model(dump, tmp_path):
+    _export(dump, tmp_path / "run", "family=streaming")
+    training = sorted((tmp_path / "run" / "checkpoints").glob("*.safetensors"))[-1]
+    runner = CliRunner()
+    out = runner.invoke(cli, ["export", str(training), "-o", str(tmp_path / "m.safetensors")])
+    assert out.exit_code == 0, out.output
+    from stemstream import checkpoint
+
+    tensors, meta = checkpoint.load(tmp_path / "m.safetensors")
+    assert meta["kind"] == "model" and meta["family"] == "streaming"
+    assert not any(k.startswith(("optim/", "rng/")) for k in tensors)
+    again = runner.invoke(cli, ["export", str(tmp_path / "m.safetensors"), "-o",
+                                str(tmp_path / "m2.safetensors")])
+    assert again.exit_code == 1 and "already an exported model" in again.output
