@@ -725,6 +725,20 @@ def cocola_export(checkpoint_path, out):
     click.echo(f"wrote {save_cocola(load_cocola(checkpoint_path), out)}")
 
 
+@cocola.command("validate")
+@click.option("--corpus", type=click.Path(path_type=Path), required=True)
+@click.option("--split", default="test", show_default=True)
+@click.option("--pairs", type=click.IntRange(min=2), default=200, show_default=True)
+@click.option("--cocola", "cocola_path", default=None, help="Checkpoint (default: shipped).")
+def cocola_validate(corpus, split, pairs, cocola_path):
+    """Share of windows whose real partner outscores a random pairing, per mode."""
+    from stemstream.eval.cocola import load_cocola
+    from stemstream.eval.cocola_train import validate
+
+    for mode, value in validate(load_cocola(cocola_path), corpus, split, pairs).items():
+        click.echo(f"{mode:<11}{value:.3f}")
+
+
 @cocola.command("score")
 @click.argument("stem_path", type=click.Path(path_type=Path))
 @click.argument("mix_path", type=click.Path(path_type=Path))

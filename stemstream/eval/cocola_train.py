@@ -272,3 +272,17 @@ class CocolaTrainer:
 
     def export(self, path: str | Path) -> Path:
         return save_cocola(self.model.eval(), path, {"step": self.step})
+
+
+def validate(model: CocolaModel, corpus: str | Path, split: str = "test", pairs: int = 200,
+             seed: int = 2, progress: bool = False) -> dict[str, float]:
+    """The metric's validity check on fresh windows of ``split``: per mode, the share of
+    windows whose real partner (a disjoint submix of the same window) scores above a random
+    other window's submix."""
+    a, b = make_pairs(corpus, split, pairs, 3, CocolaTrainConfig.active_db, seed, progress)
+    with torch.inference_mode():
+        feats = torch.cat([torch.stack([features(a[i : i + 32], model.config),
+                                        features(b[i : i + 32], model.config)], dim=1)
+                           for i in range(0, pairs, 32)])
+    return pair_accuracy(model, feats, seed)
+
