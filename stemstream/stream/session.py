@@ -224,6 +224,15 @@ class Session:
         self.frame_seconds = self.hop / self.sample_rate
         self.out_rate = self.config.output_sample_rate or self.sample_rate
         self._model_hash: str | None = None
+        if self.config.latency < self.min_latency:
+            log.warning(
+                "latency L = %.0f ms is below the %.0f ms this model needs before any compute "
+                "(t_f = %d frames, K = %d codebooks: a frame is heard %d frames after the input "
+                "it waits for); deadlines will be missed. Aligned output (L ~ 0) needs a model "
+                "trained with t_f <= %d.", 1e3 * self.config.latency, 1e3 * self.min_latency,
+                mcfg.future_frames, mcfg.num_codebooks,
+                mcfg.future_frames + mcfg.num_codebooks - 1, -mcfg.num_codebooks,
+            )
         self.reset()
 
     # ------------------------------------------------------------------------ lifecycle
@@ -252,6 +261,14 @@ class Session:
         self.pushes: list[tuple[float, float, float, int]] = []
         self.stats = SessionStats()
         self.clock.load_state({})
+
+    @property
+    def min_latency(self) -> float:
+        """The output delay ``L`` (seconds) below which deadlines are missed even with free
+        compute: frame ``t`` needs input up to frame ``t + t_f + K - 2`` (its last codebook is
+        emitted at step ``t + K - 1``), i.e. ``(t_f + K - 1)`` frames after its own start."""
+        cfg = self.model.config
+        return max(0, cfg.future_frames + cfg.num_codebooks - 1) * self.frame_seconds
 
     @property
     def output_length(self) -> int:
