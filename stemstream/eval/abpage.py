@@ -1,13 +1,15 @@
 """A blind pairwise A/B listening page (static HTML + audio; no server).
 
-``make_ab_page(run_dir, out_dir)`` reads an evaluation run laid out as
-``RUN_DIR/examples/<example>/<system>_mix.wav`` (what ``stemstream eval run`` writes; a flat
-``RUN_DIR/<example>/<system>.wav`` layout works too), draws pairs of systems per example in
+``make_ab_page(source, out_dir)`` takes ``{example: {system: wav_path}}`` or a directory: an
+evaluation run laid out as ``RUN_DIR/examples/<example>/<system>_mix.wav`` (what ``stemstream
+eval run`` writes), or the flat layout ``RUN_DIR/<example>/<system>.wav`` (``input.wav`` is
+skipped; an example needs two or more systems). It draws pairs of systems per example in
 random order and sides, copies the audio under opaque names and writes ``index.html``. The
 rater enters a name, answers each pair, and downloads the answers as the CSV that
 ``stemstream eval listening`` reads (``rater, example, system_a, system_b, preferred``).
-System names never appear in the page's visible text: the page only holds a mapping from
-opaque clip ids to systems, which is needed to write the CSV.
+System names never appear in the page's visible text or in audio file names: the clips are
+copied under salted hashes, and only the script's mapping from clip id to system (needed to
+write the CSV) names them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import hashlib
 import itertools
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -38,11 +41,28 @@ def find_clips(run_dir: str | Path) -> dict[str, dict[str, Path]]:
     return clips
 
 
-def make_ab_page(run_dir: str | Path, out_dir: str | Path, pairs_per_example: int | None = 3,
+def make_ab_page(source: str | Path | Mapping[str, Mapping[str, str | Path]],
+                 out_dir: str | Path, pairs_per_example: int | None = 3,
                  systems: list[str] | None = None, seed: int = 0) -> Path:
-    """Write the page; return the path of ``index.html``."""
-    clips = find_clips(run_dir)
+    """Write ``out_dir/index.html`` and ``out_dir/audio/*.wav``; return the page's path.
+
+    Args:
+        source: ``{example: {system: path}}`` or a run directory (see the module docstring).
+        out_dir: created if needed.
+        pairs_per_example: random pairs of systems per example (``None``: all pairs).
+        systems: only these systems (default: all found).
+        seed: the draw of pairs, sides, order and the clip-name salt.
+    """
+    if isinstance(source, Mapping):
+        clips = {str(e): {str(s): Path(p) for s, p in found.items()}
+                 for e, found in source.items()}
+        missing = [str(p) for found in clips.values() for p in found.values() if not p.is_file()]
+        if missing:
+            raise ConfigError(f"missing audio for the A/B page: {missing[:3]}")
+    else:
+        clips = find_clips(source)
     rng = np.random.default_rng(seed)
+    salt = rng.bytes(8).hex()
     out = Path(out_dir)
     (out / "audio").mkdir(parents=True, exist_ok=True)
     trials = []
@@ -56,7 +76,7 @@ def make_ab_page(run_dir: str | Path, out_dir: str | Path, pairs_per_example: in
                 a, b = b, a
             ids = []
             for system in (a, b):
-                clip = hashlib.sha256(f"{seed}|{example}|{system}".encode()).hexdigest()[:12]
+                clip = hashlib.sha256(f"{salt}|{example}|{system}".encode()).hexdigest()[:12]
                 if clip not in mapping:
                     shutil.copyfile(found[system], out / "audio" / f"{clip}.wav")
                     mapping[clip] = [example, system]
@@ -64,10 +84,17 @@ def make_ab_page(run_dir: str | Path, out_dir: str | Path, pairs_per_example: in
             trials.append({"example": example, "a": ids[0], "b": ids[1]})
     order = rng.permutation(len(trials)).tolist()
     trials = [trials[i] for i in order]
-    page = _PAGE.replace("__TRIALS__", json.dumps(trials)).replace(
-        "__MAP__", json.dumps(mapping)).replace("__COUNT__", str(len(trials)))
+    if not trials:
+        raise ConfigError("no pairs to compare: every example needs two or more systems")
+    page = _PAGE.replace("__TRIALS__", _script_json(trials)).replace(
+        "__MAP__", _script_json(mapping)).replace("__COUNT__", str(len(trials)))
     (out / "index.html").write_text(page)
     return out / "index.html"
+
+
+def _script_json(value) -> str:
+    """JSON safe inside ``<script>`` (a name holding ``</script>`` cannot end it)."""
+    return json.dumps(value).replace("<", "\\u003c")
 
 
 _PAGE = """<!doctype html>
@@ -96,6 +123,10 @@ TRIALS.forEach((t, i) => {
     <label><input type="radio" name="q${i}" value="b"> B</label>`;
   box.appendChild(div);
 });
+function csv(v) {
+  v = String(v);
+  return /[",\\r\\n]/.test(v) ? '"' + v.replace(/"/g, '""') + '"' : v;
+}
 function download() {
   const rater = document.getElementById("rater").value.trim();
   if (!rater) { alert("Please enter your name or id."); return; }
@@ -105,7 +136,7 @@ function download() {
     const pick = document.querySelector(`input[name=q${i}]:checked`);
     if (!pick) { missing++; return; }
     const a = MAP[t.a][1], b = MAP[t.b][1];
-    rows.push([rater, t.example, a, b, pick.value === "a" ? a : b].join(","));
+    rows.push([rater, t.example, a, b, pick.value === "a" ? a : b].map(csv).join(","));
   });
   if (missing && !confirm(`${missing} pairs unanswered; download anyway?`)) return;
   const blob = new Blob([rows.join("\\n") + "\\n"], {type: "text/csv"});

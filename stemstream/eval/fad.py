@@ -11,10 +11,14 @@ Embeddings (:func:`get_embedder`):
 
 * ``cocola`` — our COCOLA encoder (``stemstream.eval.cocola``; 5 s windows, 2.5 s hop), the
   offline default;
-* ``codec`` — the shipped codec's quantised latents, averaged over 1 s blocks (a cheap
-  timbre/pitch embedding that needs no extra weights);
-* ``vggish`` — VGGish (the paper's choice) with user-supplied weights
-  (:mod:`stemstream.eval.vggish`).
+* ``codec`` — the shipped codec's quantised latents (``codec.embed(codec.encode(wave))``,
+  ``[1, D, T]``) averaged over 1 s blocks: one row per second, so FAD sees as many rows per
+  clip as the other embedders do and frame-to-frame jitter is smoothed out; a cheap
+  timbre/pitch embedding that needs no extra weights (``path`` = a codec spec);
+* ``vggish`` — VGGish (the paper's choice) with user-supplied weights: ``path`` = a weights
+  file or a folder with weights + PCA file (:func:`stemstream.eval.vggish.load_vggish`).
+
+FAD numbers are only comparable within one embedding: reports name it (``fad_<embedding>``).
 """
 
 from __future__ import annotations
@@ -32,10 +36,11 @@ class Embedder(Protocol):
     name: str
 
     def embed(self, audio: np.ndarray, sample_rate: int) -> np.ndarray:
-        """Mono float audio -> ``[n, D]`` embeddings."""
+        """``[N]`` (or ``[C, N]``) float audio -> ``float64 [n, D]`` embeddings."""
 
 
 def _psd_sqrt(matrix: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric PSD matrix; negative round-off eigenvalues count as 0."""
     values, vectors = np.linalg.eigh((matrix + matrix.T) / 2)
     return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
@@ -49,6 +54,8 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray,
             sigma1.shape != (mu1.size, mu1.size):
         raise ConfigError(f"FAD: mismatched shapes {mu1.shape} {sigma1.shape} / "
                           f"{mu2.shape} {sigma2.shape}")
+    if not all(np.isfinite(x).all() for x in (mu1, mu2, sigma1, sigma2)):
+        raise ConfigError("FAD: non-finite mean or covariance")
     root1 = _psd_sqrt(sigma1)
     middle = root1 @ sigma2 @ root1
     eig = np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0.0, None)
@@ -88,7 +95,8 @@ class CodecEmbedder:
 
         from stemstream import audio as audio_lib
 
-        samples = np.asarray(audio, np.float32).reshape(-1)
+        samples = np.asarray(audio, np.float32)
+        samples = (samples.mean(axis=0) if samples.ndim == 2 else samples).reshape(-1)
         if sample_rate != self.codec.sample_rate:
             samples = audio_lib.resample(samples, sample_rate, self.codec.sample_rate)
         with torch.inference_mode():

@@ -7,6 +7,10 @@ system's score per rater is its win rate over the pairs it appeared in; the H te
 the systems' distributions of per-rater win rates, and each pair of systems is compared with
 a Wilcoxon signed-rank test on those rates paired by rater, significant when
 ``p < alpha / (number of pairs)`` (``0.05 / 21`` for 7 systems, as in the paper).
+
+A.6 does not say what the unit of the tests is; it reports 24 participants, so the default
+unit is the rater (``by="rater"``). ``by="example"`` pools all raters' judgements of one
+input instead (useful when each rater heard few pairs).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import numpy as np
 from stemstream.errors import ConfigError
 
 COLUMNS = ("rater", "example", "system_a", "system_b", "preferred")
+UNITS = ("rater", "example")
 
 
 @dataclass(frozen=True)
@@ -35,15 +40,20 @@ class Judgement:
 
 @dataclass
 class StudyResult:
-    """Systems ranked by mean win rate, per-rater win rates, H test and pairwise tests."""
+    """Systems ranked by mean win rate, per-unit win rates, H test and pairwise tests.
+
+    ``pair_p`` holds the uncorrected Wilcoxon p-value of every unordered pair of systems;
+    :meth:`significant` applies the Bonferroni threshold ``alpha / len(pair_p)``.
+    """
 
     systems: list[str]
-    raters: list[str]
-    win_rates: np.ndarray  # [raters, systems], NaN where a rater never heard a system
+    raters: list[str]  # the units of analysis: raters, or examples when unit == "example"
+    win_rates: np.ndarray  # [units, systems], NaN where a unit never heard a system
     kruskal_h: float
     kruskal_p: float
     pair_p: dict[tuple[str, str], float]
     alpha: float
+    unit: str = "rater"
 
     @property
     def threshold(self) -> float:
@@ -86,43 +96,64 @@ def _tex(text: str) -> str:
 
 
 def read_judgements(path: str | Path) -> list[Judgement]:
-    """Parse and validate a preferences CSV."""
+    """Parse and validate a preferences CSV (one clear :class:`ConfigError` per problem)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such preferences file")
-    with open(path, newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise ConfigError(f"{path}: missing columns {missing}; expected {', '.join(COLUMNS)}")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            values = {c: (row[c] or "").strip() for c in COLUMNS}
-            if not all(values.values()):
-                raise ConfigError(f"{path}:{line}: empty field")
-            if values["system_a"] == values["system_b"]:
-                raise ConfigError(f"{path}:{line}: a system compared with itself")
-            if values["preferred"] not in (values["system_a"], values["system_b"]):
-                raise ConfigError(f"{path}:{line}: preferred {values['preferred']!r} is neither "
-                                  f"{values['system_a']!r} nor {values['system_b']!r}")
-            rows.append(Judgement(**values))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheet BOM
+            rows = _parse(csv.DictReader(handle), path)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ConfigError(f"{path}: not a readable CSV ({err})") from None
     if not rows:
         raise ConfigError(f"{path}: no judgements")
     return rows
 
 
+def _parse(reader: csv.DictReader, path: Path) -> list[Judgement]:
+    reader.fieldnames = [f.strip().lower() for f in reader.fieldnames or []]
+    missing = [c for c in COLUMNS if c not in reader.fieldnames]
+    if missing:
+        raise ConfigError(f"{path}: missing columns {missing}; expected {', '.join(COLUMNS)}")
+    rows = []
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if None in row:
+            raise ConfigError(f"{where}: more fields than columns")
+        values = {c: (row[c] or "").strip() for c in COLUMNS}
+        if not all(values.values()):
+            raise ConfigError(f"{where}: empty field")
+        if values["system_a"] == values["system_b"]:
+            raise ConfigError(f"{where}: a system compared with itself")
+        if values["preferred"] not in (values["system_a"], values["system_b"]):
+            raise ConfigError(f"{where}: preferred {values['preferred']!r} is neither "
+                              f"{values['system_a']!r} nor {values['system_b']!r}")
+        rows.append(Judgement(**values))
+    return rows
+
+
 def analyse(judgements: list[Judgement], alpha: float = 0.05,
-            order: list[str] | None = None) -> StudyResult:
-    """Win rates, Kruskal-Wallis and Bonferroni-corrected pairwise Wilcoxon tests."""
+            order: list[str] | None = None, by: str = "rater") -> StudyResult:
+    """Win rates, Kruskal-Wallis and Bonferroni-corrected pairwise Wilcoxon tests.
+
+    Args:
+        judgements: from :func:`read_judgements`.
+        alpha: family-wise significance level (divided by the number of pairs).
+        order: the systems in table order (default: by mean win rate, best first).
+        by: the unit whose win rates are compared, ``rater`` (default) or ``example``.
+    """
     from scipy import stats
 
+    if by not in UNITS:
+        raise ConfigError(f"unknown unit {by!r}; known: {', '.join(UNITS)}")
     wins: dict[tuple[str, str], int] = defaultdict(int)
     seen: dict[tuple[str, str], int] = defaultdict(int)
     for j in judgements:
+        unit = j.rater if by == "rater" else j.example
         for system in (j.system_a, j.system_b):
-            seen[j.rater, system] += 1
-        wins[j.rater, j.preferred] += 1
-    raters = sorted({j.rater for j in judgements})
+            seen[unit, system] += 1
+        wins[unit, j.preferred] += 1
+    raters = sorted({j.rater if by == "rater" else j.example for j in judgements})
     systems = sorted({s for j in judgements for s in (j.system_a, j.system_b)})
     if len(systems) < 2:
         raise ConfigError("a listening study needs at least two systems")
@@ -154,7 +185,7 @@ def analyse(judgements: list[Judgement], alpha: float = 0.05,
         else:
             pair_p[ranked[i], ranked[j]] = float(stats.wilcoxon(rates[both, i],
                                                                 rates[both, j]).pvalue)
-    return StudyResult(ranked, raters, rates, float(h), float(p), pair_p, alpha)
+    return StudyResult(ranked, raters, rates, float(h), float(p), pair_p, alpha, by)
 
 
 def plot_preferences(result: StudyResult, path: str | Path) -> Path:
@@ -174,8 +205,8 @@ def plot_preferences(result: StudyResult, path: str | Path) -> Path:
         ok = np.isfinite(col)
         ax.scatter(x[i] + jitter[ok], col[ok], s=10, color="black", zorder=3)
     ax.set_xticks(x, result.systems, rotation=30, ha="right")
-    ax.set_ylabel("win rate (per rater)")
-    ax.set_ylim(0, 1)
+    ax.set_ylabel(f"win rate (per {result.unit})")
+    ax.set_ylim(-0.02, 1.02)
     ax.set_title(f"Kruskal-Wallis H = {result.kruskal_h:.1f}, p = {result.kruskal_p:.1e}")
     fig.tight_layout()
     path = Path(path)
@@ -186,18 +217,23 @@ def plot_preferences(result: StudyResult, path: str | Path) -> Path:
 
 
 def write_study(prefs: str | Path, out_dir: str | Path, alpha: float = 0.05,
-                order: list[str] | None = None) -> StudyResult:
-    """Analyse ``prefs`` and write ``table.md``, ``table.tex``, ``win_rates.csv`` and
-    ``preferences.png`` under ``out_dir``."""
-    result = analyse(read_judgements(prefs), alpha, order)
+                order: list[str] | None = None, by: str = "rater") -> StudyResult:
+    """Analyse ``prefs`` and write ``table.md``, ``table.tex``, ``win_rates.csv``,
+    ``pairwise.csv`` (p-values) and ``preferences.png`` under ``out_dir``."""
+    result = analyse(read_judgements(prefs), alpha, order, by)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(result.table_markdown())
     (out / "table.tex").write_text(result.table_latex())
     with open(out / "win_rates.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["rater", *result.systems])
+        writer.writerow([result.unit, *result.systems])
         for rater, row in zip(result.raters, result.win_rates, strict=True):
             writer.writerow([rater, *row])
+    with open(out / "pairwise.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["system_a", "system_b", "p_wilcoxon", "threshold", "significant"])
+        for (a, b), p in result.pair_p.items():
+            writer.writerow([a, b, p, result.threshold, result.significant(a, b)])
     plot_preferences(result, out / "preferences.png")
     return result
