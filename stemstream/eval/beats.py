@@ -76,7 +76,8 @@ def track_beats(samples: np.ndarray, sample_rate: int, tracker: str = "auto") ->
 
 def beat_f_measure(stem: np.ndarray, mix: np.ndarray, sample_rate: int,
                    tracker: str = "auto", tolerance: float = 0.07,
-                   trim_seconds: float = 0.0) -> float:
+                   trim_seconds: float = 0.0,
+                   reference_beats: np.ndarray | None = None) -> float:
     """F-measure of the stem's beats (estimate) against the mix's beats (reference).
 
     Args:
@@ -86,6 +87,8 @@ def beat_f_measure(stem: np.ndarray, mix: np.ndarray, sample_rate: int,
         tracker: ``auto``, ``madmom``, ``librosa`` or ``beat_this:<checkpoint>``.
         tolerance: hit window in seconds (+-).
         trim_seconds: ignore beats before this time (capped at half the clip).
+        reference_beats: the mix's beats if already tracked (scoring several stems against
+            one mix tracks it once).
 
     Returns:
         F-measure in [0, 1]; 0 when either signal is silent or has no beats.
@@ -94,7 +97,11 @@ def beat_f_measure(stem: np.ndarray, mix: np.ndarray, sample_rate: int,
 
     stem, mix = np.asarray(stem), np.asarray(mix)
     n = min(stem.shape[-1], mix.shape[-1])
-    reference = track_beats(mix[..., :n], sample_rate, tracker)
+    if reference_beats is None:
+        reference = track_beats(mix[..., :n], sample_rate, tracker)
+    else:
+        reference = np.asarray(reference_beats, dtype=np.float64)
+        reference = reference[reference < n / sample_rate]
     estimate = track_beats(stem[..., :n], sample_rate, tracker)
     trim = min(max(0.0, trim_seconds), n / sample_rate / 2)
     if trim < trim_seconds:

@@ -289,8 +289,10 @@ def _score(examples, names, config: EvalConfig, rate: int, progress: bool) -> li
 
         cocola = load_cocola(config.cocola)
     if "beat" in config.metrics:
-        from stemstream.eval.beats import beat_f_measure
+        from stemstream.eval.beats import beat_f_measure, track_beats
     for n, example in enumerate(tqdm(examples, desc="score", disable=not progress)):
+        mix_beats = (track_beats(example["input"], rate, config.beat_tracker)
+                     if "beat" in config.metrics else None)
         for name in names:
             stem = example["stems"][name]
             row: dict[str, Any] = {"example": n, "system": name,
@@ -304,7 +306,8 @@ def _score(examples, names, config: EvalConfig, rate: int, progress: bool) -> li
                                                          mode=mode)
             if "beat" in config.metrics:
                 row["beat_f"] = beat_f_measure(stem, example["input"], rate,
-                                               tracker=config.beat_tracker)
+                                               tracker=config.beat_tracker,
+                                               reference_beats=mix_beats)
             rows.append(row)
     return rows
 

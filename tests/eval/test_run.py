@@ -60,9 +60,12 @@ def fake_metrics(monkeypatch):
         offset = {"harmonic": 0.0, "percussive": 1.0, "both": 2.0}[mode]
         return float(np.mean(stem * mix[: len(stem)]) + offset)
 
-    def beat_f_measure(stem, mix, sr, tracker="auto"):
+    def track_beats(mix, sr, tracker="auto"):
+        return np.array([np.sqrt(np.mean(mix**2))])
+
+    def beat_f_measure(stem, mix, sr, tracker="auto", reference_beats=None):
         calls["beat"] += 1
-        return float(np.sqrt(np.mean(stem**2)) / (np.sqrt(np.mean(mix**2)) + 1e-9))
+        return float(np.sqrt(np.mean(stem**2)) / (reference_beats[0] + 1e-9))
 
     class Embedder:
         name = "fake"
@@ -79,6 +82,7 @@ def fake_metrics(monkeypatch):
     cocola.cocola_score = cocola_score
     beats = types.ModuleType("stemstream.eval.beats")
     beats.beat_f_measure = beat_f_measure
+    beats.track_beats = track_beats
     fad_mod = types.ModuleType("stemstream.eval.fad")
     fad_mod.get_embedder = lambda name, path=None: Embedder()
     fad_mod.fad = fad
