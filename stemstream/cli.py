@@ -719,7 +719,8 @@ def cocola_train(config_path, overrides, stop_after, time_limit, progress):
 @click.argument("checkpoint_path", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
 def cocola_export(checkpoint_path, out):
-    """Write the model of a COCOLA training checkpoint as a standalone file."""
+    """Write the model of a COCOLA training checkpoint (or of the official Lightning .ckpt,
+    converted) as a standalone safetensors file."""
     from stemstream.eval.cocola import load_cocola, save_cocola
 
     click.echo(f"wrote {save_cocola(load_cocola(checkpoint_path), out)}")

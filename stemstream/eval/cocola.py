@@ -1,30 +1,43 @@
 """COCOLA: a contrastive model of musical coherence (Ciranni et al., 2024), as the paper
 uses it to score an accompaniment against its input mix.
 
-Features: 16 kHz mono, 5 s windows (2.5 s hop when scoring long clips); a 512-point STFT
-(hop 256) mapped to 64 mel bands is split by median-filter HPSS (soft masks: median over 17
-frames for the harmonic part, over 5 bands for the percussive part) into harmonic and
-percussive log-mel spectrograms -> ``[2, 64, 313]``. Encoder: a small CNN (four conv blocks with
-batch norm; the first strides by 2, the others are followed by 2x2 pooling; global average
-pool, linear projection to ``D``). Similarity: the
-bilinear form ``s(x, y) = x^T W y`` on L2-normalised embeddings, trained with a symmetric
-InfoNCE loss on positives made of two *disjoint submixes of the same window*
+Features: 16 kHz mono, 5 s windows (2.5 s hop when scoring long clips), harmonic and
+percussive log-mel spectrograms ``[2, n_mels, frames]``. Two HPSS front ends (``hpss``):
+
+- ``mel_median`` (ours, default): a 512-point STFT (hop 256) mapped to 64 mel bands, split by
+  median filtering of the *mel* power (soft masks: median over 17 frames for the harmonic
+  part, over 5 bands for the percussive part) -> ``[2, 64, 313]``; batched torch, cheap
+  enough to compute features for contrastive training on one CPU core.
+- ``librosa``: the official front end — ``librosa.decompose.hpss`` on a 1024-point STFT
+  (window 400, hop 160), 64 mel bands 60-7800 Hz, dB relative to each channel's maximum ->
+  ``[2, 64, 501]``; slow (two 31x31 median filters per window), used with official weights.
+
+Encoders (``encoder``): ``cnn`` (ours, default: four conv blocks with batch norm; the first
+strides by 2, the others are followed by 2x2 pooling; global average pool) or
+``efficientnet_b0`` (the official encoder, :class:`EfficientNetB0`, parameter names of
+``efficientnet_pytorch``). A linear projection to ``D`` follows, then ``embedding_norm``;
+similarity is the bilinear form ``s(x, y) = x^T W y``, trained with a symmetric InfoNCE loss
+on positives made of two *disjoint submixes of the same window*
 (:mod:`stemstream.eval.cocola_train`).
 
-Modes: ``both`` feeds both channels; ``harmonic`` / ``percussive`` zero the other channel.
-Training drops one channel at random (a third of the batches each), so the single-channel
-modes are in distribution.
+Modes: ``both`` feeds both channels; ``harmonic`` / ``percussive`` fill the other channel
+with silence (the log floor for ``mel_median``; 0, as the official code does, for
+``librosa``). Training drops one channel at random (a third of the batches each), so the
+single-channel modes are in distribution.
 
-The official COCOLA checkpoint uses an EfficientNet-B0 encoder (PyTorch Lightning ``.ckpt``);
-that architecture is not implemented here (no torchvision), so :func:`load_cocola` refuses
-such a file with an explanation instead of loading it wrongly. Our own checkpoints are
-safetensors written by ``stemstream cocola train``.
+Official weights: :func:`load_cocola` on a ``.ckpt`` (the PyTorch Lightning checkpoint of
+``gladia-research-group/cocola``, e.g. ``COCOLA_HP_v1``, downloaded by the user) maps its
+state dict onto ``encoder=efficientnet_b0, hpss=librosa, embedding_dim=512``. Scores then
+follow the official ``CoCola.score()``: bilinear form on the raw projections
+(``embedding_norm=none``). Our own checkpoints are safetensors written by
+``stemstream cocola train``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,18 +56,50 @@ MODES = ("harmonic", "percussive", "both")
 KIND = "cocola"
 DEFAULT_CHECKPOINT = (Path(__file__).resolve().parent.parent / "assets" / "cocola"
                       / "cocola-synth.safetensors")
+_CHOICES = {"hpss": ("mel_median", "librosa"), "encoder": ("cnn", "efficientnet_b0"),
+            "embedding_norm": ("l2", "layernorm_tanh", "none")}
+# fields added after the first checkpoints; at these defaults they leave features unchanged
+FEATURE_FIELDS = ("n_fft", "hop_length", "n_mels", "median")
+LATER_FEATURE_FIELDS = ("win_length", "f_min", "f_max", "hpss")
 
 
 @dataclass(frozen=True)
 class CocolaConfig:
-    """Feature and encoder shape."""
+    """Feature front end and encoder shape (see the module docstring for the choices)."""
 
     n_fft: int = 512
     hop_length: int = 256
+    win_length: int | None = None  # None = n_fft
     n_mels: int = 64
-    median: int = 17
-    channels: tuple[int, ...] = (32, 64, 128, 192)
+    f_min: float = 30.0
+    f_max: float = 8000.0
+    median: int = 17  # harmonic median length in frames (mel_median only)
+    hpss: str = "mel_median"
+    encoder: str = "cnn"
+    channels: tuple[int, ...] = (32, 64, 128, 192)  # cnn only
     embedding_dim: int = 128
+    embedding_norm: str = "l2"
+
+    def __post_init__(self) -> None:
+        for name, known in _CHOICES.items():
+            if getattr(self, name) not in known:
+                raise ConfigError(f"COCOLA {name} must be one of {', '.join(known)}, "
+                                  f"got {getattr(self, name)!r}")
+        if not 0 <= self.f_min < self.f_max <= SAMPLE_RATE / 2:
+            raise ConfigError(f"COCOLA mel range {self.f_min}-{self.f_max} Hz is invalid")
+
+    @property
+    def silence(self) -> float:
+        """Feature value of an empty channel (what a single-channel mode feeds)."""
+        return float(np.log(1e-6)) if self.hpss == "mel_median" else 0.0
+
+    def feature_key(self) -> dict[str, Any]:
+        """The settings that determine the features (a cache key)."""
+        key = {f: getattr(self, f) for f in FEATURE_FIELDS}
+        default = CocolaConfig()
+        key |= {f: getattr(self, f) for f in LATER_FEATURE_FIELDS
+                if getattr(self, f) != getattr(default, f)}
+        return key
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,12 +116,18 @@ class CocolaConfig:
         return cls(**data)
 
 
+OFFICIAL_CONFIG = CocolaConfig(n_fft=1024, hop_length=160, win_length=400, f_min=60.0,
+                               f_max=7800.0, hpss="librosa", encoder="efficientnet_b0",
+                               embedding_dim=512, embedding_norm="none")
+
+
+# ----------------------------------------------------------------------------- features
 @functools.cache
-def _mel_matrix(n_fft: int, n_mels: int) -> torch.Tensor:
+def _mel_matrix(n_fft: int, n_mels: int, f_min: float, f_max: float) -> torch.Tensor:
     import librosa
 
-    mel = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=n_fft, n_mels=n_mels, fmin=30.0,
-                              fmax=SAMPLE_RATE / 2)
+    mel = librosa.filters.mel(sr=SAMPLE_RATE, n_fft=n_fft, n_mels=n_mels, fmin=f_min,
+                              fmax=f_max)
     return torch.from_numpy(mel).float()
 
 
@@ -87,18 +138,12 @@ def _median(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
     return padded.unfold(-1, size, 1).median(dim=-1).values.transpose(dim, -1)
 
 
-def features(wave: torch.Tensor, config: CocolaConfig) -> torch.Tensor:
-    """``[B, N]`` 16 kHz audio -> ``[B, 2, n_mels, frames]`` harmonic/percussive log-mels.
-
-    HPSS runs on the mel power spectrogram (median over ``median`` frames for the harmonic
-    part, over 5 bands for the percussive part; soft masks) — an approximation of STFT-domain
-    HPSS that is ~4x cheaper, which matters when the features are computed on the fly for
-    contrastive training.
-    """
-    window = torch.hann_window(config.n_fft, device=wave.device)
-    spec = torch.stft(wave, config.n_fft, config.hop_length, window=window,
-                      return_complex=True).abs() ** 2  # [B, F, T]
-    mel = _mel_matrix(config.n_fft, config.n_mels).to(wave.device) @ spec  # [B, M, T]
+def _mel_median_features(wave: torch.Tensor, config: CocolaConfig) -> torch.Tensor:
+    window = torch.hann_window(config.win_length or config.n_fft, device=wave.device)
+    spec = torch.stft(wave, config.n_fft, config.hop_length, win_length=config.win_length,
+                      window=window, return_complex=True).abs() ** 2  # [B, F, T]
+    mel = _mel_matrix(config.n_fft, config.n_mels, config.f_min, config.f_max)
+    mel = mel.to(wave.device) @ spec  # [B, M, T]
     harmonic = _median(mel, config.median, dim=2)
     percussive = _median(mel, 5, dim=1)
     total = harmonic**2 + percussive**2 + 1e-20
@@ -106,33 +151,144 @@ def features(wave: torch.Tensor, config: CocolaConfig) -> torch.Tensor:
     return torch.log(torch.stack(parts, dim=1) + 1e-6)
 
 
+def _librosa_features(wave: torch.Tensor, config: CocolaConfig) -> torch.Tensor:
+    """The official front end, one window at a time (``feature_extraction.HPSS``)."""
+    import librosa
+
+    out = []
+    for row in wave.cpu().numpy():
+        stft = librosa.stft(row, n_fft=config.n_fft, win_length=config.win_length,
+                            hop_length=config.hop_length)
+        channels = []
+        for part in librosa.decompose.hpss(stft):
+            mel = librosa.feature.melspectrogram(S=np.abs(part) ** 2, sr=SAMPLE_RATE,
+                                                 n_fft=config.n_fft, fmin=config.f_min,
+                                                 fmax=config.f_max, n_mels=config.n_mels)
+            channels.append(librosa.power_to_db(mel, ref=np.max))
+        out.append(np.stack(channels))
+    return torch.from_numpy(np.stack(out)).float().to(wave.device)
+
+
+def features(wave: torch.Tensor, config: CocolaConfig) -> torch.Tensor:
+    """``[B, N]`` 16 kHz audio -> ``[B, 2, n_mels, frames]`` harmonic/percussive log-mels."""
+    if config.hpss == "librosa":
+        return _librosa_features(wave, config)
+    return _mel_median_features(wave, config)
+
+
+# ------------------------------------------------------------------------------ encoders
+def _cnn(channels: tuple[int, ...]) -> nn.Sequential:
+    """``[B, 2, M, T] -> [B, channels[-1]]``."""
+    layers: list[nn.Module] = []
+    previous = 2
+    for i, width in enumerate(channels):
+        # the first block strides by 2 instead of pooling: a quarter of the work at the
+        # input resolution, which dominates the cost on a CPU
+        stride = 2 if i == 0 else 1
+        layers += [nn.Conv2d(previous, width, 3, stride=stride, padding=1),
+                   nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+        if i > 0:
+            layers.append(nn.MaxPool2d(2))
+        previous = width
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+class _SameConv(nn.Conv2d):
+    """TF "same" convolution with the padding fixed for a 224x224 input, as
+    ``efficientnet_pytorch.Conv2dStaticSamePadding`` does (whatever the real input size)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                 bias: bool = False) -> None:
+        super().__init__(cin, cout, kernel, stride=stride, groups=groups, bias=bias)
+        # every stride-2 layer of B0 sees an even size, so the total pad is kernel - stride
+        total = max(kernel - stride, 0)
+        self.pad = (total // 2, total - total // 2) * 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, self.pad))
+
+
+def _bn(width: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(width, eps=1e-3, momentum=0.01)
+
+
+class _MBConv(nn.Module):
+    """Mobile inverted bottleneck with squeeze-excitation (EfficientNet's block)."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int) -> None:
+        super().__init__()
+        mid = cin * expand
+        if expand != 1:
+            self._expand_conv, self._bn0 = _SameConv(cin, mid, 1), _bn(mid)
+        self._depthwise_conv = _SameConv(mid, mid, kernel, stride, groups=mid)
+        self._bn1 = _bn(mid)
+        squeezed = max(1, int(cin * 0.25))
+        self._se_reduce = nn.Conv2d(mid, squeezed, 1)
+        self._se_expand = nn.Conv2d(squeezed, mid, 1)
+        self._project_conv, self._bn2 = _SameConv(mid, cout, 1), _bn(cout)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.silu(self._bn0(self._expand_conv(x))) if hasattr(self, "_expand_conv") else x
+        h = F.silu(self._bn1(self._depthwise_conv(h)))
+        h = h * torch.sigmoid(self._se_expand(F.silu(self._se_reduce(h.mean((2, 3), True)))))
+        h = self._bn2(self._project_conv(h))
+        return x + h if self.residual else h
+
+
+class EfficientNetB0(nn.Module):
+    """EfficientNet-B0 without its classifier: ``[B, C, H, W] -> [B, 1280]`` (inference
+    equivalent of ``EfficientNet.from_name("efficientnet-b0", include_top=False)``; no drop
+    connect)."""
+
+    # (repeats, kernel, stride, expand, in, out)
+    STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40),
+              (3, 3, 2, 6, 40, 80), (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192),
+              (1, 3, 1, 6, 192, 320))
+
+    def __init__(self, in_channels: int = 2) -> None:
+        super().__init__()
+        self._conv_stem, self._bn0 = _SameConv(in_channels, 32, 3, 2), _bn(32)
+        blocks = []
+        for repeats, kernel, stride, expand, cin, cout in self.STAGES:
+            blocks.append(_MBConv(cin, cout, kernel, stride, expand))
+            blocks += [_MBConv(cout, cout, kernel, 1, expand) for _ in range(repeats - 1)]
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head, self._bn1 = _SameConv(320, 1280, 1), _bn(1280)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.silu(self._bn0(self._conv_stem(x)))
+        for block in self._blocks:
+            x = block(x)
+        return F.silu(self._bn1(self._conv_head(x))).mean(dim=(2, 3))
+
+
+# --------------------------------------------------------------------------------- model
 class CocolaModel(nn.Module):
-    """Encoder + bilinear similarity (see the module docstring)."""
+    """Encoder + projection + bilinear similarity (see the module docstring)."""
 
     def __init__(self, config: CocolaConfig | None = None) -> None:
         super().__init__()
         self.config = config = config or CocolaConfig()
-        layers: list[nn.Module] = []
-        previous = 2
-        for i, width in enumerate(config.channels):
-            # the first block strides by 2 instead of pooling: a quarter of the work at the
-            # input resolution, which dominates the cost on a CPU
-            stride = 2 if i == 0 else 1
-            layers += [nn.Conv2d(previous, width, 3, stride=stride, padding=1),
-                       nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
-            if i > 0:
-                layers.append(nn.MaxPool2d(2))
-            previous = width
-        self.encoder = nn.Sequential(*layers)
-        self.project = nn.Linear(previous, config.embedding_dim)
+        if config.encoder == "cnn":
+            self.encoder: nn.Module = _cnn(config.channels)
+            width = config.channels[-1]
+        else:
+            self.encoder, width = EfficientNetB0(in_channels=2), 1280
+        self.project = nn.Linear(width, config.embedding_dim)
+        if config.embedding_norm == "layernorm_tanh":
+            self.layer_norm = nn.LayerNorm(config.embedding_dim)
         self.bilinear = nn.Parameter(torch.eye(config.embedding_dim))
         self.log_scale = nn.Parameter(torch.tensor(float(np.log(10.0))))
 
     def encode(self, feats: torch.Tensor, mode: str = "both") -> torch.Tensor:
-        """``[B, 2, M, T]`` features -> L2-normalised ``[B, D]`` embeddings."""
-        feats = mask_mode(feats, mode)
-        h = self.encoder(feats).mean(dim=(2, 3))
-        return F.normalize(self.project(h), dim=-1)
+        """``[B, 2, M, T]`` features -> ``[B, D]`` embeddings (L2-normalised by default)."""
+        z = self.project(self.encoder(mask_mode(feats, mode, self.config.silence)))
+        if self.config.embedding_norm == "l2":
+            return F.normalize(z, dim=-1)
+        if self.config.embedding_norm == "layernorm_tanh":
+            return torch.tanh(self.layer_norm(z))
+        return z
 
     def similarity(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """``[B, D] x [B', D] -> [B, B']`` bilinear scores (without the learned scale)."""
@@ -145,14 +301,15 @@ class CocolaModel(nn.Module):
             return self.encode(feats, mode).double().numpy()
 
 
-def mask_mode(feats: torch.Tensor, mode: str) -> torch.Tensor:
-    """Zero the channel a mode leaves out (the log floor, i.e. silence)."""
+def mask_mode(feats: torch.Tensor, mode: str, silence: float = math.log(1e-6)
+              ) -> torch.Tensor:
+    """Fill the channel a mode leaves out with ``silence``."""
     if mode == "both":
         return feats
     if mode not in MODES:
         raise ConfigError(f"unknown COCOLA mode {mode!r}; known: {', '.join(MODES)}")
     keep = 0 if mode == "harmonic" else 1
-    silent = torch.full_like(feats[:, :1], float(np.log(1e-6)))
+    silent = torch.full_like(feats[:, :1], silence)
     parts = [feats[:, :1], silent] if keep == 0 else [silent, feats[:, 1:]]
     return torch.cat(parts, dim=1)
 
@@ -186,6 +343,7 @@ def cocola_score(model: CocolaModel, stem: np.ndarray, mix: np.ndarray, sample_r
         return float(torch.diagonal(model.similarity(a, b)).mean())
 
 
+# ------------------------------------------------------------------------- checkpoints
 def save_cocola(model: CocolaModel, path: str | Path, extra: dict[str, Any] | None = None
                 ) -> Path:
     from stemstream import checkpoint
@@ -196,23 +354,104 @@ def save_cocola(model: CocolaModel, path: str | Path, extra: dict[str, Any] | No
 
 
 def load_cocola(path: str | Path | None = None) -> CocolaModel:
-    """Our COCOLA checkpoint (``None`` = the shipped one) in eval mode."""
+    """A COCOLA model in eval mode: ours (safetensors; ``None`` = the shipped one) or the
+    official Lightning ``.ckpt`` (see the module docstring)."""
     from stemstream import checkpoint
 
     path = Path(path) if path is not None else DEFAULT_CHECKPOINT
-    if path.suffix == ".ckpt":
-        raise ConfigError(
-            f"{path}: the official COCOLA checkpoint uses an EfficientNet-B0 encoder that "
-            "stemstream does not implement; train ours with `stemstream cocola train`"
-        )
     if not path.is_file():
         raise StemstreamError(
             f"{path}: no COCOLA checkpoint" + (" (train one with `stemstream cocola train`)"
                                                if path == DEFAULT_CHECKPOINT else "")
         )
+    if path.suffix == ".ckpt":
+        return load_official_cocola(path)
     tensors, meta = checkpoint.load(path)
     if meta.get("kind") not in (KIND, "cocola-train"):
         raise ConfigError(f"{path}: not a COCOLA checkpoint (kind {meta.get('kind')!r})")
     model = CocolaModel(CocolaConfig.from_dict(meta["config"]))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     return model.eval()
+
+
+_OFFICIAL_PREFIXES = (("encoder.encoder.model.0.", "encoder."), ("encoder.projection.",
+                      "project."), ("similarity.w", "bilinear"))
+
+
+def load_official_cocola(path: str | Path) -> CocolaModel:
+    """The official COCOLA weights (``gladia-research-group/cocola`` Lightning checkpoint,
+    HPSS input, EfficientNet-B0) as a :class:`CocolaModel` with :data:`OFFICIAL_CONFIG`."""
+    state = _read_lightning_state_dict(Path(path))
+    mapped: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        for old, new in _OFFICIAL_PREFIXES:
+            if key.startswith(old):
+                mapped[new + key[len(old):]] = value
+    model = CocolaModel(OFFICIAL_CONFIG)
+    expected = {k for k in model.state_dict() if k != "log_scale"}
+    stem = mapped.get("encoder._conv_stem.weight")
+    if set(mapped) != expected or stem is None or stem.shape[1] != 2:
+        raise ConfigError(
+            f"{path}: not an official COCOLA checkpoint with harmonic/percussive input and an "
+            f"EfficientNet-B0 encoder ({len(expected - set(mapped))} weights missing, "
+            f"{len(set(mapped) - expected)} unexpected); only that variant can be loaded")
+    try:
+        model.load_state_dict(mapped | {"log_scale": model.log_scale.detach()})
+    except RuntimeError as error:
+        raise ConfigError(f"{path}: weights do not fit EfficientNet-B0/512: "
+                          f"{str(error).splitlines()[-1].strip()}") from None
+    return model.eval()
+
+
+class _Opaque(dict):
+    """Stands in for any non-tensor object of a Lightning checkpoint (hyper-parameters,
+    enums, loop state) so that no foreign code is imported or run while reading it."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> _Opaque:
+        return dict.__new__(cls)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+
+def _read_lightning_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    import collections
+    import pickle
+    import types
+
+    allowed = {("collections", "OrderedDict"): collections.OrderedDict}
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if (module, name) in allowed:
+                return allowed[(module, name)]
+            if module == "torch._utils" and name.startswith("_rebuild"):
+                return getattr(torch._utils, name)
+            if module == "torch" and isinstance(getattr(torch, name, None),
+                                                (torch.dtype, torch.device)):
+                return getattr(torch, name)
+            if module == "torch" and name in ("Size", "device"):
+                return getattr(torch, name)
+            return _Opaque
+
+    safe_pickle = types.SimpleNamespace(Unpickler=Unpickler, load=pickle.load,
+                                        __name__="pickle")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False,
+                          pickle_module=safe_pickle)
+    except Exception as error:  # a corrupt or foreign file: one clear line
+        raise ConfigError(f"{path}: cannot read as a PyTorch checkpoint ({error})") from None
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise ConfigError(f"{path}: no Lightning 'state_dict' of tensors in this checkpoint")
+    return dict(state)

@@ -124,9 +124,8 @@ def cached_features(config: CocolaTrainConfig, split: str, count: int, seed: int
                     progress: bool) -> torch.Tensor:
     """``float16 [count, 2 (pair side), 2 (h/p), M, T]`` features, cached on disk."""
     path = Path(config.out_dir) / f"cache_{split}.pt"
-    feature_fields = ("n_fft", "hop_length", "n_mels", "median")
     key = {"corpus": str(config.corpus), "count": count, "seed": seed,
-           "features": {f: getattr(config.model, f) for f in feature_fields},
+           "features": config.model.feature_key(),
            "windows_per_track": config.windows_per_track}
     if path.exists():
         cached = torch.load(path, weights_only=False)
