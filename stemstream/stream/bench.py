@@ -237,9 +237,11 @@ def _rss_mb() -> dict[str, float]:
     return {"rss_mb": current, "peak_rss_mb": peak}
 
 
-def bench_session(model: Any, codec: Any, seed: int = 0, latency: float = 0.0) -> Any:
+def bench_session(model: Any, codec: Any, seed: int = 0, latency: float = 10.0) -> Any:
     """A session at the codec's rate on a :class:`VirtualClock` with the "late" policy (so
-    the schedule does not depend on ``latency``) that keeps every chunk record."""
+    the schedule does not depend on ``latency``; misses at any ``L`` are re-scored from the
+    records, so the session's own ``L`` only has to be large enough not to warn) that keeps
+    every chunk record."""
     from stemstream.stream.clock import VirtualClock
     from stemstream.stream.session import Session, SessionConfig
 
