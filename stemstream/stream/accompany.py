@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,22 +86,6 @@ class AccompanyResult:
             f"| RTF {rtf} | missed {self.missed_chunks}/{self.chunks} chunks "
             f"| chunk p99 {p99} | min slack {slack_text}"
         )
-
-
-def _resolve_model(model: str | Path, codec: str | None, tf_seconds: float | None,
-                   chunk_frames: int | None, weights: str = "fp32"):
-    """The :class:`~stemstream.stream.models.StreamModel` with ``t_f`` (seconds) and ``k``
-    applied (``t_f`` is converted with the codec's frame rate, known once it is loaded)."""
-    from stemstream.stream.models import StreamModel, frames_from_seconds, load_stream_model
-    from stemstream.stream.session import with_stream_args
-
-    loaded = load_stream_model(model, codec, weights=weights)
-    future_frames = frames_from_seconds(tf_seconds, loaded.codec.frame_rate, "--tf")
-    with warnings.catch_warnings():
-        if not loaded.trained:  # an untrained model has no trained visibility to warn about
-            warnings.simplefilter("ignore")
-        stream_model = with_stream_args(loaded.model, future_frames, chunk_frames)
-    return StreamModel(stream_model, loaded.codec, loaded.source, loaded.trained)
 
 
 def _blocks(num_samples: int, block: int):
@@ -198,7 +181,9 @@ def accompany_file(
         raise ConfigError(f"block size must be > 0 seconds, got {block_seconds}")
     inst_id = class_from_name(instrument)  # fail fast, before loading anything heavy
     source = audio.load(input_path, sample_rate=None, channels=None)  # [C, N], native rate
-    loaded = _resolve_model(model, codec, tf_seconds, chunk_frames, weights)
+    from stemstream.stream.models import resolve_stream_model
+
+    loaded = resolve_stream_model(model, codec, tf_seconds, chunk_frames, weights)
     config = SessionConfig(
         instrument=inst_id,
         input_sample_rate=source.sample_rate,

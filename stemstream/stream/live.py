@@ -167,9 +167,9 @@ def run_live(
     session report plus device statistics."""
     sd = import_sounddevice()
     from stemstream.stream.clock import WallClock
-    from stemstream.stream.models import frames_from_seconds, load_stream_model
+    from stemstream.stream.models import resolve_stream_model
     from stemstream.stream.report import write_report
-    from stemstream.stream.session import Session, SessionConfig, with_stream_args
+    from stemstream.stream.session import Session, SessionConfig
 
     try:
         device_info = sd.query_devices(input_device, "input")
@@ -180,11 +180,9 @@ def run_live(
     except Exception as err:
         raise LiveError(f"no usable output device ({err}); see --list-devices") from None
     rate = int(sample_rate or device_info["default_samplerate"])
-    loaded = load_stream_model(model, codec, weights=weights)
-    tf = frames_from_seconds(tf_seconds, loaded.codec.frame_rate, "--tf")
-    stream_model = with_stream_args(loaded.model, tf, chunk_frames)
+    loaded = resolve_stream_model(model, codec, tf_seconds, chunk_frames, weights)
     session = Session(
-        stream_model,
+        loaded.model,
         loaded.codec,
         SessionConfig(instrument=instrument, input_sample_rate=rate, latency=latency,
                       seed=seed, output_sample_rate=rate),

@@ -138,3 +138,20 @@ def frames_from_seconds(seconds: float | None, frame_rate: float, what: str) -> 
         log.info("%s %.4f s rounded to %d frames (%.4f s)", what, seconds, frames,
                  frames / frame_rate)
     return frames
+
+
+def resolve_stream_model(spec: str | Path = "default", codec_spec: str | None = None,
+                         tf_seconds: float | None = None, chunk_frames: int | None = None,
+                         weights: str = "fp32") -> StreamModel:
+    """:func:`load_stream_model` with ``t_f`` given in seconds (converted with the codec's
+    frame rate, known once it is loaded) and ``k`` applied; an untrained model has no trained
+    visibility to warn about, so its overrides are silent."""
+    from stemstream.stream.session import with_stream_args
+
+    loaded = load_stream_model(spec, codec_spec, weights=weights)
+    future_frames = frames_from_seconds(tf_seconds, loaded.codec.frame_rate, "--tf")
+    with warnings.catch_warnings():
+        if not loaded.trained:
+            warnings.simplefilter("ignore")
+        model = with_stream_args(loaded.model, future_frames, chunk_frames)
+    return StreamModel(model, loaded.codec, loaded.source, loaded.trained)

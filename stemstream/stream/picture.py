@@ -1,8 +1,8 @@
 """A picture of an accompaniment: input and output log-mel spectrograms with their beat grids.
 
-Beats come from librosa's tracker (the first call compiles numba code, a few seconds); the
-title carries the beat F-measure (+-70 ms) of the stem's beats against the input's, the same
-number as the evaluation suite's ``beat_f`` with the librosa tracker.
+Beats come from :mod:`stemstream.eval.beats` with the librosa tracker (fast to load; the first
+call compiles numba code, a few seconds); the title carries the evaluation suite's ``beat_f``
+(+-70 ms) of the stem against the input.
 """
 
 from __future__ import annotations
@@ -10,26 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-
-def track_beats_librosa(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Beat times (seconds); empty for silence."""
-    import librosa
-
-    if not np.any(np.abs(samples) > 1e-4):
-        return np.zeros(0)
-    _, beats = librosa.beat.beat_track(y=samples.astype(np.float32), sr=sample_rate,
-                                       units="time")
-    return np.asarray(beats, dtype=np.float64)
-
-
-def beat_f(reference: np.ndarray, estimate: np.ndarray, tolerance: float = 0.07) -> float:
-    """F-measure of ``estimate`` beats against ``reference`` beats (no trimming)."""
-    import mir_eval
-
-    if len(reference) == 0 or len(estimate) == 0:
-        return 0.0
-    return float(mir_eval.beat.f_measure(reference, estimate, f_measure_threshold=tolerance))
 
 
 def accompaniment_figure(input_audio: np.ndarray, stem: np.ndarray, sample_rate: int,
@@ -41,9 +21,12 @@ def accompaniment_figure(input_audio: np.ndarray, stem: np.ndarray, sample_rate:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    beats_in = track_beats_librosa(input_audio, sample_rate)
-    beats_out = track_beats_librosa(stem, sample_rate)
-    score = beat_f(beats_in, beats_out)
+    from stemstream.eval.beats import beat_f_measure, track_beats
+
+    beats_in = track_beats(input_audio, sample_rate, "librosa")
+    beats_out = track_beats(stem, sample_rate, "librosa")
+    score = beat_f_measure(stem, input_audio, sample_rate, tracker="librosa",
+                           reference_beats=beats_in)
 
     def bpm(beats: np.ndarray) -> float:
         return float(60.0 / np.median(np.diff(beats))) if len(beats) > 2 else float("nan")
