@@ -133,16 +133,19 @@ def cached_features(config: CocolaTrainConfig, split: str, count: int, seed: int
             return cached["features"]
     a, b = make_pairs(config.corpus, split, count, config.windows_per_track,
                       config.active_db, seed, progress)
-    chunks = []
-    with torch.inference_mode():
-        for i in range(0, count, 32):
-            fa = features(a[i : i + 32], config.model)
-            fb = features(b[i : i + 32], config.model)
-            chunks.append(torch.stack([fa, fb], dim=1).half())
-    feats = torch.cat(chunks)
+    feats = pair_features(a, b, config.model).half()
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"key": key, "features": feats}, path)
     return feats
+
+
+def pair_features(a: torch.Tensor, b: torch.Tensor, config: CocolaConfig,
+                  batch: int = 32) -> torch.Tensor:
+    """Waveform pairs ``[n, N]`` x 2 -> features ``[n, 2 (side), 2 (h/p), M, T]``."""
+    with torch.inference_mode():
+        return torch.cat([torch.stack([features(a[i : i + batch], config),
+                                       features(b[i : i + batch], config)], dim=1)
+                          for i in range(0, len(a), batch)])
 
 
 # --------------------------------------------------------------------------- training
@@ -279,9 +282,5 @@ def validate(model: CocolaModel, corpus: str | Path, split: str = "test", pairs:
     windows whose real partner (a disjoint submix of the same window) scores above a random
     other window's submix."""
     a, b = make_pairs(corpus, split, pairs, 3, CocolaTrainConfig.active_db, seed, progress)
-    with torch.inference_mode():
-        feats = torch.cat([torch.stack([features(a[i : i + 32], model.config),
-                                        features(b[i : i + 32], model.config)], dim=1)
-                           for i in range(0, pairs, 32)])
-    return pair_accuracy(model, feats, seed)
+    return pair_accuracy(model, pair_features(a, b, model.config), seed)
 
