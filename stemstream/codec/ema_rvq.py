@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from stemstream.codec.layers import PointwiseConv1d
+
 
 class QuantizerOutput(NamedTuple):
     """``quantized [B, D, T]`` (straight-through), ``codes`` long ``[B, K, T]``, scalar
@@ -33,8 +35,8 @@ class EMACodebook(nn.Module):
     def __init__(self, dim: int, codebook_size: int, codebook_dim: int, decay: float):
         super().__init__()
         self.decay = decay
-        self.in_proj = nn.Conv1d(dim, codebook_dim, 1)
-        self.out_proj = nn.Conv1d(codebook_dim, dim, 1)
+        self.in_proj = PointwiseConv1d(dim, codebook_dim)
+        self.out_proj = PointwiseConv1d(codebook_dim, dim)
         nn.init.zeros_(self.in_proj.bias)
         nn.init.zeros_(self.out_proj.bias)
         self.register_buffer(
@@ -46,8 +48,7 @@ class EMACodebook(nn.Module):
 
     def project(self, residual: torch.Tensor) -> torch.Tensor:
         """``[B, D, T] -> [B*T, d]`` normalised vectors."""
-        z = self.in_proj(residual)
-        return F.normalize(z.transpose(1, 2).reshape(-1, z.shape[1]), dim=1)
+        return F.normalize(self.in_proj.frames(residual), dim=1)
 
     def nearest(self, flat: torch.Tensor) -> torch.Tensor:
         return (flat @ self.codebook.t()).argmax(dim=1)

@@ -32,6 +32,7 @@ from torch import nn
 
 from stemstream.codec.base import Codec, CodecError, StreamingDecoder, StreamingEncoder
 from stemstream.codec.ema_rvq import EMAResidualVQ, QuantizerOutput
+from stemstream.codec.layers import PointwiseConv1d
 
 
 @dataclass(frozen=True)
@@ -145,12 +146,12 @@ class FrameCodec(Codec):
         dec_advance = 2 * math.pi * torch.arange(dec_bins) * config.hop_length / config.dec_n_fft
         self.register_buffer("dec_advance", dec_advance.double(), persistent=False)
 
-        self.enc_in = nn.Conv1d(3 * enc_bins, config.channels, 1)
+        self.enc_in = PointwiseConv1d(3 * enc_bins, config.channels)
         self.enc_blocks = nn.ModuleList(
             [CausalConvNeXt(config.channels, config.kernel_size) for _ in range(config.enc_blocks)]
         )
         self.enc_norm = nn.LayerNorm(config.channels)
-        self.enc_out = nn.Conv1d(config.channels, config.latent_dim, 1)
+        self.enc_out = PointwiseConv1d(config.channels, config.latent_dim)
         self.quantizer = EMAResidualVQ(
             config.latent_dim,
             config.num_codebooks,
@@ -159,12 +160,12 @@ class FrameCodec(Codec):
             config.ema_decay,
             config.quantizer_dropout,
         )
-        self.dec_in = nn.Conv1d(config.latent_dim, config.channels, 1)
+        self.dec_in = PointwiseConv1d(config.latent_dim, config.channels)
         self.dec_blocks = nn.ModuleList(
             [CausalConvNeXt(config.channels, config.kernel_size) for _ in range(config.dec_blocks)]
         )
         self.dec_norm = nn.LayerNorm(config.channels)
-        self.dec_out = nn.Conv1d(config.channels, 2 * dec_bins, 1)
+        self.dec_out = PointwiseConv1d(config.channels, 2 * dec_bins)
         for conv in (self.enc_in, self.enc_out, self.dec_in, self.dec_out):
             nn.init.zeros_(conv.bias)
 
@@ -262,8 +263,39 @@ class FrameCodec(Codec):
 
     def decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
         """Quantised latent ``[B, D, T]`` -> audio ``[B, 1, T*hop]``."""
+        return self.decode_with_magnitudes(latent)[0]
+
+    def decode_with_magnitudes(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Like :meth:`decode_latent`, also returning the decoder's log-magnitudes
+        ``[B, F, T]`` (for :meth:`frame_log_magnitudes` targets)."""
         log_mag, dev, _ = self._decoder_trunk(latent, None)
-        return self._synthesise(log_mag, dev, None, None)[0][:, None]
+        return self._synthesise(log_mag, dev, None, None)[0][:, None], log_mag
+
+    def frame_log_magnitudes(self, wave: torch.Tensor) -> torch.Tensor:
+        """The decoder's ideal output for ``[B, 1, T*hop]`` audio: log-magnitudes ``[B, F, T]``
+        of the sqrt-Hann frames that overlap-add places at each output frame (frame ``t``
+        covers samples ``[t*hop, (t+2)*hop)``, so the last one reads ``hop`` zeros)."""
+        hop, n_fft = self.config.hop_length, self.config.dec_n_fft
+        frames = F.pad(wave[:, 0], (0, n_fft - hop)).unfold(-1, n_fft, hop)
+        spec = torch.fft.rfft(frames * self.dec_window, dim=-1)
+        return torch.log(spec.abs().clamp_min(1e-5)).transpose(1, 2)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """Everything that decides the codes (encoder and quantizer projections)."""
+        modules = [self.enc_in, *self.enc_blocks, self.enc_norm, self.enc_out, self.quantizer]
+        return [p for m in modules for p in m.parameters()]
+
+    def decode_at_depths(
+        self, codes: torch.Tensor, depths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode item ``b`` of long ``[B, K, T]`` codes from its first ``depths[b]`` levels
+        only. Returns :meth:`decode_with_magnitudes`'s pair."""
+        depths = depths.to(codes.device)
+        latent = 0
+        for k, level in enumerate(self.quantizer.levels[: codes.shape[1]]):
+            active = (k < depths).to(self.dec_window.dtype)[:, None, None]
+            latent = latent + level.lookup(codes[:, k]) * active
+        return self.decode_with_magnitudes(latent)
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decode_latent(self.quantizer.embed(codes))

@@ -30,6 +30,25 @@ from torch import nn
 from stemstream.codec.base import StreamState
 
 
+class PointwiseConv1d(nn.Conv1d):
+    """A kernel-1 ``nn.Conv1d`` (same parameters, so checkpoints are interchangeable) that
+    runs as a matrix product: on CPU, conv1d with kernel 1 goes through a slow im2col path
+    whose per-call cost dominates the few-frame blocks of streaming."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C_in, T] -> [B, C_out, T]``."""
+        return F.linear(x.transpose(1, 2), self.weight[:, :, 0], self.bias).transpose(1, 2)
+
+    def frames(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C_in, T] -> [B*T, C_out]`` (frames as rows), without a transpose back."""
+        return F.linear(x.transpose(1, 2), self.weight[:, :, 0], self.bias).reshape(
+            -1, self.out_channels
+        )
+
+
 def _empty(x: torch.Tensor, channels: int) -> torch.Tensor:
     return x.new_zeros(x.shape[0], channels, 0)
 

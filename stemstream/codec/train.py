@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 import yaml
 
 from stemstream import checkpoint
@@ -41,6 +42,7 @@ class LossWeights:
     stft: float = 2.0
     waveform: float = 0.0
     phase: float = 0.0  # InstantaneousFrequencyLoss
+    frame_magnitude: float = 0.0  # FrameCodec: L1 between decoder and target log-magnitudes
     commitment: float = 0.25
     codebook: float = 1.0
     adversarial: float = 1.0
@@ -64,6 +66,12 @@ class CodecTrainConfig:
     corpus: Path = Path("corpora/synth20h")
     out_dir: Path = Path("runs/codec")
     init_from: Path | None = None  # start from these codec weights (fine-tuning)
+    # FrameCodec only: train the decoder alone. The encoder and quantizer are frozen, so the
+    # codes of every audio stay the same and token dumps and language models trained on them
+    # remain valid. Each item is decoded from the first d levels, d uniform over
+    # ``decoder_codebooks`` (all levels when empty).
+    freeze_tokens: bool = False
+    decoder_codebooks: tuple[int, ...] = ()
     codec: dict[str, Any] = field(default_factory=lambda: {"arch": "frame", "preset": "tiny"})
     crops: CropConfig = field(default_factory=CropConfig)
     train_split: str = "train"
@@ -102,12 +110,17 @@ class CodecTrainConfig:
             raise ConfigError("mel_windows and mel_bins must have the same length")
         if "arch" not in self.codec:
             raise ConfigError("codec.arch is required (frame or dac)")
+        if (self.freeze_tokens or self.losses.frame_magnitude) and self.codec["arch"] != "frame":
+            raise ConfigError("freeze_tokens and losses.frame_magnitude need codec.arch: frame")
+        if self.decoder_codebooks and not self.freeze_tokens:
+            raise ConfigError("decoder_codebooks is only used with freeze_tokens: true")
 
 
 class TrainForward(NamedTuple):
     audio: torch.Tensor  # [B, 1, N]
     codes: torch.Tensor  # [B, K, T]
     losses: dict[str, torch.Tensor]
+    log_mag: torch.Tensor | None = None  # FrameCodec: the decoder's log-magnitudes [B, F, T]
 
 
 def build_codec(spec: dict[str, Any]) -> Codec:
@@ -137,8 +150,9 @@ def train_forward(codec: Codec, wave: torch.Tensor) -> TrainForward:
     from stemstream.codec.framecodec import FrameCodec
 
     if isinstance(codec, FrameCodec):
-        audio, q = codec.train_forward(wave)
-        return TrainForward(audio, q.codes, {"commitment": q.commitment_loss})
+        q = codec.quantizer(codec.latents(wave))
+        audio, log_mag = codec.decode_with_magnitudes(q.quantized)
+        return TrainForward(audio, q.codes, {"commitment": q.commitment_loss}, log_mag)
     out = codec(wave)
     return TrainForward(
         out.audio, out.codes, {"commitment": out.commitment_loss, "codebook": out.codebook_loss}
@@ -155,6 +169,13 @@ def codebook_stats(codes: torch.Tensor, codebook_size: int) -> tuple[list[float]
         entropy = -(p[p > 0] * p[p > 0].log()).sum()
         perplexity.append(float(entropy.exp()))
     return usage, perplexity
+
+
+def _frame_magnitude_loss(log_mag: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 between log-magnitudes floored at -60 dB below the target's peak per item, so that
+    bins well below audibility do not dominate."""
+    floor = target.flatten(1).amax(1)[:, None, None] - math.log(1e3)
+    return F.l1_loss(torch.maximum(log_mag, floor), torch.maximum(target, floor))
 
 
 def _lr_factor(step: int, config: CodecTrainConfig) -> float:
@@ -189,8 +210,11 @@ class CodecTrainer:
         self.mel = MultiScaleMelLoss(sr, config.mel_windows, config.mel_bins).to(self.device)
         self.stft = MultiResolutionSTFTLoss().to(self.device)
         self.phase_loss = InstantaneousFrequencyLoss().to(self.device)
+        if config.freeze_tokens:
+            for p in self.codec.encoder_parameters():
+                p.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
-            self.codec.parameters(),
+            [p for p in self.codec.parameters() if p.requires_grad],
             lr=config.lr,
             betas=tuple(config.betas),
             weight_decay=config.weight_decay,
@@ -243,9 +267,16 @@ class CodecTrainer:
         self.codec.train()
         for group in self.optimizer.param_groups:
             group["lr"] = cfg.lr * _lr_factor(self.step, cfg)
-        out = train_forward(self.codec, wave)
+        if cfg.freeze_tokens:
+            out = self._frozen_token_forward(wave)
+        else:
+            out = train_forward(self.codec, wave)
         recon = out.audio
         losses = {"mel": self.mel(recon, wave), "stft": self.stft(recon, wave)}
+        if w.frame_magnitude:
+            losses["frame_magnitude"] = _frame_magnitude_loss(
+                out.log_mag, self.codec.frame_log_magnitudes(wave)
+            )
         if w.waveform:
             losses["waveform"] = torch.nn.functional.l1_loss(recon, wave)
         if w.phase:
@@ -272,7 +303,8 @@ class CodecTrainer:
         total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.codec.parameters(), cfg.grad_clip)
         self.optimizer.step()
-        if cfg.dead_code_every and (self.step + 1) % cfg.dead_code_every == 0:
+        dead_codes = cfg.dead_code_every and not cfg.freeze_tokens
+        if dead_codes and (self.step + 1) % cfg.dead_code_every == 0:
             self._restart_dead_codes(wave)
         metrics = {f"loss/{k}": float(v.detach()) for k, v in losses.items()}
         metrics["loss/total"] = float(total.detach())
@@ -281,6 +313,15 @@ class CodecTrainer:
             metrics["loss/discriminator"] = float(d_loss.detach())
         self._last_codes = out.codes.detach()
         return metrics
+
+    def _frozen_token_forward(self, wave: torch.Tensor) -> TrainForward:
+        """Codes from the frozen encoder (no codebook updates), decoded at a random depth."""
+        with torch.no_grad():
+            codes = self.codec.quantizer.encode(self.codec.latents(wave), self.codec.num_codebooks)
+        choices = self.config.decoder_codebooks or (self.codec.num_codebooks,)
+        depths = torch.as_tensor(self.rng.choice(choices, size=codes.shape[0]))
+        audio, log_mag = self.codec.decode_at_depths(codes, depths)
+        return TrainForward(audio, codes, {}, log_mag)
 
     @torch.no_grad()
     def _restart_dead_codes(self, wave: torch.Tensor) -> None:

@@ -181,6 +181,55 @@ def test_checkpoint_rotation_validation_metrics_and_refusal(corpus: Corpus, tmp_
         CodecTrainer(other).run(progress=False)
 
 
+def test_freeze_tokens_trains_the_decoder_and_keeps_every_code(
+    corpus: Corpus, tmp_path: Path
+) -> None:
+    """Decoder-only fine-tuning: encoder, quantizer and codebooks bit-identical, codes of
+    any audio unchanged, decoder weights moved, frame-magnitude loss logged and falling;
+    and it resumes bit-identically like full training."""
+    first = CodecTrainer(train_config(corpus, tmp_path / "init", "steps=3"))
+    first.run(progress=False)
+    init = first.checkpoint_paths()[-1]
+    steps = [
+        f"init_from={init}",
+        "freeze_tokens=true",
+        "decoder_codebooks=[2, 4]",
+        "losses.frame_magnitude=5",
+        "lr=3e-3",
+        "steps=30",
+        "log_every=1",
+        "valid_every=1000",
+        "checkpoint_every=1000",
+        "dead_code_every=2",
+    ]
+    trainer = CodecTrainer(train_config(corpus, tmp_path / "a", *steps))
+    trainer.run(progress=False)
+    before, after = first.codec.state_dict(), trainer.codec.state_dict()
+    frozen = [k for k in before if k.startswith(("enc_", "quantizer"))]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["dec_out.weight"], after["dec_out.weight"])
+    wave = trainer.train_data.batch(2, np.random.default_rng(7))
+    with torch.no_grad():
+        assert torch.equal(first.codec.encode(wave), trainer.codec.encode(wave))
+    rows = [r["loss/frame_magnitude"] for r in read_metrics(tmp_path / "a") if "loss/total" in r]
+    assert len(rows) == 30 and np.mean(rows[-5:]) < np.mean(rows[:5])
+
+    part = CodecTrainer(train_config(corpus, tmp_path / "b", *steps[:5], "steps=6", *steps[6:]))
+    part.run(progress=False, stop_after=3)
+    resumed = CodecTrainer(train_config(corpus, tmp_path / "b", *steps[:5], "steps=6", *steps[6:]))
+    resumed.run(progress=False)
+    straight = CodecTrainer(train_config(corpus, tmp_path / "c", *steps[:5], "steps=6", *steps[6:]))
+    straight.run(progress=False)
+    assert_state_dicts_equal(straight.codec.state_dict(), resumed.codec.state_dict())
+
+
+def test_decoder_only_options_are_validated(corpus: Corpus, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="only used with freeze_tokens"):
+        train_config(corpus, tmp_path, "decoder_codebooks=[4]")
+    with pytest.raises(ConfigError, match="need codec.arch: frame"):
+        train_config(corpus, tmp_path, "codec={arch: dac, preset: tiny}", "freeze_tokens=true")
+
+
 def test_codebook_stats_on_known_codes() -> None:
     # [B=2, K=3, T=2] with codebooks of 4: level 0 uses {0, 1} evenly, level 1 all four
     # once, level 2 only entry 3.

@@ -526,3 +526,41 @@ def test_get_codec_reads_training_checkpoints(tmp_path: Path, wave: torch.Tensor
     _assert_same_codec(codec, from_checkpoint, wave)
     exported = export_training_checkpoint(path, tmp_path / "exported.safetensors")
     _assert_same_codec(codec, load_codec(exported), wave)
+
+
+# ------------------------------------------------------------ decoder-only fine-tuning
+
+
+def test_pointwise_conv_equals_conv1d() -> None:
+    from stemstream.codec.layers import PointwiseConv1d
+
+    torch.manual_seed(0)
+    pointwise, conv = PointwiseConv1d(6, 5), torch.nn.Conv1d(6, 5, 1)
+    conv.load_state_dict(pointwise.state_dict())
+    x = torch.randn(3, 6, 7)
+    torch.testing.assert_close(pointwise(x), conv(x))
+    torch.testing.assert_close(pointwise.frames(x), conv(x).transpose(1, 2).reshape(-1, 5))
+
+
+def test_frame_log_magnitudes_follow_the_overlap_add_geometry(codec: FrameCodec) -> None:
+    """Output frame ``t`` is synthesised over samples ``[t*hop, (t+2)*hop)``: an impulse in
+    frame 5 shows in the targets of frames 4 and 5 only."""
+    wave = torch.zeros(1, 1, 10 * HOP)
+    wave[..., 5 * HOP + 100] = 1.0
+    target = codec.frame_log_magnitudes(wave)
+    assert target.shape == (1, codec.config.dec_n_fft // 2 + 1, 10)
+    loud = (target.amax(1)[0] > math.log(1e-3)).nonzero().flatten().tolist()
+    assert loud == [4, 5]
+
+
+def test_decode_at_depths_uses_the_first_levels_per_item(
+    codec: FrameCodec, wave: torch.Tensor
+) -> None:
+    codes = codec.encode(wave[:1].expand(3, -1, -1).contiguous())
+    with torch.no_grad():
+        audio, log_mag = codec.decode_at_depths(codes, torch.tensor([1, 3, 4]))
+        for item, depth in enumerate((1, 3, 4)):
+            expected = codec.decode(codes[item : item + 1, :depth])[0]
+            torch.testing.assert_close(audio[item], expected, atol=AUDIO_TOL, rtol=0)
+        assert not torch.allclose(audio[0], audio[1], atol=AUDIO_TOL)
+    assert log_mag.shape == (3, codec.config.dec_n_fft // 2 + 1, codes.shape[-1])
