@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,6 +148,30 @@ def list_devices() -> str:
     return str(import_sounddevice().query_devices())
 
 
+def alignment_warning(future_frames: int, frame_rate: float, latency: float) -> str | None:
+    """Why the accompaniment will not sound in time with the player, or None when it can.
+
+    A model with ``t_f >= 0`` must hear input frame ``t`` (and ``t_f`` more) before it plays
+    frame ``t``, so the player hears it ``latency`` seconds late; only a model trained with
+    ``t_f < 0`` (it predicts ``-t_f`` frames ahead) can play in time, with ``latency`` at most
+    ``-t_f`` frames."""
+    tf_seconds = future_frames / frame_rate
+    if future_frames >= 0:
+        return (
+            f"this model has t_f = {tf_seconds:+.2f} s: it must hear the music before "
+            f"accompanying it, so you will hear its part {latency * 1e3:.0f} ms behind your "
+            "playing (--latency). For accompaniment in time with you, use a model trained "
+            "with t_f < 0 (e.g. t_f = -1 s) and --latency at most -t_f."
+        )
+    if latency > -tf_seconds + 1e-9:
+        return (
+            f"--latency {latency * 1e3:.0f} ms exceeds this model's look-ahead "
+            f"(-t_f = {-tf_seconds * 1e3:.0f} ms): its part will sound "
+            f"{(latency + tf_seconds) * 1e3:.0f} ms behind your playing; lower --latency."
+        )
+    return None
+
+
 def run_live(
     model: str = "default",
     instrument: str = "bass",
@@ -188,6 +213,10 @@ def run_live(
                       seed=seed, output_sample_rate=rate),
         clock=WallClock(),
     )
+    future_frames = loaded.model.config.future_frames
+    message = alignment_warning(future_frames, loaded.codec.frame_rate, latency)
+    if message:
+        warnings.warn(message, stacklevel=2)
     engine = LiveEngine(session, latency)
     engine._write(session.preroll())  # a model that plays ahead is ready at time 0
     engine.start_worker()

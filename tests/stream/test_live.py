@@ -146,9 +146,20 @@ def test_run_live_with_a_fake_device(monkeypatch, tmp_path):
 
     fake.Stream = Stream
     monkeypatch.setitem(sys.modules, "sounddevice", fake)
-    report = run_live(model="random-tiny-mock", duration=0.3, latency=0.2,
-                      report_out=str(tmp_path / "live.json"))
+    with pytest.warns(UserWarning, match="200 ms behind your playing"):
+        report = run_live(model="random-tiny-mock", duration=0.3, latency=0.2,
+                          report_out=str(tmp_path / "live.json"))
     assert report["clock"] == "wall"
     assert report["device"]["callbacks"] > 5
     assert report["chunks"] > 0
     assert (tmp_path / "live.json").exists()
+
+
+def test_alignment_warning_says_when_output_cannot_be_in_time():
+    from stemstream.stream.live import alignment_warning
+
+    behind = alignment_warning(0, 50.0, 0.2)
+    assert behind and "200 ms behind" in behind and "t_f < 0" in behind
+    assert alignment_warning(-50, 50.0, 0.2) is None  # 1 s look-ahead, 200 ms latency
+    late = alignment_warning(-5, 50.0, 0.2)  # 100 ms look-ahead
+    assert late and "100 ms behind" in late
