@@ -9,6 +9,9 @@ equal RMS) — we report:
 * ``chroma`` — mean cosine similarity of chroma vectors over non-silent frames (below ~0.9
   pitches are wrong, below ~0.75 absent);
 * ``onset_f`` — onset F-measure (±50 ms) between onsets detected in original and output;
+* ``beat_f`` — beat F-measure (±70 ms) between beats tracked (librosa) in original and output,
+  the listening-test substitute for rhythm (NaN, left out of means, where the original has
+  no beats);
 * ``mr_stft`` — multi-resolution STFT distance; ``si_sdr`` — scale-invariant SDR (dB);
 
 plus per-codebook usage over all clips, and a spectrogram comparison PNG.
@@ -27,7 +30,7 @@ import torch
 from stemstream.codec.base import Codec
 
 log = logging.getLogger(__name__)
-METRICS = ("mel_l1", "chroma", "onset_f", "mr_stft", "si_sdr")
+METRICS = ("mel_l1", "chroma", "onset_f", "beat_f", "mr_stft", "si_sdr")
 
 
 @dataclass
@@ -96,6 +99,7 @@ def clip_metrics(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> dict[str
     import mir_eval
 
     from stemstream.codec.losses import MultiResolutionSTFTLoss, si_sdr
+    from stemstream.eval.beats import track_beats
 
     n = min(len(ref), len(est))
     ref, est = ref[:n], est[:n]
@@ -114,10 +118,19 @@ def clip_metrics(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> dict[str
     on_r = librosa.onset.onset_detect(y=ref, sr=sample_rate, units="time", hop_length=160)
     on_e = librosa.onset.onset_detect(y=est, sr=sample_rate, units="time", hop_length=160)
     onset_f = float(mir_eval.onset.f_measure(on_r, on_e, window=0.05)[0]) if len(on_r) else 1.0
+    beats_r = track_beats(ref, sample_rate, "librosa")
+    beats_e = track_beats(est, sample_rate, "librosa")
+    if len(beats_r) == 0:
+        beat_f = float("nan")
+    elif len(beats_e) == 0:
+        beat_f = 0.0
+    else:
+        beat_f = float(mir_eval.beat.f_measure(beats_r, beats_e, f_measure_threshold=0.07))
     r, e = torch.from_numpy(ref)[None, None], torch.from_numpy(est)[None, None]
     mr = float(MultiResolutionSTFTLoss()(e, r))
     sdr = float(si_sdr(e, r)[0])
-    return {"mel_l1": mel_l1, "chroma": chroma, "onset_f": onset_f, "mr_stft": mr, "si_sdr": sdr}
+    return {"mel_l1": mel_l1, "chroma": chroma, "onset_f": onset_f, "beat_f": beat_f,
+            "mr_stft": mr, "si_sdr": sdr}
 
 
 @torch.no_grad()

@@ -260,12 +260,13 @@ def test_metrics_of_identity_and_baselines(clips: list[Clip]) -> None:
     same = clip_metrics(audio, audio, SR)
     assert same["mel_l1"] == pytest.approx(0.0, abs=1e-6)
     assert same["chroma"] == pytest.approx(1.0, abs=1e-4)
-    assert same["onset_f"] == 1.0
+    assert same["onset_f"] == 1.0 and same["beat_f"] == 1.0
     assert same["mr_stft"] == pytest.approx(0.0, abs=1e-4)
     assert same["si_sdr"] > 60
     law, noise = clip_metrics(audio, mu_law(audio), SR), clip_metrics(audio, noise_like(audio), SR)
     assert law["mel_l1"] < 0.3 and noise["mel_l1"] > law["mel_l1"] + 0.5
     assert noise["chroma"] < law["chroma"] - 0.1
+    assert noise["beat_f"] < law["beat_f"] - 0.3
     assert noise["si_sdr"] < law["si_sdr"] - 10
 
 
@@ -276,7 +277,7 @@ def test_evaluate_codec_reports_codec_and_baselines(clips: list[Clip], tmp_path:
     assert set(report.rows) == systems | {"white noise"}
     for kinds in report.rows.values():
         assert set(kinds) == {"mix", "stem"}
-        assert set(kinds["mix"]) == {"mel_l1", "chroma", "onset_f", "mr_stft", "si_sdr"}
+        assert set(kinds["mix"]) == {"mel_l1", "chroma", "onset_f", "beat_f", "mr_stft", "si_sdr"}
     assert report.num_clips == {"mix": 1, "stem": 1}
     assert len(report.usage) == codec.num_codebooks
     mix = {system: kinds["mix"] for system, kinds in report.rows.items()}
