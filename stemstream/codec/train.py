@@ -32,6 +32,7 @@ from stemstream.config import to_dict
 from stemstream.data.crops import CropConfig, CropSampler
 from stemstream.errors import ConfigError
 from stemstream.metrics import MetricsLogger
+from stemstream.train.config import warmup_cosine
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +180,7 @@ def _frame_magnitude_loss(log_mag: torch.Tensor, target: torch.Tensor) -> torch.
 
 
 def _lr_factor(step: int, config: CodecTrainConfig) -> float:
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
-    cosine = 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine
+    return warmup_cosine(step, config.warmup_steps, config.steps, config.min_lr_ratio)
 
 
 class CodecTrainer:

@@ -14,7 +14,6 @@ windows whose real partner scores above a random other window's submix, per mode
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +34,7 @@ from stemstream.eval.cocola import (
     features,
     save_cocola,
 )
+from stemstream.train.config import warmup_cosine
 
 log = logging.getLogger(__name__)
 TRAIN_KIND = "cocola-train"
@@ -191,10 +191,7 @@ class CocolaTrainer:
 
     def lr_at(self, step: int) -> float:
         cfg = self.config
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+        return cfg.lr * warmup_cosine(step, cfg.warmup_steps, cfg.steps, 0.0)
 
     def _checkpoints(self) -> list[Path]:
         return sorted((self.out / "checkpoints").glob("step_*.safetensors"))
