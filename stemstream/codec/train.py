@@ -44,6 +44,7 @@ class LossWeights:
     waveform: float = 0.0
     phase: float = 0.0  # InstantaneousFrequencyLoss
     frame_magnitude: float = 0.0  # FrameCodec: L1 between decoder and target log-magnitudes
+    chroma: float = 0.0  # ChromaLoss (pitch-class profiles)
     commitment: float = 0.25
     codebook: float = 1.0
     adversarial: float = 1.0
@@ -188,6 +189,7 @@ class CodecTrainer:
 
     def __init__(self, config: CodecTrainConfig):
         from stemstream.codec.losses import (
+            ChromaLoss,
             InstantaneousFrequencyLoss,
             MultiResolutionSTFTLoss,
             MultiScaleMelLoss,
@@ -207,6 +209,7 @@ class CodecTrainer:
         self.mel = MultiScaleMelLoss(sr, config.mel_windows, config.mel_bins).to(self.device)
         self.stft = MultiResolutionSTFTLoss().to(self.device)
         self.phase_loss = InstantaneousFrequencyLoss().to(self.device)
+        self.chroma_loss = ChromaLoss(sr).to(self.device)
         if config.freeze_tokens:
             for p in self.codec.encoder_parameters():
                 p.requires_grad_(False)
@@ -278,6 +281,8 @@ class CodecTrainer:
             losses["waveform"] = torch.nn.functional.l1_loss(recon, wave)
         if w.phase:
             losses["phase"] = self.phase_loss(recon, wave)
+        if w.chroma:
+            losses["chroma"] = self.chroma_loss(recon, wave)
         losses.update(out.losses)
         use_gan = self.disc is not None and self.step >= cfg.gan.start_step
         if use_gan:

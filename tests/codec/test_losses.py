@@ -5,8 +5,10 @@ import torch
 
 from stemstream.codec.discriminators import Discriminator
 from stemstream.codec.losses import (
+    ChromaLoss,
     MultiResolutionSTFTLoss,
     MultiScaleMelLoss,
+    chroma_filterbank,
     discriminator_adv_loss,
     feature_matching_loss,
     mel_filterbank,
@@ -67,3 +69,30 @@ def test_instantaneous_frequency_loss_ignores_phase_offsets_not_frequency_errors
     detuned = float(loss(tone(445.0), ref))
     noise = float(loss(0.1 * torch.randn_like(ref), ref))
     assert shifted < 0.1 < detuned < noise
+
+
+def _tone(freq: float, seconds: float = 1.0, sr: int = 16000) -> torch.Tensor:
+    t = torch.arange(int(seconds * sr)) / sr
+    return (0.3 * torch.sin(2 * torch.pi * freq * t))[None, None]
+
+
+def test_chroma_filterbank_puts_each_note_in_its_pitch_class():
+    sr, n_fft = 16000, 2048
+    bank = chroma_filterbank(sr, n_fft)
+    assert bank.shape == (12, n_fft // 2 + 1)
+    freqs = np.linspace(0, sr / 2, n_fft // 2 + 1)
+    inside = (freqs >= 55) & (freqs <= 5000)
+    np.testing.assert_allclose(bank[:, inside].sum(0), 1.0, rtol=1e-5)
+    assert not bank[:, ~inside].any()
+    for midi in (57, 64, 72, 81):  # A3, E4, C5, A5
+        f = 440.0 * 2 ** ((midi - 69) / 12)
+        assert bank[:, np.argmin(np.abs(freqs - f))].argmax() == midi % 12
+
+
+def test_chroma_loss_is_zero_for_identity_and_large_for_a_wrong_pitch():
+    loss = ChromaLoss(16000)
+    a, a_sharp = _tone(440.0), _tone(466.16)
+    assert float(loss(a, a)) == pytest.approx(0.0, abs=1e-5)
+    assert float(loss(0.5 * a, a)) == pytest.approx(0.0, abs=1e-5)  # level does not matter
+    wrong, octave = float(loss(a_sharp, a)), float(loss(_tone(880.0), a))
+    assert wrong > 0.5 and octave < 0.1
