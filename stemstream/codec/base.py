@@ -38,6 +38,33 @@ def weights_hash(module: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+def tokens_hash(codec: Codec) -> str:
+    """A short hash of what decides a codec's tokens: the state of
+    :meth:`Codec.token_modules` (encoder and quantizer). Fine-tuning only the decoder keeps
+    it, so token dumps and language models made with the codec stay valid."""
+    digest = hashlib.sha256()
+    for i, module in enumerate(codec.token_modules()):
+        for name, value in sorted(module.state_dict().items()):
+            _hash_value(digest, f"{i}.{name}", value)
+    return digest.hexdigest()[:16]
+
+
+def same_tokens(recorded: Mapping[str, Any], identity: Mapping[str, Any]) -> bool:
+    """Whether codes made by the codec a checkpoint or dump ``recorded`` mean the same to the
+    codec with ``identity`` (both :meth:`Codec.codec_identity` dicts): equal tokens hashes, or
+    for records without one (made before tokens hashes existed) equal weights hashes."""
+    if recorded.get("tokens_hash") is not None:
+        return recorded["tokens_hash"] == identity["tokens_hash"]
+    return recorded.get("weights_hash") == identity["weights_hash"]
+
+
+def describe_identity(identity: Mapping[str, Any]) -> str:
+    """``"FrameCodec (weights 0123..., tokens 4567...)"`` for error messages."""
+    tokens = identity.get("tokens_hash")
+    extra = f", tokens {tokens}" if tokens else ""
+    return f"{identity.get('class')} (weights {identity.get('weights_hash')}{extra})"
+
+
 def _hash_value(digest: Any, name: str, value: Any) -> None:
     if isinstance(value, (tuple, list)):  # packed params of quantised layers
         for i, item in enumerate(value):
@@ -176,13 +203,20 @@ class Codec(nn.Module, metaclass=ABCMeta):
         """What a checkpoint records to know which codec its tokens belong to.
 
         Returns:
-            ``{"class": ..., "config": {...}, "weights_hash": <16 hex chars>}``.
+            ``{"class": ..., "config": {...}, "weights_hash": <16 hex chars>,
+            "tokens_hash": <16 hex chars>}`` (see :func:`tokens_hash`).
         """
         return {
             "class": type(self).__name__,
             "config": self.config_dict(),
             "weights_hash": weights_hash(self),
+            "tokens_hash": tokens_hash(self),
         }
+
+    def token_modules(self) -> list[nn.Module]:
+        """The modules that decide the codes of audio and the latents of codes (encoder and
+        quantizer): what token dumps and language models depend on. Default: everything."""
+        return [self]
 
     # -------------------------------------------------------------------------- validation
 

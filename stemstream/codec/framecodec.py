@@ -280,10 +280,8 @@ class FrameCodec(Codec):
         spec = torch.fft.rfft(frames * self.dec_window, dim=-1)
         return torch.log(spec.abs().clamp_min(1e-5)).transpose(1, 2)
 
-    def encoder_parameters(self) -> list[nn.Parameter]:
-        """Everything that decides the codes (encoder and quantizer projections)."""
-        modules = [self.enc_in, *self.enc_blocks, self.enc_norm, self.enc_out, self.quantizer]
-        return [p for m in modules for p in m.parameters()]
+    def token_modules(self) -> list[nn.Module]:
+        return [self.enc_in, self.enc_blocks, self.enc_norm, self.enc_out, self.quantizer]
 
     def decode_at_depths(
         self, codes: torch.Tensor, depths: torch.Tensor

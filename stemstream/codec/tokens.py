@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from stemstream import audio
-from stemstream.codec.base import CodecError
+from stemstream.codec.base import CodecError, describe_identity, same_tokens
 from stemstream.codec.registry import get_codec
 
 log = logging.getLogger(__name__)
@@ -81,11 +81,11 @@ def decode_file(path: str | Path, out: str | Path, codec_spec: str = "default") 
     codec = get_codec(codec_spec)
     identity = codec.codec_identity()
     recorded = meta.get("codec", {})
-    if recorded.get("weights_hash") not in (None, identity["weights_hash"]):
+    hashes = ("weights_hash", "tokens_hash")
+    if any(recorded.get(key) for key in hashes) and not same_tokens(recorded, identity):
         raise CodecError(
-            f"{path} was encoded by codec {recorded.get('class')} with weights "
-            f"{recorded.get('weights_hash')}, not by {identity['class']} "
-            f"{identity['weights_hash']}; pass the same --codec"
+            f"{path} was encoded by codec {describe_identity(recorded)}, whose tokens "
+            f"{describe_identity(identity)} does not share; pass the same --codec"
         )
     with torch.inference_mode():
         wave = codec.decode(torch.from_numpy(codes.astype(np.int64))[None])[0]

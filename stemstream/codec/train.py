@@ -211,8 +211,8 @@ class CodecTrainer:
         self.phase_loss = InstantaneousFrequencyLoss().to(self.device)
         self.chroma_loss = ChromaLoss(sr).to(self.device)
         if config.freeze_tokens:
-            for p in self.codec.encoder_parameters():
-                p.requires_grad_(False)
+            for module in self.codec.token_modules():
+                module.requires_grad_(False)
         self.optimizer = torch.optim.AdamW(
             [p for p in self.codec.parameters() if p.requires_grad],
             lr=config.lr,

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from stemstream import __version__, audio
-from stemstream.codec.base import Codec
+from stemstream.codec.base import Codec, same_tokens
 from stemstream.data.dataset import WindowDataset
 from stemstream.data.dataset import collate as collate_windows
 from stemstream.data.slakh import SlakhCorpus
@@ -328,7 +328,7 @@ def _open_dump(out_dir: Path, fresh: dict[str, Any], overwrite: bool) -> dict[st
         return fresh
     try:
         old = read_meta(out_dir)
-        differ = [key for key in IDENTITY_KEYS if old.get(key) != fresh[key]]
+        differ = [key for key in IDENTITY_KEYS if not _same(key, old.get(key), fresh[key])]
     except DumpError:
         if not overwrite:
             raise
@@ -346,6 +346,13 @@ def _open_dump(out_dir: Path, fresh: dict[str, Any], overwrite: bool) -> dict[st
             shutil.rmtree(path)
     _write_json(out_dir / META, fresh)
     return fresh
+
+
+def _same(key: str, old: Any, fresh: Any) -> bool:
+    """Equal meta entries; for the codec, equal tokens (a decoder-only change keeps a dump)."""
+    if key == "codec" and isinstance(old, dict):
+        return same_tokens(old, fresh)
+    return old == fresh
 
 
 def _is_partial(path: Path) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from stemstream import audio
-from stemstream.codec.base import Codec, CodecError
+from stemstream.codec.base import Codec, CodecError, describe_identity, same_tokens
 from stemstream.data.instruments import class_from_name, class_name
 from stemstream.errors import ConfigError
 from stemstream.model.sampling import SamplingConfig
@@ -36,12 +36,14 @@ class GenerateResult:
 
 
 def codec_for(identity: dict[str, Any], spec: str | None) -> Codec:
-    """The codec a model was trained with: ``spec`` (or ``default``) when its weights hash
-    matches the checkpoint's record; a weight-free codec (MockCodec) rebuilt from its config."""
+    """The codec a model was trained with: ``spec`` (or ``default``) when its tokens match the
+    checkpoint's record (:func:`~stemstream.codec.base.same_tokens`: a codec whose decoder
+    alone was fine-tuned still matches); a weight-free codec (MockCodec) rebuilt from its
+    config."""
     from stemstream.codec.checkpoint import CODEC_CLASSES
     from stemstream.codec.registry import get_codec
 
-    wanted = identity.get("weights_hash")
+    recorded = identity.get("weights_hash") or identity.get("tokens_hash")
     tried = []
     for candidate in [spec] if spec else ["default"]:
         try:
@@ -49,18 +51,18 @@ def codec_for(identity: dict[str, Any], spec: str | None) -> Codec:
         except CodecError as err:
             tried.append(f"{candidate}: {err}")
             continue
-        if wanted is None or codec.codec_identity()["weights_hash"] == wanted:
+        if recorded is None or same_tokens(identity, codec.codec_identity()):
             return codec
-        tried.append(f"{candidate}: weights {codec.codec_identity()['weights_hash']}")
+        tried.append(f"{candidate}: {describe_identity(codec.codec_identity())}")
     name = identity.get("class")
     if spec is None and name == "MockCodec" and name in CODEC_CLASSES:
         codec_class, config_class = CODEC_CLASSES[name]
         codec = codec_class(config_class.from_dict(identity["config"])).eval()
-        if codec.codec_identity()["weights_hash"] == wanted:
+        if same_tokens(identity, codec.codec_identity()):
             return codec
     raise CodecError(
-        f"the model was trained with codec {name} (weights {wanted}); pass it with --codec "
-        f"({'; '.join(tried)})"
+        f"the model was trained with codec {describe_identity(identity)}; pass it with "
+        f"--codec ({'; '.join(tried)})"
     )
 
 

@@ -26,6 +26,7 @@ import yaml
 from torch import nn
 
 from stemstream import __version__, checkpoint
+from stemstream.codec.base import describe_identity, same_tokens
 from stemstream.config import to_dict
 from stemstream.data.tokens import TokenBatch, TokenDataset, collate, read_meta
 from stemstream.errors import ConfigError
@@ -49,11 +50,10 @@ class LoadedModel(NamedTuple):
 
 
 def _check_codec(where: str, recorded: dict[str, Any], codec: dict[str, Any]) -> None:
-    if recorded.get("weights_hash") != codec["weights_hash"]:
+    if not same_tokens(recorded, codec):
         raise ConfigError(
-            f"{where} was made with codec {recorded.get('class')} "
-            f"(weights {recorded.get('weights_hash')}), but the configured codec is "
-            f"{codec['class']} (weights {codec['weights_hash']}); use the dump's codec"
+            f"{where} was made with codec {describe_identity(recorded)}, but the configured "
+            f"codec is {describe_identity(codec)} (other tokens); use the dump's codec"
         )
 
 

@@ -564,3 +564,23 @@ def test_decode_at_depths_uses_the_first_levels_per_item(
             torch.testing.assert_close(audio[item], expected, atol=AUDIO_TOL, rtol=0)
         assert not torch.allclose(audio[0], audio[1], atol=AUDIO_TOL)
     assert log_mag.shape == (3, codec.config.dec_n_fft // 2 + 1, codes.shape[-1])
+
+
+def test_tokens_hash_ignores_the_decoder_and_same_tokens_accepts_old_records() -> None:
+    from stemstream.codec.base import same_tokens
+
+    codec = tiny_frame_codec(seed=0)
+    identity = codec.codec_identity()
+    tuned = tiny_frame_codec(seed=0)
+    with torch.no_grad():
+        tuned.dec_out.weight.add_(0.1)
+    changed = tuned.codec_identity()
+    assert changed["weights_hash"] != identity["weights_hash"]
+    assert changed["tokens_hash"] == identity["tokens_hash"]
+    assert same_tokens(identity, changed)
+    with torch.no_grad():
+        tuned.quantizer.levels[0].codebook.mul_(-1)
+    assert not same_tokens(identity, tuned.codec_identity())
+    # Records made before tokens hashes existed compare weights.
+    legacy = {k: v for k, v in identity.items() if k != "tokens_hash"}
+    assert same_tokens(legacy, codec.codec_identity()) and not same_tokens(legacy, changed)

@@ -118,7 +118,7 @@ def test_resume_refuses_other_family_codec_or_shape(dump, tmp_path):
     checkpoint.save(path, tensors, meta | {"family": "stemgen"})
     with pytest.raises(checkpoint.CheckpointError, match="stemgen"):
         ModelTrainer(_config(dump, tmp_path, "steps=4")).run(progress=False)
-    codec = meta["codec"] | {"weights_hash": "0123456789abcdef"}
+    codec = meta["codec"] | {"weights_hash": "0123456789abcdef", "tokens_hash": "0123456789abcdef"}
     checkpoint.save(path, tensors, meta | {"codec": codec})
     with pytest.raises(ConfigError, match="0123456789abcdef"):
         ModelTrainer(_config(dump, tmp_path, "steps=4")).run(progress=False)
@@ -133,7 +133,7 @@ def test_dump_of_another_codec_is_refused(dump, tmp_path):
     for split in ("train", "validation"):
         (other / split).symlink_to(dump / split)
     meta = json.loads((dump / "meta.json").read_text())
-    meta["codec"]["weights_hash"] = "ffffffffffffffff"
+    meta["codec"]["weights_hash"] = meta["codec"]["tokens_hash"] = "ffffffffffffffff"
     (other / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ConfigError, match="ffffffffffffffff.*use the dump's codec"):
         ModelTrainer(_config(other, tmp_path / "run"))
