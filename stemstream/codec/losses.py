@@ -179,7 +179,8 @@ def chroma_filterbank(
 
 class ChromaLoss(nn.Module):
     """``1 - cos`` between chroma vectors of output and target, averaged over the target's
-    active frames (chroma energy within 50 dB of the item's loudest frame): quiet notes count
+    active frames (sum of squared chroma power within 1e-5 of the item's loudest frame, i.e.
+    chroma power within 25 dB): quiet notes count
     as much as loud ones, silence not at all."""
 
     active_ratio = 1e-5
