@@ -726,6 +726,32 @@ def cocola_export(checkpoint_path, out):
     click.echo(f"wrote {save_cocola(load_cocola(checkpoint_path), out)}")
 
 
+@cocola.command("calibrate")
+@click.argument("checkpoint_path", type=click.Path(path_type=Path))
+@click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
+@click.option("--config", "config_path", type=click.Path(path_type=Path),
+              default=Path("configs/cocola/synth.yaml"), show_default=True,
+              help="Training config whose (cached) training pairs calibrate the statistics.")
+@click.option("--pairs", default=1024, show_default=True, help="Training pairs to average.")
+def cocola_calibrate(checkpoint_path, out, config_path, pairs):
+    """Give a cnn COCOLA model one set of batch-norm statistics per mode (harmonic,
+    percussive, both), computed exactly on training pairs; the weights stay as they are."""
+    from stemstream.config import load_config
+    from stemstream.eval.cocola import load_cocola, save_cocola
+    from stemstream.eval.cocola_train import (
+        CocolaTrainConfig,
+        cached_features,
+        calibrate_norms,
+        with_mode_norm,
+    )
+
+    config = load_config(CocolaTrainConfig, config_path)
+    model = with_mode_norm(load_cocola(checkpoint_path))
+    feats = cached_features(config, "train", config.train_pairs, config.seed, progress=True)
+    calibrate_norms(model, feats, count=pairs)
+    click.echo(f"wrote {save_cocola(model, out, {'calibrated_pairs': min(pairs, len(feats))})}")
+
+
 @cocola.command("validate")
 @click.option("--corpus", type=click.Path(path_type=Path), required=True)
 @click.option("--split", default="test", show_default=True)

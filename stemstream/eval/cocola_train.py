@@ -148,6 +148,53 @@ def pair_features(a: torch.Tensor, b: torch.Tensor, config: CocolaConfig,
                           for i in range(0, len(a), batch)])
 
 
+# ----------------------------------------------------------------- per-mode batch norm
+@torch.no_grad()
+def calibrate_norms(model: CocolaModel, feats: torch.Tensor, count: int = 1024,
+                    batch: int = 64, seed: int = 0) -> CocolaModel:
+    """Set each mode's batch-norm statistics (``mode_norm`` models) to their exact averages
+    over ``count`` pairs of ``feats [n, 2 (side), 2 (h/p), M, T]`` (both sides); returns the
+    model in eval mode. The weights are not touched."""
+    norms = model.mode_norms()
+    if not norms:
+        raise ConfigError("calibrate_norms needs a COCOLA model with mode_norm: true")
+    order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))
+    order = order[: min(count, len(feats))]
+    momenta = [norm.momentum for norm in norms]
+    model.train()
+    try:
+        for mode in MODES:
+            for norm in norms:
+                norm.reset_mode(mode)
+                norm.num_batches_tracked.zero_()
+                norm.momentum = None
+            for i in range(0, len(order), batch):
+                chunk = feats[order[i : i + batch]].float()
+                model.encode(torch.cat([chunk[:, 0], chunk[:, 1]]), mode)
+    finally:
+        for norm, momentum in zip(norms, momenta, strict=True):
+            norm.momentum = momentum
+    return model.eval()
+
+
+def with_mode_norm(model: CocolaModel) -> CocolaModel:
+    """A copy of a ``cnn`` COCOLA model with per-mode batch norm (same weights; the per-mode
+    statistics start as copies of the shared ones until :func:`calibrate_norms`)."""
+    import dataclasses
+
+    if model.config.mode_norm:
+        return model
+    converted = CocolaModel(dataclasses.replace(model.config, mode_norm=True))
+    state = model.state_dict()
+    for name, value in list(state.items()):
+        for stat in ("running_mean", "running_var"):
+            if name.endswith(f".{stat}"):
+                for mode in MODES[:2]:
+                    state[f"{name}_{mode}"] = value.clone()
+    converted.load_state_dict(state)
+    return converted.eval()
+
+
 # --------------------------------------------------------------------------- training
 def contrastive_loss(model: CocolaModel, fa: torch.Tensor, fb: torch.Tensor,
                      mode: str) -> torch.Tensor:
@@ -270,6 +317,12 @@ class CocolaTrainer:
         return last
 
     def export(self, path: str | Path) -> Path:
+        """The model as a standalone checkpoint; ``mode_norm`` statistics are calibrated on
+        the training pairs first."""
+        if self.config.model.mode_norm:
+            train = cached_features(self.config, "train", self.config.train_pairs,
+                                    self.config.seed, progress=False)
+            calibrate_norms(self.model, train)
         return save_cocola(self.model.eval(), path, {"step": self.step})
 
 

@@ -3,6 +3,8 @@ a planted task (each track has its own tempo and key; positives share both)."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -13,6 +15,7 @@ import torch
 from stemstream.config import load_config
 from stemstream.errors import ConfigError, StemstreamError
 from stemstream.eval.cocola import (
+    MODES,
     OFFICIAL_CONFIG,
     CocolaConfig,
     CocolaModel,
@@ -21,9 +24,16 @@ from stemstream.eval.cocola import (
     features,
     load_cocola,
     mask_mode,
+    save_cocola,
     windows,
 )
-from stemstream.eval.cocola_train import CocolaTrainConfig, CocolaTrainer, pair_accuracy
+from stemstream.eval.cocola_train import (
+    CocolaTrainConfig,
+    CocolaTrainer,
+    calibrate_norms,
+    pair_accuracy,
+    with_mode_norm,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from slakh_fixture import stem_meta, write_track  # noqa: E402
@@ -195,3 +205,75 @@ def test_efficientnet_matches_the_reference_implementation():
     x = torch.randn(1, 2, 64, 501)
     with torch.no_grad():
         torch.testing.assert_close(ours(x), reference(x).flatten(1))
+
+
+def _mode_norm_model() -> CocolaModel:
+    torch.manual_seed(0)
+    return CocolaModel(CocolaConfig(channels=(8, 16), embedding_dim=16, mode_norm=True))
+
+
+def _pairs(count: int = 12) -> torch.Tensor:
+    """Feature pairs whose two channels have very different statistics (as h/p do)."""
+    feats = torch.randn(count, 2, 2, 64, 40)
+    feats[:, :, 1] = feats[:, :, 1] * 3.0 - 6.0
+    return feats
+
+
+def test_mode_norm_evaluates_each_mode_with_its_own_training_statistics():
+    model = _mode_norm_model()
+    feats = _pairs()
+    calibrate_norms(model, feats, count=len(feats), batch=len(feats))
+    batch = torch.cat([feats[:, 0], feats[:, 1]])
+    for mode in MODES:
+        trained = copy.deepcopy(model).train().encode(batch, mode)  # batch statistics
+        assert torch.allclose(model.encode(batch, mode), trained, atol=2e-3), mode
+    norm = model.mode_norms()[0]
+    assert not torch.allclose(norm.statistics("harmonic")[0], norm.statistics("percussive")[0])
+    # One shared set of statistics (plain batch norm) cannot match every mode: the failure
+    # that per-mode statistics fix.
+    plain = CocolaModel(dataclasses.replace(model.config, mode_norm=False))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items()
+                           if not k.endswith(("_harmonic", "_percussive"))})
+    plain.train()
+    with torch.no_grad():
+        for mode in MODES:
+            plain.encode(batch, mode)
+    plain.eval()
+    worst = max((plain.encode(batch, mode) - copy.deepcopy(model).train().encode(batch, mode))
+                .abs().max().item() for mode in MODES)
+    assert worst > 0.05
+
+
+def test_mode_norm_conversion_and_checkpoints(tmp_path):
+    torch.manual_seed(1)
+    plain = CocolaModel(CocolaConfig(channels=(8, 16), embedding_dim=16)).eval()
+    feats = _pairs(4)[:, 0]
+    converted = with_mode_norm(plain)
+    assert converted.config.mode_norm and len(converted.mode_norms()) == 2
+    for mode in MODES:  # before calibration: the shared statistics, the same scores
+        assert torch.allclose(converted.encode(feats, mode), plain.encode(feats, mode))
+    calibrate_norms(converted, _pairs())
+    path = save_cocola(converted, tmp_path / "c.safetensors")
+    loaded = load_cocola(path)
+    for mode in MODES:
+        assert torch.equal(loaded.encode(feats, mode), converted.encode(feats, mode))
+    with pytest.raises(ConfigError, match="mode_norm"):
+        calibrate_norms(plain, _pairs())
+    with pytest.raises(ConfigError, match="mode_norm needs encoder=cnn"):
+        CocolaConfig(encoder="efficientnet_b0", mode_norm=True)
+
+
+def test_mode_norm_training_exports_calibrated_statistics(corpus, tmp_path):
+    overrides = [f"corpus={corpus}", f"out_dir={tmp_path / 'run'}", "train_pairs=32",
+                 "valid_pairs=8", "batch_size=8", "steps=4", "valid_every=2",
+                 "model.channels=[8,16]", "model.embedding_dim=16", "model.mode_norm=true"]
+    trainer = CocolaTrainer(load_config(CocolaTrainConfig, TINY, overrides))
+    accuracy = trainer.run(progress=False)
+    assert set(accuracy) == set(MODES)
+    exported = load_cocola(trainer.export(tmp_path / "c.safetensors"))
+    train = torch.load(tmp_path / "run" / "cache_train.pt", weights_only=False)["features"]
+    expected = calibrate_norms(copy.deepcopy(trainer.model), train)
+    for mode in MODES:
+        got = exported.mode_norms()[1].statistics(mode)
+        want = expected.mode_norms()[1].statistics(mode)
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
