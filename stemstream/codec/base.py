@@ -186,8 +186,10 @@ class Codec(nn.Module, metaclass=ABCMeta):
     # --------------------------------------------------------------------------- streaming
 
     @abstractmethod
-    def streaming_encoder(self) -> StreamingEncoder:
-        """A fresh stateful encoder whose concatenated outputs equal :meth:`encode`."""
+    def streaming_encoder(self, num_codebooks: int | None = None) -> StreamingEncoder:
+        """A fresh stateful encoder whose concatenated outputs equal :meth:`encode` with the
+        same ``num_codebooks`` (the first ``K'`` levels only, default all: a stream that needs
+        fewer levels skips the quantiser's remaining stages)."""
 
     @abstractmethod
     def streaming_decoder(self) -> StreamingDecoder:
@@ -363,8 +365,13 @@ class StreamingEncoder(_Stream, metaclass=ABCMeta):
     """Audio blocks of any length in, codes out as soon as each frame is final.
 
     Concatenating the outputs of every :meth:`step` and the final :meth:`flush` along the
-    last axis equals :meth:`Codec.encode` of the concatenated input.
+    last axis equals :meth:`Codec.encode` of the concatenated input (with the same
+    :attr:`num_codebooks`).
     """
+
+    def __init__(self, codec: Codec, num_codebooks: int | None = None) -> None:
+        super().__init__(codec)
+        self.num_codebooks = codec.check_num_codebooks(num_codebooks)
 
     def step(self, block: torch.Tensor) -> torch.Tensor:
         """Feed audio.
@@ -373,7 +380,7 @@ class StreamingEncoder(_Stream, metaclass=ABCMeta):
             block: float ``[B, 1, n]``, any ``n >= 0``; ``B`` fixed for the stream.
 
         Returns:
-            long ``[B, K, t]``: the frames completed by this block (``t >= 0``).
+            long ``[B, K', t]``: the frames completed by this block (``t >= 0``).
         """
         block = self.codec.check_wave(block, what="block", allow_empty=True)
         self._check_batch(block.shape[0])
@@ -383,7 +390,7 @@ class StreamingEncoder(_Stream, metaclass=ABCMeta):
         """End the stream: return the frames that need the offline zero padding.
 
         Returns:
-            long ``[B, K, t]``; afterwards the encoder is reset.
+            long ``[B, K', t]``; afterwards the encoder is reset.
         """
         batch = self._batch_size()
         codes = self._flush(batch)

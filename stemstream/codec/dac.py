@@ -265,10 +265,10 @@ class DAC(Codec):
     def _embed(self, codes: torch.Tensor) -> torch.Tensor:
         return self.quantizer.from_codes(codes)
 
-    def streaming_encoder(self) -> DACStreamingEncoder:
+    def streaming_encoder(self, num_codebooks: int | None = None) -> DACStreamingEncoder:
         if not self.config.causal_encoder:
             raise CodecError("streaming encoding needs a DAC with causal_encoder=True")
-        return DACStreamingEncoder(self)
+        return DACStreamingEncoder(self, num_codebooks)
 
     def streaming_decoder(self) -> DACStreamingDecoder:
         if not self.config.causal_decoder:
@@ -291,14 +291,14 @@ class DACStreamingEncoder(StreamingEncoder):
     def _step(self, block: torch.Tensor) -> torch.Tensor:
         z = self.codec.encoder.stream_step(block, self._state, "encoder")
         if z.shape[-1] == 0:
-            return block.new_zeros(block.shape[0], self.codec.num_codebooks, 0, dtype=torch.long)
-        return self.codec.quantizer.encode(z)
+            return block.new_zeros(block.shape[0], self.num_codebooks, 0, dtype=torch.long)
+        return self.codec.quantizer.encode(z, self.num_codebooks)
 
     def _flush(self, batch_size: int) -> torch.Tensor:
         # Offline encoding pads the end with zeros, but no causal frame ever sees them.
         reference = self.codec.quantizer.quantizers[0].codebook.weight
         return torch.zeros(
-            batch_size, self.codec.num_codebooks, 0, dtype=torch.long, device=reference.device
+            batch_size, self.num_codebooks, 0, dtype=torch.long, device=reference.device
         )
 
 

@@ -305,8 +305,8 @@ class FrameCodec(Codec):
         return self.decode_latent(q.quantized), q
 
     # ----------------------------------------------------------------------- streaming
-    def streaming_encoder(self) -> FrameStreamingEncoder:
-        return FrameStreamingEncoder(self)
+    def streaming_encoder(self, num_codebooks: int | None = None) -> FrameStreamingEncoder:
+        return FrameStreamingEncoder(self, num_codebooks)
 
     def streaming_decoder(self) -> FrameStreamingDecoder:
         return FrameStreamingDecoder(self)
@@ -331,7 +331,7 @@ class FrameStreamingEncoder(StreamingEncoder):
         frames = (audio.shape[-1] - context) // cfg.hop_length
         if frames == 0:
             self._state["audio"] = audio
-            return torch.zeros(batch, cfg.num_codebooks, 0, dtype=torch.long, device=block.device)
+            return torch.zeros(batch, self.num_codebooks, 0, dtype=torch.long, device=block.device)
         used = context + frames * cfg.hop_length
         windows = audio[:, :used].unfold(-1, cfg.enc_n_fft, cfg.hop_length)
         prev = self._state.get("prev_spec")
@@ -347,7 +347,7 @@ class FrameStreamingEncoder(StreamingEncoder):
         self._state.update({f"hist{i}": h for i, h in enumerate(new)})
         self._state["prev_spec"] = torch.view_as_real(last).contiguous()
         self._state["audio"] = audio[:, used - context :]
-        return self.codec.quantizer.encode(latent, cfg.num_codebooks)
+        return self.codec.quantizer.encode(latent, self.num_codebooks)
 
     def _flush(self, batch_size: int) -> torch.Tensor:
         cfg = self.codec.config
@@ -355,7 +355,7 @@ class FrameStreamingEncoder(StreamingEncoder):
         pending = 0 if audio is None else audio.shape[-1] - (cfg.enc_n_fft - cfg.hop_length)
         if pending <= 0:
             device = self.codec.enc_window.device
-            return torch.zeros(batch_size, cfg.num_codebooks, 0, dtype=torch.long, device=device)
+            return torch.zeros(batch_size, self.num_codebooks, 0, dtype=torch.long, device=device)
         return self._step(audio.new_zeros(batch_size, 1, cfg.hop_length - pending))
 
 

@@ -154,8 +154,8 @@ class MockCodec(Codec):
             )
         return wave.reshape(batch, 1, frames * hop)
 
-    def streaming_encoder(self) -> MockStreamingEncoder:
-        return MockStreamingEncoder(self)
+    def streaming_encoder(self, num_codebooks: int | None = None) -> MockStreamingEncoder:
+        return MockStreamingEncoder(self, num_codebooks)
 
     def streaming_decoder(self) -> MockStreamingDecoder:
         return MockStreamingDecoder(self)
@@ -180,18 +180,16 @@ class MockStreamingEncoder(StreamingEncoder):
         ready = block.shape[-1] // hop * hop
         self._state["buffer"] = block[..., ready:]
         if ready == 0:
-            return block.new_zeros(block.shape[0], self.codec.num_codebooks, 0, dtype=torch.long)
-        return self.codec._encode(block[..., :ready], self.codec.num_codebooks)
+            return block.new_zeros(block.shape[0], self.num_codebooks, 0, dtype=torch.long)
+        return self.codec._encode(block[..., :ready], self.num_codebooks)
 
     def _flush(self, batch_size: int) -> torch.Tensor:
         rest = self._state.get("buffer")
         if rest is None or rest.shape[-1] == 0:
             device = self.codec.projection.device
-            return torch.zeros(
-                batch_size, self.codec.num_codebooks, 0, dtype=torch.long, device=device
-            )
+            return torch.zeros(batch_size, self.num_codebooks, 0, dtype=torch.long, device=device)
         rest = F.pad(rest, (0, self.codec.hop_length - rest.shape[-1]))
-        return self.codec._encode(rest, self.codec.num_codebooks)
+        return self.codec._encode(rest, self.num_codebooks)
 
 
 class MockStreamingDecoder(StreamingDecoder):

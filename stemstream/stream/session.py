@@ -240,7 +240,7 @@ class Session:
         """Start a fresh stream (same model, codec and config)."""
         self.resampler = StreamResampler(self.config.input_sample_rate, self.sample_rate)
         self.out_resampler = StreamResampler(self.sample_rate, self.out_rate)
-        self.encoder = self.codec.streaming_encoder()
+        self.encoder = self.codec.streaming_encoder(self.model.config.num_codebooks)
         self.decoder = self.codec.streaming_decoder()
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.state: GenerationState = self.model.new_state(

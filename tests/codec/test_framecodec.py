@@ -183,6 +183,12 @@ def test_encoder_emits_a_frame_when_its_last_sample_arrives(
     assert encoder.step(wave[..., HOP - 1 : HOP]).shape[-1] == 1
     assert encoder.step(wave[..., HOP : 3 * HOP + 5]).shape[-1] == 2
     assert encoder.step(wave[..., :0]).shape[-1] == 0  # empty blocks are fine
+    # a stream of the first levels only (what a session's input needs) is the same prefix
+    partial = codec.streaming_encoder(num_codebooks=2)
+    cut = 5 * HOP + 7
+    codes = torch.cat([partial.step(wave[..., :cut]), partial.step(wave[..., cut:]),
+                       partial.flush()], -1)
+    assert torch.equal(codes, codec.encode(wave)[:, :2])
 
 
 def test_encoder_flush(codec: FrameCodec, wave: torch.Tensor) -> None:

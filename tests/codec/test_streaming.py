@@ -26,8 +26,9 @@ def block_sizes(kind: str, hop: int, total: int, seed: int = 0) -> list[int]:
     return [min(step, total - start) for start in range(0, total, step)]
 
 
-def stream_encode(codec: Codec, wave: torch.Tensor, sizes: list[int]) -> torch.Tensor:
-    encoder = codec.streaming_encoder()
+def stream_encode(codec: Codec, wave: torch.Tensor, sizes: list[int],
+                  num_codebooks: int | None = None) -> torch.Tensor:
+    encoder = codec.streaming_encoder(num_codebooks)
     parts, start = [], 0
     for size in sizes:
         parts.append(encoder.step(wave[..., start : start + size]))
@@ -54,6 +55,18 @@ def test_encoder_streaming_equals_offline(codec: Codec, kind: str) -> None:
     streamed = stream_encode(codec, wave, sizes)
     assert streamed.dtype == torch.long
     assert torch.equal(streamed, offline)
+
+
+def test_encoder_streaming_fewer_levels_equals_offline(codec: Codec) -> None:
+    wave = make_audio(samples=1003)
+    levels = codec.num_codebooks - 1
+    sizes = block_sizes("random", codec.hop_length, wave.shape[-1])
+    streamed = stream_encode(codec, wave, sizes, num_codebooks=levels)
+    assert streamed.shape[1] == levels
+    assert torch.equal(streamed, codec.encode(wave, num_codebooks=levels))
+    assert torch.equal(streamed, codec.encode(wave)[:, :levels])  # residual levels are nested
+    with pytest.raises(CodecError):
+        codec.streaming_encoder(codec.num_codebooks + 1)
 
 
 @pytest.mark.parametrize("kind", ["one", "seven", "random"])
