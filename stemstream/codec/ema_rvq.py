@@ -173,11 +173,19 @@ class EMAResidualVQ(nn.Module):
             codes.append(idx)
         return torch.stack(codes, dim=1)
 
-    def embed(self, codes: torch.Tensor) -> torch.Tensor:
-        """long ``[B, K', T]`` -> ``[B, D, T]``: sum of the first ``K'`` levels."""
-        return sum(
-            level.lookup(codes[:, k]) for k, level in enumerate(self.levels[: codes.shape[1]])
-        )
+    def embed(self, codes: torch.Tensor, depths: torch.Tensor | None = None) -> torch.Tensor:
+        """long ``[B, K', T]`` -> ``[B, D, T]``: sum of the first ``K'`` levels (of the first
+        ``depths[b]`` levels for item ``b`` when long ``depths [B]`` is given)."""
+        if depths is None:
+            return sum(
+                level.lookup(codes[:, k]) for k, level in enumerate(self.levels[: codes.shape[1]])
+            )
+        depths = depths.to(codes.device)
+        latent = 0
+        for k, level in enumerate(self.levels[: codes.shape[1]]):
+            vectors = level.lookup(codes[:, k])
+            latent = latent + vectors * (k < depths).to(vectors.dtype)[:, None, None]
+        return latent
 
     @torch.no_grad()
     def restart_dead(self, latent: torch.Tensor, threshold: float) -> list[int]:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stemstream.codec.base import Codec, CodecError, StreamingDecoder, StreamingEncoder
-from stemstream.codec.ema_rvq import EMAResidualVQ, QuantizerOutput
+from stemstream.codec.ema_rvq import EMAResidualVQ
 from stemstream.codec.layers import PointwiseConv1d
 
 
@@ -288,21 +288,10 @@ class FrameCodec(Codec):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode item ``b`` of long ``[B, K, T]`` codes from its first ``depths[b]`` levels
         only. Returns :meth:`decode_with_magnitudes`'s pair."""
-        depths = depths.to(codes.device)
-        latent = 0
-        for k, level in enumerate(self.quantizer.levels[: codes.shape[1]]):
-            active = (k < depths).to(self.dec_window.dtype)[:, None, None]
-            latent = latent + level.lookup(codes[:, k]) * active
-        return self.decode_with_magnitudes(latent)
+        return self.decode_with_magnitudes(self.quantizer.embed(codes, depths))
 
     def _decode(self, codes: torch.Tensor) -> torch.Tensor:
         return self.decode_latent(self.quantizer.embed(codes))
-
-    # ------------------------------------------------------------------------ training
-    def train_forward(self, wave: torch.Tensor) -> tuple[torch.Tensor, QuantizerOutput]:
-        """``[B, 1, N]`` (N a multiple of hop) -> reconstruction and quantiser output."""
-        q = self.quantizer(self.latents(wave))
-        return self.decode_latent(q.quantized), q
 
     # ----------------------------------------------------------------------- streaming
     def streaming_encoder(self, num_codebooks: int | None = None) -> FrameStreamingEncoder:

@@ -19,6 +19,7 @@ from stemstream.codec.checkpoint import load_codec, save_codec
 from stemstream.codec.ema_rvq import EMAResidualVQ
 from stemstream.codec.framecodec import FrameCodec, FrameCodecConfig
 from stemstream.codec.registry import export_training_checkpoint, get_codec
+from stemstream.codec.train import train_forward
 from stemstream.errors import ConfigError
 
 HOP = 320
@@ -490,8 +491,8 @@ def test_presets_and_config_roundtrip() -> None:
 def _trained_a_little(seed: int = 0) -> FrameCodec:
     """A tiny codec whose EMA buffers have left their initial values."""
     codec = tiny_frame_codec(seed).train()
-    codec.train_forward(make_audio(batch=2, samples=10 * HOP, seed=seed))
-    codec.train_forward(make_audio(batch=2, samples=10 * HOP, seed=seed + 1))
+    train_forward(codec, make_audio(batch=2, samples=10 * HOP, seed=seed))
+    train_forward(codec, make_audio(batch=2, samples=10 * HOP, seed=seed + 1))
     return codec.eval()
 
 
