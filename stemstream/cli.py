@@ -650,6 +650,21 @@ def eval_plot(runs, out):
         click.echo(f"wrote {path}")
 
 
+@eval_group.command("claims")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for claims.md / claims.json (default: the run).")
+@click.option("--alpha", default=0.05, show_default=True)
+def eval_claims(run, out, alpha):
+    """The paper's findings as paired tests on one eval run: models vs random pairing,
+    coherence vs t_f, larger k, t_f < 0 (bootstrap intervals, Wilcoxon, Bonferroni)."""
+    from stemstream.eval.claims import write_claims
+
+    md, _ = write_claims(run, out, alpha)
+    click.echo(md.read_text())
+    click.echo(f"wrote {md}")
+
+
 @eval_group.command("listening")
 @click.argument("prefs", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/listening"),

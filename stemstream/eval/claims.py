@@ -1,0 +1,183 @@
+"""``stemstream eval claims``: the paper's findings as paired tests on one evaluation run.
+
+Every system of an eval run is scored on the *same* test windows, so two systems are compared
+per window: the mean of the per-window differences, a paired bootstrap 95% interval of it, and
+a two-sided Wilcoxon signed-rank test. A claim "A > B on metric m" then reads:
+
+- **holds**: the interval lies above 0 and the Bonferroni-adjusted p-value is below alpha;
+- **reversed**: the interval lies below 0 and the adjusted p-value is below alpha;
+- **not shown**: anything else (the data cannot tell the two apart).
+
+The claims are derived from the systems the run holds (``run.json``: family, ``t_f``, ``k``):
+
+1. every model with ``t_f >= 0`` beats random pairing;
+2. coherence rises with ``t_f`` (same ``k``, each larger ``t_f`` against the next smaller);
+3. larger ``k`` hurts (same ``t_f``, smaller ``k`` against larger);
+4. ``t_f < 0`` collapses towards random pairing: such a model against random pairing, where
+   "not shown" (or a small difference) *supports* the paper.
+
+Only per-window metrics take part (COCOLA, beat F); FAD is a set statistic with no per-window
+value, so it is reported by ``eval run`` with its own intervals and is not tested here.
+Bonferroni counts every (claim, metric) test in the report.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stemstream.errors import ConfigError
+
+PAIRED_METRICS = ("cocola_harmonic", "cocola_percussive", "cocola_both", "beat_f")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """``better`` against ``worse`` on ``metric`` over ``n`` shared windows."""
+
+    claim: str
+    better: str
+    worse: str
+    metric: str
+    n: int
+    mean_better: float
+    mean_worse: float
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    p_adjusted: float = float("nan")
+    verdict: str = ""
+
+
+def per_example(run: str | Path) -> dict[str, dict[str, dict[int, float]]]:
+    """``system -> metric -> {example: value}`` from ``RUN/per_example.csv``."""
+    path = Path(run) / "per_example.csv"
+    if not path.is_file():
+        raise ConfigError(f"{run}: no per_example.csv (run `stemstream eval run` first)")
+    table: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            for metric in PAIRED_METRICS:
+                value = row.get(metric, "")
+                if value not in ("", "nan", None):
+                    table[row["system"]][metric][int(row["example"])] = float(value)
+    return table
+
+
+def paired(better: dict[int, float], worse: dict[int, float], rng: np.random.Generator,
+           draws: int = 5000) -> tuple[int, float, float, float, float, float, float]:
+    """Paired statistics over the windows both systems have: ``n``, both means, mean
+    difference, its bootstrap 95% interval and the two-sided Wilcoxon signed-rank p-value."""
+    from scipy import stats
+
+    shared = sorted(set(better) & set(worse))
+    if len(shared) < 2:
+        raise ConfigError(f"need at least 2 shared windows to compare, got {len(shared)}")
+    a = np.array([better[i] for i in shared])
+    b = np.array([worse[i] for i in shared])
+    diff = a - b
+    index = rng.integers(0, len(diff), (draws, len(diff)))
+    low, high = np.percentile(diff[index].mean(axis=1), [2.5, 97.5])
+    p = 1.0 if np.all(diff == 0) else float(stats.wilcoxon(diff).pvalue)
+    return len(diff), float(a.mean()), float(b.mean()), float(diff.mean()), float(low), \
+        float(high), p
+
+
+def _claims(systems: dict[str, dict[str, Any]], present: set[str]) -> list[tuple[str, str, str]]:
+    """``(claim, better, worse)`` for the systems a run holds (see the module docstring)."""
+    streaming = {name: desc for name, desc in systems.items()
+                 if name in present and desc.get("family") == "streaming"}
+    claims = []
+    if "random_pairing" in present:
+        for name, desc in sorted(systems.items()):
+            if name in present and desc.get("family") != "anchor":
+                if desc.get("family") != "streaming" or desc.get("future_frames", 0) >= 0:
+                    claims.append(("beats random pairing", name, "random_pairing"))
+    by_k: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    by_tf: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    for name, desc in streaming.items():
+        by_k[desc["chunk_frames"]].append((desc["future_frames"], name))
+        by_tf[desc["future_frames"]].append((desc["chunk_frames"], name))
+    for group in by_k.values():
+        group.sort()
+        claims += [("coherence rises with t_f", high, low)
+                   for (_, low), (_, high) in zip(group, group[1:], strict=False)]
+    for group in by_tf.values():
+        group.sort()
+        claims += [("larger k hurts", small, large)
+                   for (_, small), (_, large) in zip(group, group[1:], strict=False)]
+    if "random_pairing" in present:
+        claims += [("t_f < 0 is no better than random pairing", name, "random_pairing")
+                   for name, desc in sorted(streaming.items()) if desc["future_frames"] < 0]
+    return claims
+
+
+def evaluate_claims(run: str | Path, alpha: float = 0.05, seed: int = 0
+                    ) -> list[Comparison]:
+    """Every claim the run's systems allow, on every paired metric (see the module docstring)."""
+    info_path = Path(run) / "run.json"
+    if not info_path.is_file():
+        raise ConfigError(f"{run}: no run.json (not a finished eval run)")
+    systems = json.loads(info_path.read_text()).get("systems", {})
+    table = per_example(run)
+    rng = np.random.default_rng(seed)
+    out = []
+    for claim, better, worse in _claims(systems, set(table)):
+        for metric in PAIRED_METRICS:
+            if metric in table[better] and metric in table[worse]:
+                stats_ = paired(table[better][metric], table[worse][metric], rng)
+                out.append(Comparison(claim, better, worse, metric, *stats_))
+    tests = len(out)
+    return [_judge(c, alpha, tests) for c in out]
+
+
+def _judge(c: Comparison, alpha: float, tests: int) -> Comparison:
+    adjusted = min(1.0, c.p_value * tests)
+    if adjusted < alpha and c.ci_low > 0:
+        verdict = "holds"
+    elif adjusted < alpha and c.ci_high < 0:
+        verdict = "reversed"
+    else:
+        verdict = "not shown"
+    values = asdict(c) | {"p_adjusted": adjusted, "verdict": verdict}
+    return Comparison(**values)
+
+
+def claims_markdown(comparisons: list[Comparison], alpha: float = 0.05) -> str:
+    """A markdown table of :func:`evaluate_claims` results."""
+    lines = [
+        f"Paired over the same test windows: mean difference (better - worse) with a paired "
+        f"bootstrap 95% interval, two-sided Wilcoxon signed-rank p, Bonferroni-adjusted over "
+        f"{len(comparisons)} tests (alpha {alpha}).",
+        "",
+        "| claim | A | B | metric | n | mean A | mean B | A - B [95% CI] | p (adj.) | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"| {c.claim} | {c.better} | {c.worse} | {c.metric} | {c.n} | {c.mean_better:.3f} "
+            f"| {c.mean_worse:.3f} | {c.diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
+            f"| {c.p_adjusted:.2g} | {c.verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_claims(run: str | Path, out: str | Path | None = None, alpha: float = 0.05
+                 ) -> tuple[Path, Path]:
+    """Write ``claims.md`` and ``claims.json`` (into ``out``, default the run directory)."""
+    comparisons = evaluate_claims(run, alpha)
+    if not comparisons:
+        raise ConfigError(f"{run}: no claim to test (the run needs a model and random pairing)")
+    folder = Path(out) if out is not None else Path(run)
+    folder.mkdir(parents=True, exist_ok=True)
+    md, js = folder / "claims.md", folder / "claims.json"
+    md.write_text(claims_markdown(comparisons, alpha))
+    js.write_text(json.dumps([asdict(c) for c in comparisons], indent=1))
+    return md, js

@@ -1,0 +1,98 @@
+"""The paper's claims as paired tests on an eval run with planted effects."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from stemstream.errors import ConfigError
+from stemstream.eval.claims import PAIRED_METRICS, evaluate_claims, paired, write_claims
+
+SYSTEMS = {
+    "k1_tf-50": {"family": "streaming", "future_frames": -50, "chunk_frames": 1},
+    "k1_tf0": {"family": "streaming", "future_frames": 0, "chunk_frames": 1},
+    "k1_tf50": {"family": "streaming", "future_frames": 50, "chunk_frames": 1},
+    "k50_tf0": {"family": "streaming", "future_frames": 0, "chunk_frames": 50},
+    "prefix": {"family": "prefix"},
+}
+# planted mean offsets over random pairing (per-window noise 0.1)
+OFFSET = {"ground_truth": 0.6, "random_pairing": 0.0, "k1_tf-50": 0.0, "k1_tf0": 0.2,
+          "k1_tf50": 0.4, "k50_tf0": 0.05, "prefix": 0.4}
+
+
+def _run(tmp_path, offsets=OFFSET, n=64, seed=0):
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0.5, 0.2, (n, len(PAIRED_METRICS)))  # window difficulty, shared
+    with (tmp_path / "per_example.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, ["example", "system", "track", *PAIRED_METRICS])
+        writer.writeheader()
+        for system, offset in offsets.items():
+            noise = rng.normal(0, 0.1, base.shape)
+            for i in range(n):
+                writer.writerow({"example": i, "system": system, "track": f"T{i}",
+                                 **dict(zip(PAIRED_METRICS, base[i] + offset + noise[i],
+                                            strict=True))})
+    (tmp_path / "run.json").write_text(json.dumps({"systems": SYSTEMS}))
+    return tmp_path
+
+
+def _verdicts(comparisons):
+    return {(c.claim, c.better, c.worse): {x.verdict for x in comparisons
+                                           if (x.claim, x.better, x.worse)
+                                           == (c.claim, c.better, c.worse)}
+            for c in comparisons}
+
+
+def test_planted_effects_are_recovered(tmp_path):
+    comparisons = evaluate_claims(_run(tmp_path))
+    verdicts = _verdicts(comparisons)
+    assert verdicts[("beats random pairing", "k1_tf0", "random_pairing")] == {"holds"}
+    assert verdicts[("beats random pairing", "prefix", "random_pairing")] == {"holds"}
+    assert verdicts[("coherence rises with t_f", "k1_tf50", "k1_tf0")] == {"holds"}
+    assert verdicts[("coherence rises with t_f", "k1_tf0", "k1_tf-50")] == {"holds"}
+    assert verdicts[("larger k hurts", "k1_tf0", "k50_tf0")] == {"holds"}
+    assert verdicts[("t_f < 0 is no better than random pairing", "k1_tf-50",
+                     "random_pairing")] == {"not shown"}
+    # a t_f < 0 model is not expected to beat random pairing, so that claim is not made
+    assert ("beats random pairing", "k1_tf-50", "random_pairing") not in verdicts
+    assert len(comparisons) == len(verdicts) * len(PAIRED_METRICS)
+    assert all(c.p_adjusted == min(1.0, c.p_value * len(comparisons)) for c in comparisons)
+
+
+def test_a_reversed_finding_is_reported_as_reversed(tmp_path):
+    offsets = OFFSET | {"k50_tf0": 0.5}  # larger k *helps* here
+    verdicts = _verdicts(evaluate_claims(_run(tmp_path, offsets)))
+    assert verdicts[("larger k hurts", "k1_tf0", "k50_tf0")] == {"reversed"}
+
+
+def test_bonferroni_can_turn_a_nominal_result_into_not_shown(tmp_path):
+    offsets = OFFSET | {"k1_tf0": 0.025}  # a small effect over 64 windows
+    comparisons = [c for c in evaluate_claims(_run(tmp_path, offsets, seed=3))
+                   if c.better == "k1_tf0" and c.worse == "random_pairing"]
+    nominal = [c for c in comparisons if c.p_value < 0.05]
+    assert nominal, "the planted effect should be nominally significant somewhere"
+    assert any(c.p_adjusted >= 0.05 and c.verdict == "not shown" for c in nominal)
+
+
+def test_paired_statistics_match_direct_formulas():
+    rng = np.random.default_rng(1)
+    a = {i: float(v) for i, v in enumerate(rng.normal(1, 1, 40))}
+    b = {i: float(v) for i, v in enumerate(rng.normal(0.5, 1, 40))}
+    b[99] = 5.0  # only in one system: not paired
+    n, mean_a, mean_b, diff, low, high, p = paired(a, b, np.random.default_rng(0))
+    x = np.array([a[i] for i in range(40)]) - np.array([b[i] for i in range(40)])
+    assert n == 40 and diff == pytest.approx(x.mean()) and mean_a - mean_b == pytest.approx(diff)
+    assert p == pytest.approx(stats.wilcoxon(x).pvalue)
+    assert low < diff < high
+
+
+def test_write_claims_and_errors(tmp_path):
+    md, js = write_claims(_run(tmp_path), tmp_path / "out")
+    assert "| larger k hurts | k1_tf0 | k50_tf0 |" in md.read_text()
+    assert len(json.loads(js.read_text())) > 0
+    with pytest.raises(ConfigError, match="run.json"):
+        evaluate_claims(tmp_path / "out")
