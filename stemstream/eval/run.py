@@ -279,7 +279,16 @@ def _cached(path: Path, make, rate: int) -> np.ndarray:
     return samples.mean(axis=1)
 
 
+def _digest(samples: np.ndarray) -> str:
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(samples, dtype=np.float32).tobytes()).hexdigest()
+
+
 def _score(examples, names, config: EvalConfig, rate: int, progress: bool) -> list[dict]:
+    """Per-window metrics of every system. Each example folder keeps its scores
+    (``scores.json``, keyed by the audio and the metric settings), so a resumed run or one
+    that adds a system with ``--systems`` scores only what is new."""
     from tqdm import tqdm
 
     rows = []
@@ -290,11 +299,19 @@ def _score(examples, names, config: EvalConfig, rate: int, progress: bool) -> li
         cocola = load_cocola(config.cocola)
     if "beat" in config.metrics:
         from stemstream.eval.beats import beat_f_measure, track_beats
+    settings = {"metrics": sorted(set(config.metrics) - {"fad"}),
+                "cocola": str(config.cocola), "beat_tracker": config.beat_tracker}
     for n, example in enumerate(tqdm(examples, desc="score", disable=not progress)):
-        mix_beats = (track_beats(example["input"], rate, config.beat_tracker)
-                     if "beat" in config.metrics else None)
+        cache_path = example["folder"] / "scores.json"
+        cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
+        input_digest = _digest(example["input"])
+        mix_beats = None
         for name in names:
             stem = example["stems"][name]
+            key = {**settings, "input": input_digest, "stem": _digest(stem)}
+            if cache.get(name, {}).get("key") == key:
+                rows.append(cache[name]["row"])
+                continue
             row: dict[str, Any] = {"example": n, "system": name,
                                    "track": example["meta"]["track"],
                                    "inst_class": example["meta"]["inst_class"]}
@@ -305,10 +322,16 @@ def _score(examples, names, config: EvalConfig, rate: int, progress: bool) -> li
                     row[f"cocola_{mode}"] = cocola_score(cocola, stem, example["input"], rate,
                                                          mode=mode)
             if "beat" in config.metrics:
+                if mix_beats is None:
+                    mix_beats = track_beats(example["input"], rate, config.beat_tracker)
                 row["beat_f"] = beat_f_measure(stem, example["input"], rate,
                                                tracker=config.beat_tracker,
                                                reference_beats=mix_beats)
             rows.append(row)
+            cache[name] = {"key": key, "row": row}
+            partial = cache_path.with_suffix(".json.partial")
+            partial.write_text(json.dumps(cache, indent=1) + "\n")
+            partial.replace(cache_path)
     return rows
 
 

@@ -125,11 +125,27 @@ def test_run_writes_every_system_and_anchor_and_resumes(setup, fake_metrics, tmp
     low, high = ci["prefix"]["beat_f"]
     assert low <= metrics["prefix"]["beat_f"] <= high
 
-    # Resume: nothing is regenerated, the numbers are identical.
+    # Resume: nothing is regenerated or rescored, the numbers are identical.
     stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "run").rglob("*.wav")}
+    calls = dict(fake_metrics)
     again = run_eval(config, progress=False)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert again["metrics"] == result["metrics"]
+    assert fake_metrics == calls
+
+    # A system added later is the only one generated and scored; a stem whose audio changed
+    # is scored again.
+    changed = tmp_path / "run" / "examples" / "0000" / "random_pairing.wav"
+    samples, rate = sf.read(str(changed), dtype="float32")
+    sf.write(str(changed), samples * 0.5, rate, subtype="FLOAT")
+    wider = EvalConfig(**{**config.__dict__, "systems": {**models, "again": models["prefix"]}})
+    more = run_eval(wider, progress=False)
+    assert fake_metrics["beat"] - calls["beat"] == 2 + 1  # 2 windows of "again" + 1 redo
+    assert fake_metrics["cocola"] - calls["cocola"] == 3 * (2 + 1)
+    assert more["metrics"]["prefix"] == result["metrics"]["prefix"]
+    assert set(more["metrics"]["again"]) == set(more["metrics"]["prefix"])
+    assert more["metrics"]["random_pairing"]["beat_f"] != result["metrics"]["random_pairing"][
+        "beat_f"]
 
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_info["systems"]["stream_tf2"]["future_frames"] == 2
