@@ -254,9 +254,15 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     metrics, ci = _aggregate(per_example, names, config, examples, rate, rng, progress)
     _write_tables(out, per_example, metrics, ci, names)
     seconds = time.perf_counter() - began
+    tracker = None
+    if "beat" in config.metrics:
+        from stemstream.eval.beats import resolve_tracker
+
+        tracker = resolve_tracker(config.beat_tracker)
     (out / "run.json").write_text(json.dumps({
         "config": {k: str(v) if isinstance(v, Path) else v
                    for k, v in config.__dict__.items()},
+        "beat_tracker": tracker,  # what `auto` resolved to
         "examples": len(examples), "seconds": seconds,
         "systems": {s.name: s.describe() for s in systems},
         "codec": codec.codec_identity(),

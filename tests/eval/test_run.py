@@ -83,6 +83,7 @@ def fake_metrics(monkeypatch):
     beats = types.ModuleType("stemstream.eval.beats")
     beats.beat_f_measure = beat_f_measure
     beats.track_beats = track_beats
+    beats.resolve_tracker = lambda tracker: "fake" if tracker == "auto" else tracker
     fad_mod = types.ModuleType("stemstream.eval.fad")
     fad_mod.get_embedder = lambda name, path=None: Embedder()
     fad_mod.fad = fad
@@ -149,6 +150,7 @@ def test_run_writes_every_system_and_anchor_and_resumes(setup, fake_metrics, tmp
 
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_info["systems"]["stream_tf2"]["future_frames"] == 2
+    assert run_info["beat_tracker"] == "fake"  # what `auto` resolved to
     pngs = plot_runs([tmp_path / "run"], tmp_path / "figures")
     assert {p.stem for p in pngs} == set(metrics["prefix"])
     assert all(p.stat().st_size > 1000 and p.with_suffix(".csv").exists() for p in pngs)
