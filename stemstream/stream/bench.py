@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stemstream.model.quantize import num_weights
 from stemstream.stream.report import percentiles
 
 BLOCK_SECONDS = 0.02
@@ -355,7 +356,7 @@ def run_bench(
                 base, timing.report["kv_window"], seed=seed),
             **_summary(timing, cfg.chunk_frames),
             "feasibility": feasibility(timing, latencies, settle_seconds),
-            "memory": {**_rss_mb(), "params": sum(p.numel() for p in base.parameters())},
+            "memory": {**_rss_mb(), "params": num_weights(base)},
             "latencies_s": list(latencies),
             "settle_seconds": settle_seconds,
         }

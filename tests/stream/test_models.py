@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from stemstream.errors import ConfigError
+from stemstream.model.quantize import Int8Linear
 from stemstream.stream.models import load_stream_model
 from stemstream.stream.session import Session, SessionConfig, run_blocks, with_stream_args
 
@@ -31,7 +31,7 @@ def test_int8_weights_run_a_session_and_snapshot(tmp_path):
     fp32 = load_stream_model("random-tiny-mock")
     int8 = load_stream_model("random-tiny-mock", weights="int8")
     assert int8.source.endswith("(int8)")
-    assert isinstance(int8.model.heads, torch.ao.nn.quantized.dynamic.Linear)
+    assert isinstance(int8.model.heads, Int8Linear)
     audio = 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32)
     config = SessionConfig(instrument="bass", temperature=0.0)
     outs = []
