@@ -176,15 +176,12 @@ class EMAResidualVQ(nn.Module):
     def embed(self, codes: torch.Tensor, depths: torch.Tensor | None = None) -> torch.Tensor:
         """long ``[B, K', T]`` -> ``[B, D, T]``: sum of the first ``K'`` levels (of the first
         ``depths[b]`` levels for item ``b`` when long ``depths [B]`` is given)."""
-        if depths is None:
-            return sum(
-                level.lookup(codes[:, k]) for k, level in enumerate(self.levels[: codes.shape[1]])
-            )
-        depths = depths.to(codes.device)
         latent = 0
         for k, level in enumerate(self.levels[: codes.shape[1]]):
             vectors = level.lookup(codes[:, k])
-            latent = latent + vectors * (k < depths).to(vectors.dtype)[:, None, None]
+            if depths is not None:
+                vectors = vectors * (k < depths.to(codes.device)).to(vectors.dtype)[:, None, None]
+            latent = latent + vectors
         return latent
 
     @torch.no_grad()

@@ -311,7 +311,7 @@ def _score(examples, names, config: EvalConfig, rate: int, progress: bool) -> li
         cache_path = example["folder"] / "scores.json"
         cache = json.loads(cache_path.read_text()) if cache_path.exists() else {}
         input_digest = _digest(example["input"])
-        mix_beats = None
+        mix_beats, changed = None, False
         for name in names:
             stem = example["stems"][name]
             key = {**settings, "input": input_digest, "stem": _digest(stem)}
@@ -335,6 +335,8 @@ def _score(examples, names, config: EvalConfig, rate: int, progress: bool) -> li
                                                reference_beats=mix_beats)
             rows.append(row)
             cache[name] = {"key": key, "row": row}
+            changed = True
+        if changed:
             partial = cache_path.with_suffix(".json.partial")
             partial.write_text(json.dumps(cache, indent=1) + "\n")
             partial.replace(cache_path)

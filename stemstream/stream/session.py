@@ -354,7 +354,6 @@ class Session:
     def _advance(self, resampled: np.ndarray, arrival: float, final: bool) -> np.ndarray:
         wave = torch.from_numpy(np.ascontiguousarray(resampled, dtype=np.float32))[None, None]
         self.codec_samples_in += wave.shape[-1]
-        num_k = self.model.config.num_codebooks
 
         def encode() -> torch.Tensor:
             codes = self.encoder.step(wave)
@@ -362,7 +361,7 @@ class Session:
                 codes = torch.cat([codes, self.encoder.flush()], dim=-1)
             if codes.shape[-1] == 0:
                 return self.latents.new_zeros(1, self.latents.shape[1], 0)
-            return self.codec.embed(codes[:, :num_k]).float()
+            return self.codec.embed(codes).float()  # the encoder emits the model's K levels
 
         new_latents, enc_start, enc_end = self.clock.run(arrival, encode)
         self.stats.codec_in_s += enc_end - enc_start
