@@ -458,7 +458,8 @@ def demo(out_dir, instrument, model, corpus):
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
               help="The stem to write (mono, codec rate, as long as INPUT).")
 @click.option("--model", default="default", show_default=True,
-              help="default, random-cpu, random-tiny, random-tiny-mock or a streaming "
+              help="default (t_f = 0, for files), default-live (t_f < 0), random-cpu, random-tiny, "
+                   "random-tiny-mock or a streaming "
                    "model checkpoint.")
 @click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
 @click.option("--tf", "tf_seconds", type=float, default=None,
@@ -510,7 +511,8 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
 # --- bench: `stemstream bench` (stemstream.stream.bench)
 @cli.command("bench")
 @click.option("--model", default="default", show_default=True,
-              help="default, random-cpu, random-tiny, random-tiny-mock or a streaming checkpoint.")
+              help="default (t_f = 0, for files), default-live (t_f < 0), random-cpu, random-tiny, "
+                   "random-tiny-mock or a streaming checkpoint.")
 @click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
               help="Test audio streamed in the model's own (t_f, k).")
@@ -540,13 +542,15 @@ def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid
 @cli.command("live")
 @click.option("--instrument", default="Bass", show_default=True, help="Class to play.")
 @click.option("--model", default="default", show_default=True,
-              help="default, random-cpu, random-tiny or a streaming model checkpoint.")
+              help="default (= the shipped live model, t_f < 0), default-live, random-cpu, "
+                   "random-tiny or a streaming model checkpoint.")
 @click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
 @click.option("--tf", "tf_seconds", type=float, default=None,
               help="Future visibility t_f in seconds; default: the model's.")
 @click.option("--chunk", "chunk_frames", type=click.IntRange(min=1), default=None)
-@click.option("--latency", type=click.FloatRange(min=0.0), default=0.2, show_default=True,
-              help="Output delay L in seconds behind the input (plus device I/O latency).")
+@click.option("--latency", type=click.FloatRange(min=0.0), default=None,
+              help="Output delay L in seconds behind the input (plus device I/O latency); "
+                   "default 0 (in time) for a model with t_f < 0, else 0.2.")
 @click.option("--sample-rate", type=click.IntRange(min=8000), default=None,
               help="Device rate (default: the input device's).")
 @click.option("--block-ms", type=click.FloatRange(min=1.0), default=10.0, show_default=True)

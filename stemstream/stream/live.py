@@ -178,7 +178,7 @@ def run_live(
     codec: str | None = None,
     tf_seconds: float | None = None,
     chunk_frames: int | None = None,
-    latency: float = 0.2,
+    latency: float | None = None,
     sample_rate: int | None = None,
     block_ms: float = 10.0,
     input_device: str | int | None = None,
@@ -189,7 +189,11 @@ def run_live(
     weights: str = "fp32",
 ) -> dict[str, Any]:
     """Play along with the input device until Ctrl-C (or ``duration`` seconds); return the
-    session report plus device statistics."""
+    session report plus device statistics.
+
+    ``model="default"`` means the shipped live model (``default-live``: ``t_f < 0``, plays in
+    time). ``latency=None`` picks ``L = 0`` (in time) for a model with ``t_f < 0`` and 200 ms
+    otherwise."""
     sd = import_sounddevice()
     from stemstream.stream.clock import WallClock
     from stemstream.stream.models import resolve_stream_model
@@ -205,7 +209,12 @@ def run_live(
     except Exception as err:
         raise LiveError(f"no usable output device ({err}); see --list-devices") from None
     rate = int(sample_rate or device_info["default_samplerate"])
+    if model == "default":
+        model = "default-live"
     loaded = resolve_stream_model(model, codec, tf_seconds, chunk_frames, weights)
+    future_frames = loaded.model.config.future_frames
+    if latency is None:
+        latency = 0.0 if future_frames < 0 else 0.2
     session = Session(
         loaded.model,
         loaded.codec,
@@ -213,7 +222,6 @@ def run_live(
                       seed=seed, output_sample_rate=rate),
         clock=WallClock(),
     )
-    future_frames = loaded.model.config.future_frames
     message = alignment_warning(future_frames, loaded.codec.frame_rate, latency)
     if message:
         warnings.warn(message, stacklevel=2)

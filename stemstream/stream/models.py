@@ -1,9 +1,13 @@
 """Resolve what ``--model`` options of the streaming front ends accept.
 
-* ``default`` — the shipped real-time model (``stemstream/assets/models/streaming-cpu.safetensors``,
-  with the shipped codec). Until it exists, an *untrained* ``cpu``-preset streaming decoder
-  over the shipped codec (random weights, seed 0) stands in, with a warning: timings are real,
-  the music is noise.
+* ``default`` — the shipped model for files (``stemstream/assets/models/streaming-cpu.safetensors``:
+  6 blocks, ``t_f = 0``, with the shipped codec). Until it exists, an *untrained* ``cpu``-preset
+  streaming decoder over the shipped codec (random weights, seed 0) stands in, with a warning:
+  timings are real, the music is noise.
+* ``default-live`` — the shipped live model (``streaming-live.safetensors``: 3 blocks,
+  ``t_f = -80 ms``, so it can play in time with the musician, with time to spare on a laptop
+  CPU). ``stemstream live`` resolves ``default`` to it. Falls back to ``default`` (with a
+  warning) where it is not shipped.
 * ``random-cpu`` / ``random-tiny`` — untrained decoders of that preset over the shipped codec
   (``random-tiny-mock``: over :class:`~stemstream.codec.mock.MockCodec`, for tests);
 * a model checkpoint (exported or training) of the ``streaming`` family.
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 MODEL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 DEFAULT_MODEL = MODEL_ASSETS / "streaming-cpu.safetensors"
+LIVE_MODEL = MODEL_ASSETS / "streaming-live.safetensors"
 RANDOM_SPECS = ("random-cpu", "random-tiny", "random-tiny-mock")
 
 
@@ -88,6 +93,13 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
     from stemstream.codec.registry import get_codec
     from stemstream.stream.session import with_stream_args
 
+    if spec == "default-live":
+        if LIVE_MODEL.exists():
+            spec = str(LIVE_MODEL)
+        else:
+            warnings.warn("no live model is shipped: using the default (t_f = 0) model",
+                          stacklevel=2)
+            spec = "default"
     if spec == "default" and not DEFAULT_MODEL.exists():
         warnings.warn(
             "no trained default model is shipped yet: using an untrained `cpu` model "
@@ -112,7 +124,8 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
     path = Path(spec)
     if not path.exists():
         raise ConfigError(
-            f"--model {spec!r}: no such file; use default, {', '.join(RANDOM_SPECS)} or a "
+            f"--model {spec!r}: no such file; use default, default-live, "
+            f"{', '.join(RANDOM_SPECS)} or a "
             "streaming model checkpoint"
         )
     from stemstream.stream.offline import codec_for

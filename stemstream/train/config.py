@@ -78,6 +78,12 @@ class ModelTrainConfig:
     keep_checkpoints: int = 3
     num_workers: int = 0
     threads: int = 0  # torch intra-op threads on CPU; 0 keeps torch's default
+    # Warm start (fresh runs only; a resumed run loads its own checkpoint): the weights of a
+    # model checkpoint of the same family, with ``init_layers`` naming which of its backbone
+    # blocks become this model's blocks (e.g. [0, 2, 4] for a 3-layer model from a 6-layer
+    # one). Every other tensor must match in shape.
+    init_from: Path | None = None
+    init_layers: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "steps", "log_every", "valid_every", "checkpoint_every")
@@ -93,6 +99,8 @@ class ModelTrainConfig:
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if self.init_layers is not None and self.init_from is None:
+            raise ConfigError("init_layers needs init_from")
 
 
 def resolve_future_frames(spec: ModelSpec, frame_rate_hz: float, dumped_future: int) -> int:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -91,6 +92,61 @@ def export_checkpoint(path: str | Path, out: str | Path) -> Path:
                                                               if k in meta})
 
 
+def warm_start(model: nn.Module, path: str | Path, family: str,
+               layers: tuple[int, ...] | list[int] | None = None,
+               codec: dict[str, Any] | None = None) -> None:
+    """Load the weights of the model checkpoint at ``path`` into ``model`` (in place).
+
+    ``layers[i]`` names the source backbone block that becomes block ``i`` (``None``: the same
+    blocks in the same order). Everything else must match by name and shape; the future
+    visibility and chunk size may differ (they are not weights). With ``codec`` (an identity),
+    the checkpoint must have been trained on that codec's tokens.
+
+    Raises:
+        CheckpointError: another kind or family of checkpoint, a missing source block, or a
+            tensor whose shape differs.
+        ConfigError: the checkpoint was trained on another codec's tokens.
+    """
+    tensors, meta = checkpoint.load(path)
+    if meta.get("kind") not in (MODEL_KIND, TRAIN_KIND):
+        raise checkpoint.CheckpointError(f"{path}: not a model checkpoint ({meta.get('kind')})")
+    if meta.get("family") != family:
+        raise checkpoint.CheckpointError(
+            f"{path}: holds a {meta.get('family')!r} model, cannot initialise a {family!r} one"
+        )
+    if codec is not None:
+        _check_codec(f"init_from {path}", meta.get("codec", {}), codec)
+    source = {k[6:]: v for k, v in tensors.items() if k.startswith("model/")}
+    pattern = re.compile(r"^(.*\blayers\.)(\d+)(\..*)$")
+    target = model.state_dict()
+    state: dict[str, torch.Tensor] = {}
+    for name, like in target.items():
+        key = name
+        match = pattern.match(name)
+        if match and layers is not None:
+            index = int(match.group(2))
+            if index >= len(layers):
+                raise checkpoint.CheckpointError(
+                    f"init_layers names {len(layers)} blocks; the model has more ({name})"
+                )
+            key = f"{match.group(1)}{layers[index]}{match.group(3)}"
+        if key not in source:
+            raise checkpoint.CheckpointError(f"{path}: has no tensor {key!r} (for {name!r})")
+        if source[key].shape != like.shape:
+            raise checkpoint.CheckpointError(
+                f"{path}: {key!r} has shape {tuple(source[key].shape)}, the model's {name!r} "
+                f"{tuple(like.shape)}"
+            )
+        state[name] = source[key].to(like.dtype)
+    if layers is not None:
+        blocks = {int(m.group(2)) for m in map(pattern.match, target) if m}
+        if len(layers) != len(blocks):
+            raise checkpoint.CheckpointError(
+                f"init_layers names {len(layers)} blocks, the model has {len(blocks)}"
+            )
+    model.load_state_dict(state)
+
+
 class _Dist(NamedTuple):
     rank: int
     world: int
@@ -155,6 +211,11 @@ class ModelTrainer:
 
         torch.manual_seed(config.seed)
         self.model = self.family.build(self.model_config).to(self.device)
+        if config.init_from is not None:
+            warm_start(self.model, config.init_from, config.family, config.init_layers,
+                       self.codec_identity)
+            log.info("initialised from %s (blocks %s)", config.init_from,
+                     "all" if config.init_layers is None else list(config.init_layers))
         self.net: nn.Module = self.model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel

@@ -163,3 +163,40 @@ def test_alignment_warning_says_when_output_cannot_be_in_time():
     assert alignment_warning(-50, 50.0, 0.2) is None  # 1 s look-ahead, 200 ms latency
     late = alignment_warning(-5, 50.0, 0.2)  # 100 ms look-ahead
     assert late and "100 ms behind" in late
+
+
+def test_live_default_is_the_live_model_in_time(monkeypatch, tmp_path):
+    """`run_live(model="default")` resolves to `default-live`; with t_f < 0 and no latency
+    given it plays in time (L = 0) and says nothing about alignment."""
+    import warnings
+
+    from stemstream.stream import live as live_module
+    from stemstream.stream.models import load_stream_model
+
+    asked = []
+
+    def resolve(model, *args, **kwargs):
+        asked.append(model)
+        return load_stream_model("random-tiny-mock", future_frames=-4)
+
+    fake = types.ModuleType("sounddevice")
+    fake.query_devices = lambda device=None, kind=None: {"default_samplerate": 16000.0}
+
+    class Stream:  # no callbacks: the run only needs to open and close
+        def __init__(self, **kwargs):
+            self.latency = (0.0, 0.0)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return None
+
+    fake.Stream = Stream
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    monkeypatch.setattr("stemstream.stream.models.resolve_stream_model", resolve)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an alignment warning would fail the test
+        report = live_module.run_live(duration=0.05)
+    assert asked == ["default-live"]
+    assert report["latency_s"] == 0.0

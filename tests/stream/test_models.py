@@ -55,3 +55,30 @@ def test_running_at_another_visibility_warns_and_shares_weights():
     assert with_stream_args(loaded.model, 0, 1) is loaded.model
     with pytest.raises(ConfigError, match="chunk size"):
         with_stream_args(loaded.model, 0, 0)
+
+
+def _save_streaming(model, codec, path):
+    from stemstream import checkpoint
+    from stemstream.config import to_dict
+    from stemstream.train.loop import MODEL_KIND
+
+    tensors = {f"model/{k}": v for k, v in model.state_dict().items()}
+    meta = {"kind": MODEL_KIND, "family": "streaming", "model": to_dict(model.config),
+            "codec": codec.codec_identity()}
+    return checkpoint.save(path, tensors, meta)
+
+
+def test_default_live_is_the_shipped_live_model_or_warns(monkeypatch, tmp_path):
+    from stemstream.stream import models
+
+    ahead = load_stream_model("random-tiny-mock", future_frames=-4)
+    path = _save_streaming(ahead.model, ahead.codec, tmp_path / "live.safetensors")
+    monkeypatch.setattr(models, "LIVE_MODEL", path)
+    live = load_stream_model("default-live")
+    assert live.trained and live.source == str(path)
+    assert live.model.config.future_frames == -4
+    monkeypatch.setattr(models, "LIVE_MODEL", tmp_path / "absent.safetensors")
+    monkeypatch.setattr(models, "DEFAULT_MODEL", path)  # "default" stands in for it
+    with pytest.warns(UserWarning, match="no live model is shipped"):
+        fallback = load_stream_model("default-live")
+    assert fallback.source == str(path)

@@ -127,6 +127,56 @@ def test_resume_refuses_other_family_codec_or_shape(dump, tmp_path):
         _train(dump, tmp_path, "steps=4", "model.chunk_frames=2")
 
 
+def test_warm_start_maps_blocks_and_changes_visibility(dump, tmp_path):
+    source = _train(dump, tmp_path / "src", "steps=3", "model.backbone_overrides.num_layers=3")
+    path = source.export(tmp_path / "src.safetensors")
+    # Blocks 2 and 0 of the source become blocks 0 and 1; t_f differs (it holds no weights).
+    student = ModelTrainer(_config(
+        dump, tmp_path / "dst", f"init_from={path}", "init_layers=[2, 0]",
+        "model.backbone_overrides.num_layers=2", "model.future_frames=-2",
+    ))  # fmt: skip
+    got, want = student.model.state_dict(), source.model.state_dict()
+    for name, value in got.items():
+        key = name.replace("layers.0.", "layers.2.") if "layers.0." in name else (
+            name.replace("layers.1.", "layers.0.")
+        )
+        assert torch.equal(value, want[key]), name
+    # Without init_from the same seed gives other weights: the test can tell the difference.
+    fresh = ModelTrainer(_config(dump, tmp_path / "fresh", "model.backbone_overrides.num_layers=2"))
+    assert not torch.equal(fresh.model.state_dict()["heads.weight"], got["heads.weight"])
+    # A resumed run loads its own checkpoint, not init_from.
+    student.run(progress=False, stop_after=2)
+    resumed = ModelTrainer(_config(
+        dump, tmp_path / "dst", f"init_from={path}", "init_layers=[2, 0]",
+        "model.backbone_overrides.num_layers=2", "model.future_frames=-2", "steps=40",
+    ))  # fmt: skip
+    resumed.run(progress=False, stop_after=0)
+    assert resumed.step == 2
+    for name, value in resumed.model.state_dict().items():
+        assert torch.equal(value, student.model.state_dict()[name]), name
+
+
+def test_warm_start_refusals(dump, tmp_path):
+    source = _train(dump, tmp_path / "src", "steps=2")
+    path = source.export(tmp_path / "src.safetensors")
+    with pytest.raises(checkpoint.CheckpointError, match="init_layers names 1 blocks"):
+        ModelTrainer(_config(dump, tmp_path / "a", f"init_from={path}", "init_layers=[0]"))
+    with pytest.raises(checkpoint.CheckpointError, match="no tensor"):
+        ModelTrainer(_config(dump, tmp_path / "b", f"init_from={path}", "init_layers=[0, 5]"))
+    with pytest.raises(checkpoint.CheckpointError, match="shape"):
+        ModelTrainer(_config(dump, tmp_path / "c", f"init_from={path}",
+                             "model.backbone_overrides.dim=32"))
+    with pytest.raises(checkpoint.CheckpointError, match="'prefix' one"):
+        ModelTrainer(_config(dump, tmp_path / "d", f"init_from={path}", "family=prefix"))
+    tensors, meta = checkpoint.load(path)
+    codec = meta["codec"] | {"weights_hash": "0123456789abcdef", "tokens_hash": "0123456789abcdef"}
+    checkpoint.save(tmp_path / "other.safetensors", tensors, meta | {"codec": codec})
+    with pytest.raises(ConfigError, match="0123456789abcdef"):
+        ModelTrainer(_config(dump, tmp_path / "e", f"init_from={tmp_path / 'other.safetensors'}"))
+    with pytest.raises(ConfigError, match="init_layers needs init_from"):
+        _config(dump, tmp_path / "f", "init_layers=[0]")
+
+
 def test_dump_of_another_codec_is_refused(dump, tmp_path):
     other = tmp_path / "dump"
     other.mkdir()
