@@ -62,7 +62,7 @@ def noop_model(model: StreamingDecoder) -> StreamingDecoder:
 
 def measure_stream(model: StreamingDecoder, codec, audio: np.ndarray, seed: int) -> dict[str, Any]:
     """RTF and per-frame percentiles of one stream (k = 1: a chunk is a frame)."""
-    timing = stream_timing(bench_session(model, codec, seed, 0.0), audio)
+    timing = stream_timing(bench_session(model, codec, seed), audio)
     k = model.config.chunk_frames
     frames = max(1, len(timing.chunk_s) * k)
     return {

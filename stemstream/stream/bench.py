@@ -336,9 +336,9 @@ def run_bench(
         cfg = base.config
         rate = codec_model.sample_rate
         if warmup_seconds > 0:
-            stream_timing(bench_session(base, codec_model, seed, 0.0),
+            stream_timing(bench_session(base, codec_model, seed),
                           synthetic_music(warmup_seconds, rate, seed + 1))
-        timing = stream_timing(bench_session(base, codec_model, seed, 0.0),
+        timing = stream_timing(bench_session(base, codec_model, seed),
                                synthetic_music(seconds, rate, seed))
         result: dict[str, Any] = {
             "format": "stemstream-bench",
@@ -367,7 +367,7 @@ def run_bench(
         audio = synthetic_music(grid_seconds, rate, seed)
         for tf, k in configs:
             view = _view(base, tf, k)
-            row_timing = stream_timing(bench_session(view, codec_model, seed, 0.0), audio)
+            row_timing = stream_timing(bench_session(view, codec_model, seed), audio)
             summary = _summary(row_timing, k)
             grid.append({
                 "future_frames": tf,
