@@ -11,8 +11,9 @@ a two-sided Wilcoxon signed-rank test. A claim "A > B on metric m" then reads:
 The claims are derived from the systems the run holds (``run.json``: family, ``t_f``, ``k``):
 
 1. every model with ``t_f >= 0`` beats random pairing;
-2. coherence rises with ``t_f`` (same ``k``, each larger ``t_f`` against the next smaller);
-3. larger ``k`` hurts (same ``t_f``, smaller ``k`` against larger);
+2. coherence rises with ``t_f`` (same ``k`` and backbone, each larger ``t_f`` against the next
+   smaller);
+3. larger ``k`` hurts (same ``t_f`` and backbone, smaller ``k`` against larger);
 4. ``t_f < 0`` collapses towards random pairing: such a model against random pairing, where
    "not shown" (or a small difference) *supports* the paper.
 
@@ -28,7 +29,7 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -71,10 +72,22 @@ def per_example(run: str | Path) -> dict[str, dict[str, dict[int, float]]]:
     return table
 
 
+class PairedStats(NamedTuple):
+    """Paired statistics of two systems over the windows both have (field order follows
+    :class:`Comparison`)."""
+
+    n: int
+    mean_better: float
+    mean_worse: float
+    diff: float  # mean per-window difference better - worse
+    ci_low: float  # its paired bootstrap 95% interval
+    ci_high: float
+    p_value: float  # two-sided Wilcoxon signed-rank
+
+
 def paired(better: dict[int, float], worse: dict[int, float], rng: np.random.Generator,
-           draws: int = 5000) -> tuple[int, float, float, float, float, float, float]:
-    """Paired statistics over the windows both systems have: ``n``, both means, mean
-    difference, its bootstrap 95% interval and the two-sided Wilcoxon signed-rank p-value."""
+           draws: int = 5000) -> PairedStats:
+    """:class:`PairedStats` of ``better`` against ``worse`` (``{window: value}`` each)."""
     from scipy import stats
 
     shared = sorted(set(better) & set(worse))
@@ -86,8 +99,8 @@ def paired(better: dict[int, float], worse: dict[int, float], rng: np.random.Gen
     index = rng.integers(0, len(diff), (draws, len(diff)))
     low, high = np.percentile(diff[index].mean(axis=1), [2.5, 97.5])
     p = 1.0 if np.all(diff == 0) else float(stats.wilcoxon(diff).pvalue)
-    return len(diff), float(a.mean()), float(b.mean()), float(diff.mean()), float(low), \
-        float(high), p
+    return PairedStats(len(diff), float(a.mean()), float(b.mean()), float(diff.mean()),
+                       float(low), float(high), p)
 
 
 def _claims(systems: dict[str, dict[str, Any]], present: set[str]) -> list[tuple[str, str, str]]:
@@ -100,11 +113,13 @@ def _claims(systems: dict[str, dict[str, Any]], present: set[str]) -> list[tuple
             if name in present and desc.get("family") != "anchor":
                 if desc.get("family") != "streaming" or desc.get("future_frames", 0) >= 0:
                     claims.append(("beats random pairing", name, "random_pairing"))
-    by_k: dict[int, list[tuple[int, str]]] = defaultdict(list)
-    by_tf: dict[int, list[tuple[int, str]]] = defaultdict(list)
+    # Models of different sizes (``backbone``; absent in older runs) are not compared.
+    by_k: dict[tuple[int, Any], list[tuple[int, str]]] = defaultdict(list)
+    by_tf: dict[tuple[int, Any], list[tuple[int, str]]] = defaultdict(list)
     for name, desc in streaming.items():
-        by_k[desc["chunk_frames"]].append((desc["future_frames"], name))
-        by_tf[desc["future_frames"]].append((desc["chunk_frames"], name))
+        size = desc.get("backbone")
+        by_k[desc["chunk_frames"], size].append((desc["future_frames"], name))
+        by_tf[desc["future_frames"], size].append((desc["chunk_frames"], name))
     for group in by_k.values():
         group.sort()
         claims += [("coherence rises with t_f", high, low)

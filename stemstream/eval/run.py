@@ -104,9 +104,13 @@ class _System:
     chunk_frames: int
 
     def describe(self) -> dict[str, Any]:
-        return {"checkpoint": self.spec, "family": self.family,
-                "future_frames": self.future_frames, "chunk_frames": self.chunk_frames,
-                "future_seconds": self.future_frames / self.codec.frame_rate}
+        out = {"checkpoint": self.spec, "family": self.family,
+               "future_frames": self.future_frames, "chunk_frames": self.chunk_frames,
+               "future_seconds": self.future_frames / self.codec.frame_rate}
+        backbone = getattr(getattr(self.model, "config", None), "backbone", None)
+        if backbone is not None:  # claims compare t_f and k only within one size
+            out["backbone"] = f"{backbone.num_layers}x{backbone.dim}"
+        return out
 
 
 def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, str]:

@@ -83,11 +83,25 @@ def test_paired_statistics_match_direct_formulas():
     a = {i: float(v) for i, v in enumerate(rng.normal(1, 1, 40))}
     b = {i: float(v) for i, v in enumerate(rng.normal(0.5, 1, 40))}
     b[99] = 5.0  # only in one system: not paired
-    n, mean_a, mean_b, diff, low, high, p = paired(a, b, np.random.default_rng(0))
+    got = paired(a, b, np.random.default_rng(0))
     x = np.array([a[i] for i in range(40)]) - np.array([b[i] for i in range(40)])
-    assert n == 40 and diff == pytest.approx(x.mean()) and mean_a - mean_b == pytest.approx(diff)
-    assert p == pytest.approx(stats.wilcoxon(x).pvalue)
-    assert low < diff < high
+    assert got.n == 40 and got.diff == pytest.approx(x.mean())
+    assert got.mean_better - got.mean_worse == pytest.approx(got.diff)
+    assert got.p_value == pytest.approx(stats.wilcoxon(x).pvalue)
+    assert got.ci_low < got.diff < got.ci_high
+
+
+def test_models_of_another_size_are_not_compared_on_t_f_or_k(tmp_path):
+    live = {"family": "streaming", "future_frames": -6, "chunk_frames": 1, "backbone": "3x256"}
+    systems = {name: desc | {"backbone": "6x256"} if desc["family"] == "streaming" else desc
+               for name, desc in SYSTEMS.items()} | {"live": live}
+    run = _run(tmp_path, OFFSET | {"live": 0.1})
+    (run / "run.json").write_text(json.dumps({"systems": systems}))
+    verdicts = _verdicts(evaluate_claims(run))
+    assert ("coherence rises with t_f", "k1_tf0", "k1_tf-50") in verdicts  # same size: chained
+    assert not any("live" in key[1:] for key in verdicts if key[0] != "t_f < 0 is no better "
+                   "than random pairing")
+    assert ("t_f < 0 is no better than random pairing", "live", "random_pairing") in verdicts
 
 
 def test_write_claims_and_errors(tmp_path):
