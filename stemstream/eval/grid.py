@@ -7,7 +7,7 @@ Example (``configs/experiments/cpu_grid.yaml``)::
     out_dir: runs/grid-cpu
     models:                                      # name -> dotted overrides of the recipe
       k1_tf-50: [model.future_frames=-50]
-      k1_tf0: [model.future_frames=0]
+      k1_tf0: {checkpoint: default}              # or a model trained elsewhere
       k1_tf50: [model.future_frames=50]
       k50_tf0: [model.chunk_frames=50]
       prefix: [family=prefix]
@@ -53,8 +53,15 @@ def load_grid(path: str | Path) -> dict[str, Any]:
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"{path}: 'models' must map names to lists of overrides")
     for name, overrides in models.items():
+        if isinstance(overrides, dict):
+            if set(overrides) != {"checkpoint"} or not isinstance(overrides["checkpoint"], str):
+                raise ConfigError(f"{path}: models.{name} as a mapping takes only 'checkpoint'")
+            continue
         if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
-            raise ConfigError(f"{path}: models.{name} must be a list of 'key=value' strings")
+            raise ConfigError(
+                f"{path}: models.{name} must be a list of 'key=value' strings or "
+                "{checkpoint: PATH}"
+            )
     return data
 
 
@@ -69,6 +76,12 @@ def run_grid(path: str | Path, progress: bool = True, train: bool = True) -> dic
     out = Path(grid["out_dir"])
     systems = {}
     for name, overrides in grid["models"].items():
+        if isinstance(overrides, dict):  # an existing model: evaluated, not trained
+            spec = overrides["checkpoint"]
+            if spec != "default" and not Path(spec).exists():
+                raise ConfigError(f"models.{name}: no such checkpoint {spec}")
+            systems[name] = spec
+            continue
         model_dir = out / "models" / name
         exported = model_dir / "model.safetensors"
         if not exported.exists():

@@ -176,23 +176,30 @@ def test_grid_trains_evaluates_and_plots(setup, fake_metrics, tmp_path):
 
     corpus, _ = setup
     dump = Path(corpus).parent / "dump"
+    tf0 = str(tmp_path / "grid/models/tf0/model.safetensors")  # trained first, then reused
     grid = {
         "train_config": str(TINY),
         "out_dir": str(tmp_path / "grid"),
         "models": {"tf0": [f"dump_dir={dump}", "steps=2"],
-                   "tf2": [f"dump_dir={dump}", "steps=2", "model.future_frames=2"]},
+                   "tf2": [f"dump_dir={dump}", "steps=2", "model.future_frames=2"],
+                   "tf0_again": {"checkpoint": tf0}},
         "eval": {"corpus": str(corpus), "split": "train", "num_examples": 2, "seconds": 1.0,
                  "fad_embedding": "codec"},
     }
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
     result = run_grid(path, progress=False)
-    assert set(result["eval"]["metrics"]) >= {"tf0", "tf2", "ground_truth"}
+    assert set(result["eval"]["metrics"]) >= {"tf0", "tf2", "tf0_again", "ground_truth"}
+    described = json.loads((tmp_path / "grid/eval/run.json").read_text())["systems"]
+    assert described["tf0_again"]["checkpoint"] == grid["models"]["tf0_again"]["checkpoint"]
     assert all(Path(p).exists() for p in result["figures"])
     again = run_grid(path, progress=False, train=False)  # everything reused
     assert again["eval"]["metrics"] == result["eval"]["metrics"]
     path.write_text(yaml.safe_dump({**grid, "extra": 1}))
     with pytest.raises(ConfigError, match="unknown keys"):
+        load_grid(path)
+    path.write_text(yaml.safe_dump({**grid, "models": {"x": {"checkpoint": "a", "steps": 2}}}))
+    with pytest.raises(ConfigError, match="takes only 'checkpoint'"):
         load_grid(path)
     assert set(load_grid("configs/experiments/cpu_grid.yaml")["models"]) == {
         "k1_tf-50", "k1_tf0", "k1_tf50", "k50_tf0", "prefix"}
