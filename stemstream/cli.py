@@ -561,7 +561,7 @@ def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid
 @click.option("--report", "report_out", type=click.Path(path_type=Path), default=None)
 @click.option("--list-devices", is_flag=True, help="List sound devices and exit.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+@click.option("--weights", type=click.Choice(["fp32", "int8"]), default="int8", show_default=True,
               help="Model weights: int8 = dynamic quantisation of Linear layers (faster on CPU).")
 def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sample_rate,
          block_ms, input_device, output_device, duration, report_out, list_devices, seed,

@@ -186,14 +186,14 @@ def run_live(
     duration: float | None = None,
     report_out: str | None = None,
     seed: int = 0,
-    weights: str = "fp32",
+    weights: str = "int8",
 ) -> dict[str, Any]:
     """Play along with the input device until Ctrl-C (or ``duration`` seconds); return the
     session report plus device statistics.
 
     ``model="default"`` means the shipped live model (``default-live``: ``t_f < 0``, plays in
     time). ``latency=None`` picks ``L = 0`` (in time) for a model with ``t_f < 0`` and 200 ms
-    otherwise."""
+    otherwise. Weights default to int8 (the model's Linear layers; ~20 % faster here)."""
     sd = import_sounddevice()
     from stemstream.stream.clock import WallClock
     from stemstream.stream.models import resolve_stream_model
