@@ -5,7 +5,7 @@
   streaming decoder over the shipped codec (random weights, seed 0) stands in, with a warning:
   timings are real, the music is noise.
 * ``default-live`` — the shipped live model (``streaming-live.safetensors``: 3 blocks,
-  ``t_f = -80 ms``, so it can play in time with the musician, with time to spare on a laptop
+  ``t_f = -120 ms``, so it can play in time with the musician, fast enough for a laptop
   CPU). ``stemstream live`` resolves ``default`` to it. Falls back to ``default`` (with a
   warning) where it is not shipped.
 * ``random-cpu`` / ``random-tiny`` — untrained decoders of that preset over the shipped codec

@@ -138,12 +138,18 @@ def warm_start(model: nn.Module, path: str | Path, family: str,
                 f"{tuple(like.shape)}"
             )
         state[name] = source[key].to(like.dtype)
-    if layers is not None:
-        blocks = {int(m.group(2)) for m in map(pattern.match, target) if m}
-        if len(layers) != len(blocks):
-            raise checkpoint.CheckpointError(
-                f"init_layers names {len(layers)} blocks, the model has {len(blocks)}"
-            )
+    def blocks(names) -> int:
+        return len({int(m.group(2)) for m in map(pattern.match, names) if m})
+
+    if layers is not None and len(layers) != blocks(target):
+        raise checkpoint.CheckpointError(
+            f"init_layers names {len(layers)} blocks, the model has {blocks(target)}"
+        )
+    if layers is None and blocks(source) != blocks(target):
+        raise checkpoint.CheckpointError(
+            f"{path} has {blocks(source)} blocks, the model {blocks(target)}: choose them with "
+            "init_layers"
+        )
     model.load_state_dict(state)
 
 

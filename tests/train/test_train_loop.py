@@ -163,6 +163,9 @@ def test_warm_start_refusals(dump, tmp_path):
         ModelTrainer(_config(dump, tmp_path / "a", f"init_from={path}", "init_layers=[0]"))
     with pytest.raises(checkpoint.CheckpointError, match="no tensor"):
         ModelTrainer(_config(dump, tmp_path / "b", f"init_from={path}", "init_layers=[0, 5]"))
+    with pytest.raises(checkpoint.CheckpointError, match="choose them with init_layers"):
+        ModelTrainer(_config(dump, tmp_path / "b2", f"init_from={path}",
+                             "model.backbone_overrides.num_layers=1"))
     with pytest.raises(checkpoint.CheckpointError, match="shape"):
         ModelTrainer(_config(dump, tmp_path / "c", f"init_from={path}",
                              "model.backbone_overrides.dim=32"))
