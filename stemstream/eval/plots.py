@@ -42,7 +42,8 @@ def collect(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 low, high = ci.get(name, {}).get(metric, [float("nan")] * 2)
                 rows.append({"run": str(run), "system": name, "family": desc["family"],
                              "future_seconds": desc.get("future_seconds"),
-                             "chunk_frames": desc.get("chunk_frames"), "metric": metric,
+                             "chunk_frames": desc.get("chunk_frames"),
+                             "backbone": desc.get("backbone"), "metric": metric,
                              "value": value, "ci_low": low, "ci_high": high})
     return rows
 
@@ -67,19 +68,22 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]
             writer.writeheader()
             writer.writerows(selected)
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        lines: dict[int, list[dict]] = defaultdict(list)
+        # One line per (k, backbone size): models of different sizes are not joined.
+        lines: dict[tuple[int, str], list[dict]] = defaultdict(list)
         for row in selected:
             if row["family"] == "streaming":
-                lines[row["chunk_frames"]].append(row)
-        for k in sorted(lines):
-            points = sorted(lines[k], key=lambda r: r["future_seconds"])
+                lines[row["chunk_frames"], row["backbone"] or ""].append(row)
+        sizes = {size for _, size in lines}
+        for k, size in sorted(lines):
+            points = sorted(lines[k, size], key=lambda r: r["future_seconds"])
             x = np.array([p["future_seconds"] for p in points])
             y = np.array([p["value"] for p in points])
             low = np.array([p["ci_low"] for p in points])
             high = np.array([p["ci_high"] for p in points])
             err = np.vstack([y - low, high - y])
             err = np.where(np.isfinite(err), err, 0.0)
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=f"streaming k={k}")
+            label = f"streaming k={k}" + (f", backbone {size}" if len(sizes) > 1 else "")
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
         offline_colors = iter(["tab:green", "tab:purple", "tab:brown", "tab:olive"])
         for row in selected:
             if row["family"] == "streaming":

@@ -203,3 +203,28 @@ def test_grid_trains_evaluates_and_plots(setup, fake_metrics, tmp_path):
         load_grid(path)
     assert set(load_grid("configs/experiments/cpu_grid.yaml")["models"]) == {
         "k1_tf-50", "k1_tf0", "k1_tf50", "k50_tf0", "prefix"}
+
+
+def test_plots_draw_one_line_per_chunk_size_and_backbone(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    systems = {
+        "a": {"family": "streaming", "future_seconds": -1, "chunk_frames": 1, "backbone": "6x256"},
+        "b": {"family": "streaming", "future_seconds": 1, "chunk_frames": 1, "backbone": "6x256"},
+        "live": {"family": "streaming", "future_seconds": -0.12, "chunk_frames": 1,
+                 "backbone": "3x256"},
+    }
+    metrics = {name: {"beat_f": 0.3} for name in [*systems, "ground_truth"]}
+    (tmp_path / "run.json").write_text(json.dumps({"systems": systems}))
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    drawn = []
+    original = matplotlib.axes.Axes.errorbar
+
+    def record(self, x, y, *args, **kwargs):
+        drawn.append((kwargs["label"], len(x)))
+        return original(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", record)
+    plot_runs([tmp_path], tmp_path / "fig")
+    assert sorted(drawn) == [("streaming k=1, backbone 3x256", 1),
+                             ("streaming k=1, backbone 6x256", 2)]
