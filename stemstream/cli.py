@@ -622,10 +622,14 @@ def eval_group() -> None:
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--look-ahead", "look_ahead", type=click.FloatRange(min=0.0), default=1.0,
+              show_default=True,
+              help="Seconds of future input every window keeps (the largest t_f a system of "
+                   "this run may have); fixed per run so that adding systems keeps the windows.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_run(checkpoint, system_specs, corpus, split, num_examples, seconds, out, metrics,
              cocola_path, fad_embedding, beat_tracker, codec_spec, temperature, top_k, seed,
-             progress):
+             look_ahead, progress):
     """Generate for N windows and score every system beside ground truth, codec
     reconstruction and random pairing (OUT/metrics.json, summary.md, per_example.csv)."""
     from stemstream.eval.run import EvalConfig, parse_systems, run_eval
@@ -635,7 +639,7 @@ def eval_run(checkpoint, system_specs, corpus, split, num_examples, seconds, out
         num_examples=num_examples, seconds=seconds, seed=seed,
         metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
         cocola=cocola_path, fad_embedding=fad_embedding, beat_tracker=beat_tracker,
-        temperature=temperature, top_k=top_k, codec=codec_spec,
+        temperature=temperature, top_k=top_k, codec=codec_spec, look_ahead_seconds=look_ahead,
     )
     result = run_eval(config, progress=progress)
     click.echo((out / "summary.md").read_text())

@@ -62,6 +62,10 @@ class EvalConfig:
         beat_tracker: see :func:`stemstream.eval.beats.beat_f_measure`.
         temperature, top_k: sampling.
         codec: codec spec for the anchors (default: the first system's, else ``default``).
+        look_ahead_seconds: future input every window keeps beyond its end, for systems with
+            ``t_f > 0``. Fixed per run, not taken from the systems, so that the windows (the
+            test set) do not change when a system with another ``t_f`` is added to a run;
+            a system that needs more is refused.
     """
 
     corpus: Path
@@ -78,6 +82,7 @@ class EvalConfig:
     temperature: float = 1.0
     top_k: int = 200
     codec: str | None = None
+    look_ahead_seconds: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.metrics) - set(METRICS))
@@ -85,6 +90,8 @@ class EvalConfig:
             raise ConfigError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
         if self.num_examples < 1:
             raise ConfigError(f"num_examples must be >= 1, got {self.num_examples}")
+        if not self.look_ahead_seconds >= 0:
+            raise ConfigError(f"look_ahead_seconds must be >= 0, got {self.look_ahead_seconds}")
         clash = sorted(set(self.systems) & set(ANCHORS))
         if clash:
             raise ConfigError(f"system names {clash} are reserved for the anchors")
@@ -180,9 +187,14 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
             raise ConfigError(f"system {system.name!r} uses another codec than "
                               f"{systems[0].name!r}; evaluate them in separate runs")
     rate, hop = codec.sample_rate, codec.hop_length
-    look_ahead = max([0] + [s.future_frames for s in systems])
+    needed = max([0] + [s.future_frames for s in systems])
+    if needed / codec.frame_rate > config.look_ahead_seconds + 1e-9:
+        raise ConfigError(
+            f"a system needs t_f = {needed / codec.frame_rate:g} s of future input; this run "
+            f"keeps {config.look_ahead_seconds:g} s (raise --look-ahead, in a new --out)"
+        )
     windows = WindowConfig(window_seconds=config.seconds,
-                           future_seconds=look_ahead / codec.frame_rate)
+                           future_seconds=config.look_ahead_seconds)
     log.info("selecting %s windows of %s/%s", config.split, config.corpus, windows)
     dataset = WindowDataset(config.corpus, config.split, windows, sample_rate=rate,
                             seed=config.seed)
@@ -213,7 +225,15 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         meta = {**example.provenance, "inst_class": example.inst_class,
                 "random_pairing": {"index": pair_index, "same_class": bool(same),
                                    **dataset[pair_index].provenance}}
-        (folder / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+        meta = json.loads(json.dumps(meta))  # as it reads back from the file
+        meta_path = folder / "meta.json"
+        if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+            raise ConfigError(
+                f"{folder} holds another window than this run selects (other corpus, split, "
+                "seconds, seed or look-ahead?): its audio would be scored against the wrong "
+                "input. Evaluate into a new --out."
+            )
+        meta_path.write_text(json.dumps(meta, indent=1) + "\n")
         _cached(folder / "input.wav", lambda: input_audio, rate)
         stems: dict[str, np.ndarray] = {
             "ground_truth": _cached(folder / "ground_truth.wav", lambda: target, rate)

@@ -94,8 +94,10 @@ def fake_metrics(monkeypatch):
 
 def test_run_writes_every_system_and_anchor_and_resumes(setup, fake_metrics, tmp_path):
     corpus, models = setup
+    mock = MockCodec()
     config = EvalConfig(corpus=corpus, out=tmp_path / "run", systems=models, split="train",
-                        num_examples=2, seconds=1.0, fad_embedding="codec")
+                        num_examples=2, seconds=1.0, fad_embedding="codec",
+                        look_ahead_seconds=2 * mock.hop_length / mock.sample_rate)
     result = run_eval(config, progress=False)
     names = ["ground_truth", "codec_reconstruction", "random_pairing", "stream_tf2", "prefix"]
     assert list(result["metrics"]) == names
@@ -147,6 +149,15 @@ def test_run_writes_every_system_and_anchor_and_resumes(setup, fake_metrics, tmp
     assert set(more["metrics"]["again"]) == set(more["metrics"]["prefix"])
     assert more["metrics"]["random_pairing"]["beat_f"] != result["metrics"]["random_pairing"][
         "beat_f"]
+
+    # Another window selection in the same folder is refused, not scored against stale audio.
+    moved = EvalConfig(**{**config.__dict__, "seed": 1})
+    with pytest.raises(ConfigError, match="holds another window"):
+        run_eval(moved, progress=False)
+    # A system that needs more future input than the run keeps is refused.
+    short = EvalConfig(**{**config.__dict__, "look_ahead_seconds": 0.0})
+    with pytest.raises(ConfigError, match="future input"):
+        run_eval(short, progress=False)
 
     run_info = json.loads((tmp_path / "run" / "run.json").read_text())
     assert run_info["systems"]["stream_tf2"]["future_frames"] == 2
