@@ -227,13 +227,14 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
                                    **dataset[pair_index].provenance}}
         meta = json.loads(json.dumps(meta))  # as it reads back from the file
         meta_path = folder / "meta.json"
-        if meta_path.exists() and json.loads(meta_path.read_text()) != meta:
+        if not meta_path.exists():
+            meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+        elif json.loads(meta_path.read_text()) != meta:
             raise ConfigError(
                 f"{folder} holds another window than this run selects (other corpus, split, "
                 "seconds, seed or look-ahead?): its audio would be scored against the wrong "
                 "input. Evaluate into a new --out."
             )
-        meta_path.write_text(json.dumps(meta, indent=1) + "\n")
         _cached(folder / "input.wav", lambda: input_audio, rate)
         stems: dict[str, np.ndarray] = {
             "ground_truth": _cached(folder / "ground_truth.wav", lambda: target, rate)
