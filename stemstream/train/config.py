@@ -81,9 +81,12 @@ class ModelTrainConfig:
     # Warm start (fresh runs only; a resumed run loads its own checkpoint): the weights of a
     # model checkpoint of the same family, with ``init_layers`` naming which of its backbone
     # blocks become this model's blocks (e.g. [0, 2, 4] for a 3-layer model from a 6-layer
-    # one). Every other tensor must match in shape.
+    # one). Every other tensor must match in shape. ``init_shared: true`` relaxes that for
+    # another family (e.g. a prefix decoder from a streaming model): the tensors both models
+    # have, by name and shape, are loaded and the rest keep their fresh initialisation.
     init_from: Path | None = None
     init_layers: tuple[int, ...] | None = None
+    init_shared: bool = False
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "steps", "log_every", "valid_every", "checkpoint_every")
@@ -101,6 +104,8 @@ class ModelTrainConfig:
             raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
         if self.init_layers is not None and self.init_from is None:
             raise ConfigError("init_layers needs init_from")
+        if self.init_shared and self.init_from is None:
+            raise ConfigError("init_shared needs init_from")
 
 
 def resolve_future_frames(spec: ModelSpec, frame_rate_hz: float, dumped_future: int) -> int:

@@ -94,25 +94,32 @@ def export_checkpoint(path: str | Path, out: str | Path) -> Path:
 
 def warm_start(model: nn.Module, path: str | Path, family: str,
                layers: tuple[int, ...] | list[int] | None = None,
-               codec: dict[str, Any] | None = None) -> None:
+               codec: dict[str, Any] | None = None, shared: bool = False) -> list[str]:
     """Load the weights of the model checkpoint at ``path`` into ``model`` (in place).
 
     ``layers[i]`` names the source backbone block that becomes block ``i`` (``None``: the same
     blocks in the same order). Everything else must match by name and shape; the future
-    visibility and chunk size may differ (they are not weights). With ``codec`` (an identity),
-    the checkpoint must have been trained on that codec's tokens.
+    visibility and chunk size may differ (they are not weights). With ``shared``, the source
+    may be of another family: only the tensors both models have (by name and shape) are
+    loaded, the others keep their initialisation. With ``codec`` (an identity), the checkpoint
+    must have been trained on that codec's tokens.
+
+    Returns:
+        The names of the model's tensors that were *not* loaded (empty unless ``shared``).
 
     Raises:
-        CheckpointError: another kind or family of checkpoint, a missing source block, or a
-            tensor whose shape differs.
+        CheckpointError: another kind or family of checkpoint (without ``shared``), a missing
+            source block, a tensor whose shape differs, or (``shared``) no backbone tensor in
+            common.
         ConfigError: the checkpoint was trained on another codec's tokens.
     """
     tensors, meta = checkpoint.load(path)
     if meta.get("kind") not in (MODEL_KIND, TRAIN_KIND):
         raise checkpoint.CheckpointError(f"{path}: not a model checkpoint ({meta.get('kind')})")
-    if meta.get("family") != family:
+    if meta.get("family") != family and not shared:
         raise checkpoint.CheckpointError(
-            f"{path}: holds a {meta.get('family')!r} model, cannot initialise a {family!r} one"
+            f"{path}: holds a {meta.get('family')!r} model, cannot initialise a {family!r} one "
+            "(init_shared loads only the tensors both families have)"
         )
     if codec is not None:
         _check_codec(f"init_from {path}", meta.get("codec", {}), codec)
@@ -120,6 +127,7 @@ def warm_start(model: nn.Module, path: str | Path, family: str,
     pattern = re.compile(r"^(.*\blayers\.)(\d+)(\..*)$")
     target = model.state_dict()
     state: dict[str, torch.Tensor] = {}
+    skipped: list[str] = []
     for name, like in target.items():
         key = name
         match = pattern.match(name)
@@ -130,6 +138,10 @@ def warm_start(model: nn.Module, path: str | Path, family: str,
                     f"init_layers names {len(layers)} blocks; the model has more ({name})"
                 )
             key = f"{match.group(1)}{layers[index]}{match.group(3)}"
+        if key not in source or source[key].shape != like.shape:
+            if shared and not (match and layers is not None):
+                skipped.append(name)
+                continue
         if key not in source:
             raise checkpoint.CheckpointError(f"{path}: has no tensor {key!r} (for {name!r})")
         if source[key].shape != like.shape:
@@ -138,6 +150,7 @@ def warm_start(model: nn.Module, path: str | Path, family: str,
                 f"{tuple(like.shape)}"
             )
         state[name] = source[key].to(like.dtype)
+
     def blocks(names) -> int:
         return len({int(m.group(2)) for m in map(pattern.match, names) if m})
 
@@ -150,7 +163,10 @@ def warm_start(model: nn.Module, path: str | Path, family: str,
             f"{path} has {blocks(source)} blocks, the model {blocks(target)}: choose them with "
             "init_layers"
         )
-    model.load_state_dict(state)
+    if shared and not any(pattern.match(name) for name in state):
+        raise checkpoint.CheckpointError(f"{path}: no backbone tensor in common with the model")
+    model.load_state_dict(state, strict=not shared)
+    return skipped
 
 
 class _Dist(NamedTuple):
@@ -218,10 +234,11 @@ class ModelTrainer:
         torch.manual_seed(config.seed)
         self.model = self.family.build(self.model_config).to(self.device)
         if config.init_from is not None:
-            warm_start(self.model, config.init_from, config.family, config.init_layers,
-                       self.codec_identity)
-            log.info("initialised from %s (blocks %s)", config.init_from,
-                     "all" if config.init_layers is None else list(config.init_layers))
+            fresh = warm_start(self.model, config.init_from, config.family, config.init_layers,
+                               self.codec_identity, shared=config.init_shared)
+            log.info("initialised from %s (blocks %s)%s", config.init_from,
+                     "all" if config.init_layers is None else list(config.init_layers),
+                     f"; kept fresh: {', '.join(fresh)}" if fresh else "")
         self.net: nn.Module = self.model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel

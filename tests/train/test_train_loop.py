@@ -180,6 +180,30 @@ def test_warm_start_refusals(dump, tmp_path):
         _config(dump, tmp_path / "f", "init_layers=[0]")
 
 
+def test_warm_start_across_families_loads_only_shared_tensors(dump, tmp_path):
+    source = _train(dump, tmp_path / "src", "steps=2")
+    path = source.export(tmp_path / "src.safetensors")
+    fresh = ModelTrainer(_config(dump, tmp_path / "fresh", "family=prefix"))
+    student = ModelTrainer(_config(dump, tmp_path / "dst", "family=prefix",
+                                   f"init_from={path}", "init_shared=true"))
+    want, got, init = (m.model.state_dict() for m in (source, student, fresh))
+    loaded = [name for name in got if name in want and want[name].shape == got[name].shape]
+    assert any("backbone.layers." in name for name in loaded) and "heads.weight" in loaded
+    for name in loaded:
+        assert torch.equal(got[name], want[name]), name
+    # The prefix decoder's own tensors (its start token) keep their fresh initialisation.
+    own = [name for name in got if name not in want]
+    assert own
+    for name in own:
+        assert torch.equal(got[name], init[name]), name
+    # Another backbone size is still refused: shared tensors must match in shape.
+    with pytest.raises(checkpoint.CheckpointError, match="blocks"):
+        ModelTrainer(_config(dump, tmp_path / "g", "family=stemgen", f"init_from={path}",
+                             "init_shared=true", "model.backbone_overrides.num_layers=1"))
+    with pytest.raises(ConfigError, match="init_shared needs init_from"):
+        _config(dump, tmp_path / "h", "init_shared=true")
+
+
 def test_dump_of_another_codec_is_refused(dump, tmp_path):
     other = tmp_path / "dump"
     other.mkdir()
