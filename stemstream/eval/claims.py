@@ -12,7 +12,7 @@ The claims are derived from the systems the run holds (``run.json``: family, ``t
 
 1. every model with ``t_f >= 0`` beats random pairing;
 2. coherence rises with ``t_f`` (same ``k`` and backbone, each larger ``t_f`` against the next
-   smaller);
+   smaller, and with three or more, the largest against the smallest);
 3. larger ``k`` hurts (same ``t_f`` and backbone, smaller ``k`` against larger);
 4. ``t_f < 0`` collapses towards random pairing: such a model against random pairing, where
    "not shown" (or a small difference) *supports* the paper.
@@ -124,6 +124,9 @@ def _claims(systems: dict[str, dict[str, Any]], present: set[str]) -> list[tuple
         group.sort()
         claims += [("coherence rises with t_f", high, low)
                    for (_, low), (_, high) in zip(group, group[1:], strict=False)]
+        if len(group) > 2:
+            claims.append(("coherence rises with t_f (largest vs smallest)", group[-1][1],
+                           group[0][1]))
     for group in by_tf.values():
         group.sort()
         claims += [("larger k hurts", small, large)

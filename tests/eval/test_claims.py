@@ -54,6 +54,8 @@ def test_planted_effects_are_recovered(tmp_path):
     assert verdicts[("beats random pairing", "prefix", "random_pairing")] == {"holds"}
     assert verdicts[("coherence rises with t_f", "k1_tf50", "k1_tf0")] == {"holds"}
     assert verdicts[("coherence rises with t_f", "k1_tf0", "k1_tf-50")] == {"holds"}
+    assert verdicts[("coherence rises with t_f (largest vs smallest)", "k1_tf50",
+                     "k1_tf-50")] == {"holds"}
     assert verdicts[("larger k hurts", "k1_tf0", "k50_tf0")] == {"holds"}
     assert verdicts[("t_f < 0 is no better than random pairing", "k1_tf-50",
                      "random_pairing")] == {"not shown"}
