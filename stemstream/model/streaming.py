@@ -42,9 +42,14 @@ class StreamingDecoderConfig:
     num_classes: int = 18
     future_frames: int = 0
     chunk_frames: int = 1
+    # training only: the probability that a window's whole target history is hidden (its
+    # token embeddings zeroed; the instrument token stays), forcing the input path
+    history_dropout: float = 0.0
 
     def __post_init__(self):
         check_stream_args(self.future_frames, self.chunk_frames)
+        if not 0 <= self.history_dropout <= 1:
+            raise ConfigError(f"history_dropout must be in [0, 1], got {self.history_dropout}")
         for name in ("num_codebooks", "codebook_size", "input_dim", "num_classes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -138,8 +143,12 @@ class StreamingDecoder(nn.Module):
         tokens = delayed[:, :, prev].masked_fill((layout.token_step < 0)[None, None], -1)
         frames = layout.input_frame
         latents = input_latents.transpose(1, 2)[:, frames.clamp_min(0)]
+        token_emb = self.embed_tokens(tokens, inst)
+        if self.training and self.config.history_dropout > 0:
+            hide = torch.rand(tokens.shape[0], device=device) < self.config.history_dropout
+            token_emb = token_emb.masked_fill((hide[:, None] & (tokens[:, 0] >= 0))[..., None], 0.0)
         hidden = self.backbone(
-            self.fuse(latents, frames >= 0, self.embed_tokens(tokens, inst)),
+            self.fuse(latents, frames >= 0, token_emb),
             positions=layout.positions,
             mask=layout.mask,
         )

@@ -25,6 +25,9 @@ class ModelSpec:
         future_frames: ``t_f`` in frames; ``None`` = from ``future_seconds``, else the dump's.
         future_seconds: ``t_f`` in seconds (converted with the dump's frame rate).
         chunk_frames: ``k``, frames decided per call.
+        history_dropout: streaming family only: the probability that a training window hides
+            its whole target history from the model, which must then predict from the input
+            and the instrument alone (an input-forcing regulariser; 0 = off).
         num_classes: instrument classes (``None`` = :data:`~stemstream.data.instruments.
             NUM_CLASSES`).
     """
@@ -35,6 +38,7 @@ class ModelSpec:
     future_frames: int | None = None
     future_seconds: float | None = None
     chunk_frames: int = 1
+    history_dropout: float = 0.0
     num_classes: int | None = None
 
     def __post_init__(self) -> None:
@@ -42,6 +46,9 @@ class ModelSpec:
             raise ConfigError(f"model.num_codebooks must be >= 1, got {self.num_codebooks}")
         if self.chunk_frames < 1:
             raise ConfigError(f"model.chunk_frames (k) must be >= 1, got {self.chunk_frames}")
+        if not 0 <= self.history_dropout <= 1:
+            raise ConfigError(f"model.history_dropout must be in [0, 1], got "
+                              f"{self.history_dropout}")
         if self.future_frames is not None and self.future_seconds is not None:
             raise ConfigError("give model.future_frames or model.future_seconds, not both")
         if self.future_seconds is not None and not math.isfinite(self.future_seconds):

@@ -64,6 +64,7 @@ def _streaming() -> Family:
             num_classes=facts.num_classes,
             future_frames=facts.future_frames,
             chunk_frames=spec.chunk_frames,
+            history_dropout=spec.history_dropout,
         )
 
     return Family(StreamingDecoderConfig, StreamingDecoder, make)
@@ -79,6 +80,8 @@ def _offline(module: str, config_name: str, model_name: str) -> Callable[[], Fam
         config_class, model_class = getattr(mod, config_name), getattr(mod, model_name)
 
         def make(spec: ModelSpec, facts: DumpFacts) -> Any:
+            if spec.history_dropout:
+                raise ConfigError("model.history_dropout applies to the streaming family only")
             return config_class(
                 backbone=_backbone(spec),
                 num_codebooks=spec.num_codebooks,

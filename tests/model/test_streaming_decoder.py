@@ -181,3 +181,23 @@ def test_reduced_precision_and_int8_inference_run():
     state = quant.new_state(inst, max_steps=8)
     tokens = quant.generate_chunk(state, x, SamplingConfig(temperature=0.0))
     assert tokens.shape == (2, K, 1)
+
+
+def test_history_dropout_hides_the_target_history_in_training_only():
+    from dataclasses import replace
+
+    base = _model(0, 1)
+    model = StreamingDecoder(replace(base.config, history_dropout=1.0))
+    model.load_state_dict(base.state_dict())
+    x, y, inst = _batch(0)
+    other = (y + 1) % V  # another target history, same input
+    model.train()
+    hidden = model(x, y, inst).logits, model(x, other, inst).logits
+    torch.testing.assert_close(*hidden)  # predicted from input + instrument alone
+    model.eval()  # inference always sees the history
+    assert not torch.allclose(model(x, y, inst).logits, model(x, other, inst).logits)
+    # the instrument token is never hidden
+    model.train()
+    assert not torch.allclose(model(x, y, inst).logits, model(x, y, inst.flip(0)).logits)
+    with pytest.raises(ConfigError, match="history_dropout"):
+        replace(base.config, history_dropout=1.5)

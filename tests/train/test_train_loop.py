@@ -237,6 +237,12 @@ def test_config_errors_and_units(dump, tmp_path):
     assert seconds.model_config.future_frames == 10
     default = ModelTrainer(_config(dump, tmp_path, "model.future_frames=null"))
     assert default.model_config.future_frames == 10  # the dump's t_f
+    forced = ModelTrainer(_config(dump, tmp_path / "hd", "model.history_dropout=0.3"))
+    assert forced.model_config.history_dropout == 0.3
+    with pytest.raises(ConfigError, match="streaming family only"):
+        ModelTrainer(_config(dump, tmp_path / "hd2", "family=prefix", "model.history_dropout=0.3"))
+    with pytest.raises(ConfigError, match=r"history_dropout must be in \[0, 1\]"):
+        _config(dump, tmp_path, "model.history_dropout=2")
 
 
 def test_cli_train_and_resume(dump, tmp_path):
