@@ -367,11 +367,14 @@ def train(config_path, overrides, stop_after, time_limit, progress):
 @cli.command("export")
 @click.argument("checkpoint_path", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
-def export_model(checkpoint_path, out):
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
+              help="Store the weights in this type (float16: half the file; loading casts "
+                   "back to float32). Also accepts an exported checkpoint.")
+def export_model(checkpoint_path, out, dtype):
     """Write the model of a training checkpoint as an inference checkpoint (no optimizer)."""
     from stemstream.train.loop import export_checkpoint
 
-    click.echo(f"wrote {export_checkpoint(checkpoint_path, out)}")
+    click.echo(f"wrote {export_checkpoint(checkpoint_path, out, dtype)}")
 
 
 @cli.command("generate")

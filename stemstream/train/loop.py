@@ -78,18 +78,33 @@ def load_model(path: str | Path, family: str | None = None) -> LoadedModel:
     return LoadedModel(model.eval(), meta["family"], config, meta["codec"])
 
 
-def export_checkpoint(path: str | Path, out: str | Path) -> Path:
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def export_checkpoint(path: str | Path, out: str | Path, dtype: str | None = None) -> Path:
     """Write the model of a training checkpoint as an inference checkpoint (``kind: model``;
-    no optimizer or RNG state) without the token dump the trainer would need."""
+    no optimizer or RNG state) without the token dump the trainer would need.
+
+    ``dtype`` (a key of :data:`STORE_DTYPES`) stores the floating-point weights in that type,
+    e.g. ``float16`` for half the file size; :func:`load_model` casts them back to the
+    model's float32. With ``dtype`` the source may also be an exported checkpoint.
+    """
+    if dtype is not None and dtype not in STORE_DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
     tensors, meta = checkpoint.load(path)
-    if meta.get("kind") == MODEL_KIND:
+    if meta.get("kind") == MODEL_KIND and dtype is None:
         raise checkpoint.CheckpointError(f"{path}: already an exported model checkpoint")
-    if meta.get("kind") != TRAIN_KIND:
+    if meta.get("kind") not in (TRAIN_KIND, MODEL_KIND):
         raise checkpoint.CheckpointError(f"{path}: not a model training checkpoint")
     model = {k: v for k, v in tensors.items() if k.startswith("model/")}
     keep = ("family", "model", "codec", "stemstream_version", "step")
+    extra = {}
+    if dtype is not None:
+        model = {k: v.to(STORE_DTYPES[dtype]) if v.is_floating_point() else v
+                 for k, v in model.items()}
+        extra = {"stored_dtype": dtype}
     return checkpoint.save(out, model, {"kind": MODEL_KIND} | {k: meta[k] for k in keep
-                                                              if k in meta})
+                                                              if k in meta} | extra)
 
 
 def warm_start(model: nn.Module, path: str | Path, family: str,

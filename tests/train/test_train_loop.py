@@ -21,6 +21,7 @@ from stemstream.data.dump import dump_corpus
 from stemstream.data.windows import WindowConfig
 from stemstream.errors import ConfigError
 from stemstream.train import ModelTrainConfig, ModelTrainer, load_model
+from stemstream.train.loop import export_checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
 from slakh_fixture import write_fake_slakh  # noqa: E402
@@ -109,6 +110,19 @@ def test_export_and_load_model(dump, tmp_path):
         assert torch.equal(trainer._loss(loaded.model, batch), expected)
     with pytest.raises(checkpoint.CheckpointError, match="'prefix'"):
         load_model(path, family="prefix")
+    # float16 storage: half the tensor bytes, loaded back as float32 within half precision
+    half = export_checkpoint(path, tmp_path / "half.safetensors", "float16")
+    assert checkpoint.load(half)[1]["stored_dtype"] == "float16"
+    assert half.stat().st_size < 0.6 * path.stat().st_size
+    small = load_model(half, family="streaming")
+    for name, value in small.model.state_dict().items():
+        want = loaded.model.state_dict()[name]
+        assert value.dtype == want.dtype
+        torch.testing.assert_close(value, want, rtol=1e-3, atol=1e-4)
+    with pytest.raises(checkpoint.CheckpointError, match="already an exported"):
+        export_checkpoint(path, tmp_path / "again.safetensors")
+    with pytest.raises(ConfigError, match="dtype must be one of"):
+        export_checkpoint(path, tmp_path / "x.safetensors", "int4")
 
 
 def test_resume_refuses_other_family_codec_or_shape(dump, tmp_path):
