@@ -601,6 +601,17 @@ def eval_group() -> None:
     """Evaluate accompaniment: metrics runs, figures, listening studies."""
 
 
+def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    """``"16,8,4,4"`` -> ``(16, 8, 4, 4)``; a clear usage error otherwise."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(item) for item in text.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}",
+                                 param_hint=option) from None
+
+
 @eval_group.command("run")
 @click.option("--checkpoint", default=None,
               help="A model checkpoint (any family), or `default` (the shipped model); "
@@ -629,10 +640,13 @@ def eval_group() -> None:
               show_default=True,
               help="Seconds of future input every window keeps (the largest t_f a system of "
                    "this run may have); fixed per run so that adding systems keeps the windows.")
+@click.option("--stemgen-steps", default=None, metavar="N,N,N,N",
+              help="StemGen iterations per RVQ level (default: the model's own, A.5's "
+                   "128,64,32,32); fewer for a CPU budget.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_run(checkpoint, system_specs, corpus, split, num_examples, seconds, out, metrics,
              cocola_path, fad_embedding, beat_tracker, codec_spec, temperature, top_k, seed,
-             look_ahead, progress):
+             look_ahead, stemgen_steps, progress):
     """Generate for N windows and score every system beside ground truth, codec
     reconstruction and random pairing (OUT/metrics.json, summary.md, per_example.csv)."""
     from stemstream.eval.run import EvalConfig, parse_systems, run_eval
@@ -643,6 +657,7 @@ def eval_run(checkpoint, system_specs, corpus, split, num_examples, seconds, out
         metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
         cocola=cocola_path, fad_embedding=fad_embedding, beat_tracker=beat_tracker,
         temperature=temperature, top_k=top_k, codec=codec_spec, look_ahead_seconds=look_ahead,
+        stemgen_steps=_int_list(stemgen_steps, "--stemgen-steps"),
     )
     result = run_eval(config, progress=progress)
     click.echo((out / "summary.md").read_text())

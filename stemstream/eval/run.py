@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ class EvalConfig:
             ``t_f > 0``. Fixed per run, not taken from the systems, so that the windows (the
             test set) do not change when a system with another ``t_f`` is added to a run;
             a system that needs more is refused.
+        stemgen_steps: StemGen iterations per RVQ level (``None``: each model's own schedule,
+            A.5's 128/64/32/32; fewer cost proportionally less CPU time).
     """
 
     corpus: Path
@@ -83,8 +85,12 @@ class EvalConfig:
     top_k: int = 200
     codec: str | None = None
     look_ahead_seconds: float = 1.0
+    stemgen_steps: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.stemgen_steps is not None and (
+                not self.stemgen_steps or min(self.stemgen_steps) < 1):
+            raise ConfigError(f"stemgen_steps must be ints >= 1, got {self.stemgen_steps}")
         unknown = sorted(set(self.metrics) - set(METRICS))
         if unknown:
             raise ConfigError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
@@ -114,9 +120,13 @@ class _System:
         out = {"checkpoint": self.spec, "family": self.family,
                "future_frames": self.future_frames, "chunk_frames": self.chunk_frames,
                "future_seconds": self.future_frames / self.codec.frame_rate}
-        backbone = getattr(getattr(self.model, "config", None), "backbone", None)
+        config = getattr(self.model, "config", None)
+        backbone = getattr(config, "backbone", None)
         if backbone is not None:  # claims compare t_f and k only within one size
             out["backbone"] = f"{backbone.num_layers}x{backbone.dim}"
+        schedule = getattr(config, "schedule", None)
+        if schedule is not None:
+            out["steps_per_level"] = list(schedule.steps_per_level)
         return out
 
 
@@ -135,7 +145,8 @@ def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, s
     return out
 
 
-def _load_system(name: str, spec: str, codec_spec: str | None) -> _System:
+def _load_system(name: str, spec: str, codec_spec: str | None,
+                 stemgen_steps: tuple[int, ...] | None = None) -> _System:
     from stemstream.model.streaming import StreamingDecoder
     from stemstream.stream.offline import codec_for
     from stemstream.train.loop import load_model
@@ -153,7 +164,31 @@ def _load_system(name: str, spec: str, codec_spec: str | None) -> _System:
         future, chunk = model.config.future_frames, model.config.chunk_frames
     else:
         future, chunk = 0, 0
+    schedule = getattr(model.config, "schedule", None)
+    if stemgen_steps is not None and schedule is not None:
+        if len(stemgen_steps) != len(schedule.steps_per_level):
+            raise ConfigError(f"system {name!r}: stemgen_steps needs one entry per level "
+                              f"({len(schedule.steps_per_level)}), got {list(stemgen_steps)}")
+        model.config = replace(model.config,
+                               schedule=replace(schedule, steps_per_level=tuple(stemgen_steps)))
     return _System(name, spec, model, codec, family, future, chunk)
+
+
+def _check_cached_systems(out: Path, systems: list[_System]) -> None:
+    """Refuse a system whose name an earlier run of ``out`` used for another checkpoint or
+    setting: its cached audio would be scored as this system's."""
+    info = out / "run.json"
+    if not info.is_file():
+        return
+    before = json.loads(info.read_text()).get("systems", {})
+    for system in systems:
+        old = before.get(system.name)
+        if old is not None and old != system.describe():
+            raise ConfigError(
+                f"system {system.name!r} was generated in {out} as {old}, now {system.describe()}"
+                ": its cached audio belongs to the other one; use another name, or delete "
+                f"{out}/examples/*/{system.name}*.wav"
+            )
 
 
 def _bootstrap_ci(values: np.ndarray, rng: np.random.Generator, draws: int = 2000
@@ -180,7 +215,9 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     began = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    systems = [_load_system(n, s, config.codec) for n, s in config.systems.items()]
+    systems = [_load_system(n, s, config.codec, config.stemgen_steps)
+               for n, s in config.systems.items()]
+    _check_cached_systems(out, systems)
     codec = systems[0].codec if systems else get_codec(config.codec or "default")
     for system in systems:
         if system.codec.codec_identity() != codec.codec_identity():

@@ -239,3 +239,38 @@ def test_plots_draw_one_line_per_chunk_size_and_backbone(tmp_path, monkeypatch):
     plot_runs([tmp_path], tmp_path / "fig")
     assert sorted(drawn) == [("streaming k=1, backbone 3x256", 1),
                              ("streaming k=1, backbone 6x256", 2)]
+
+
+def test_a_system_name_reused_for_another_model_is_refused(setup, fake_metrics, tmp_path):
+    corpus, models = setup
+    mock = MockCodec()
+    config = EvalConfig(corpus=corpus, out=tmp_path / "run", systems={"a": models["prefix"]},
+                        split="train", num_examples=1, seconds=1.0, metrics=("beat",),
+                        look_ahead_seconds=2 * mock.hop_length / mock.sample_rate)
+    run_eval(config, progress=False)
+    swapped = EvalConfig(**{**config.__dict__, "systems": {"a": models["stream_tf2"]}})
+    with pytest.raises(ConfigError, match="'a' was generated in"):
+        run_eval(swapped, progress=False)
+
+
+def test_stemgen_steps_override_the_schedule_and_are_recorded(setup, tmp_path):
+    from stemstream.eval.run import _load_system
+
+    corpus, _ = setup
+    dump = Path(setup[1]["prefix"]).parents[1] / "dump"
+    config = load_config(ModelTrainConfig, TINY, [f"dump_dir={dump}", "family=stemgen",
+                                                  f"out_dir={tmp_path / 'sg'}", "steps=1"])
+    trainer = ModelTrainer(config)
+    trainer.run(progress=False)
+    path = str(trainer.export(tmp_path / "sg.safetensors"))
+    levels = len(trainer.model_config.schedule.steps_per_level)
+    steps = tuple(range(levels, 0, -1))
+    system = _load_system("sg", path, None, steps)
+    assert system.model.config.schedule.steps_per_level == steps
+    assert system.describe()["steps_per_level"] == list(steps)
+    own = _load_system("sg", path, None).describe()["steps_per_level"]
+    assert own == list(trainer.model_config.schedule.steps_per_level) != list(steps)
+    with pytest.raises(ConfigError, match="one entry per level"):
+        _load_system("sg", path, None, (*steps, 1))
+    with pytest.raises(ConfigError, match="stemgen_steps must be ints >= 1"):
+        EvalConfig(corpus=corpus, out=tmp_path, stemgen_steps=(4, 0))
