@@ -213,7 +213,8 @@ def test_grid_trains_evaluates_and_plots(setup, fake_metrics, tmp_path):
     with pytest.raises(ConfigError, match="takes only 'checkpoint'"):
         load_grid(path)
     assert set(load_grid("configs/experiments/cpu_grid.yaml")["models"]) == {
-        "k1_tf-50", "k1_tf0", "k1_tf50", "k50_tf0", "prefix", "stemgen", "k1_tf0_hd50"}
+        "k1_tf-50", "k1_tf0", "k1_tf50", "k50_tf0", "prefix", "stemgen", "k1_tf0_hd50",
+        "k1_tf50_hd50", "k1_tf-50_hd50"}
 
 
 def test_plots_draw_one_line_per_chunk_size_and_backbone(tmp_path, monkeypatch):
