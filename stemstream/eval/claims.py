@@ -11,9 +11,10 @@ a two-sided Wilcoxon signed-rank test. A claim "A > B on metric m" then reads:
 The claims are derived from the systems the run holds (``run.json``: family, ``t_f``, ``k``):
 
 1. every model with ``t_f >= 0`` beats random pairing;
-2. coherence rises with ``t_f`` (same ``k`` and backbone, each larger ``t_f`` against the next
-   smaller, and with three or more, the largest against the smallest);
-3. larger ``k`` hurts (same ``t_f`` and backbone, smaller ``k`` against larger);
+2. coherence rises with ``t_f`` (same ``k``, backbone and training variant, each larger
+   ``t_f`` against the next smaller, and with three or more, the largest against the
+   smallest);
+3. larger ``k`` hurts (same ``t_f``, backbone and variant, smaller ``k`` against larger);
 4. ``t_f < 0`` collapses towards random pairing: such a model against random pairing, where
    "not shown" (or a small difference) *supports* the paper.
 
@@ -113,13 +114,14 @@ def _claims(systems: dict[str, dict[str, Any]], present: set[str]) -> list[tuple
             if name in present and desc.get("family") != "anchor":
                 if desc.get("family") != "streaming" or desc.get("future_frames", 0) >= 0:
                     claims.append(("beats random pairing", name, "random_pairing"))
-    # Models of different sizes (``backbone``; absent in older runs) are not compared.
-    by_k: dict[tuple[int, Any], list[tuple[int, str]]] = defaultdict(list)
-    by_tf: dict[tuple[int, Any], list[tuple[int, str]]] = defaultdict(list)
+    # Models of different sizes (``backbone``; absent in older runs) or training variants
+    # (``variant``, e.g. history dropout) are not compared on t_f or k.
+    by_k: dict[tuple[int, Any, str], list[tuple[int, str]]] = defaultdict(list)
+    by_tf: dict[tuple[int, Any, str], list[tuple[int, str]]] = defaultdict(list)
     for name, desc in streaming.items():
-        size = desc.get("backbone")
-        by_k[desc["chunk_frames"], size].append((desc["future_frames"], name))
-        by_tf[desc["future_frames"], size].append((desc["chunk_frames"], name))
+        kind = desc.get("backbone"), desc.get("variant", "")
+        by_k[desc["chunk_frames"], *kind].append((desc["future_frames"], name))
+        by_tf[desc["future_frames"], *kind].append((desc["chunk_frames"], name))
     for group in by_k.values():
         group.sort()
         claims += [("coherence rises with t_f", high, low)

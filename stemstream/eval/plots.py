@@ -43,7 +43,8 @@ def collect(run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
                 rows.append({"run": str(run), "system": name, "family": desc["family"],
                              "future_seconds": desc.get("future_seconds"),
                              "chunk_frames": desc.get("chunk_frames"),
-                             "backbone": desc.get("backbone"), "metric": metric,
+                             "backbone": desc.get("backbone"),
+                             "variant": desc.get("variant", ""), "metric": metric,
                              "value": value, "ci_low": low, "ci_high": high})
     return rows
 
@@ -68,21 +69,23 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]
             writer.writeheader()
             writer.writerows(selected)
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
-        # One line per (k, backbone size): models of different sizes are not joined.
-        lines: dict[tuple[int, str], list[dict]] = defaultdict(list)
+        # One line per (k, backbone size, training variant): models of different sizes or
+        # variants are not joined.
+        lines: dict[tuple[int, str, str], list[dict]] = defaultdict(list)
         for row in selected:
             if row["family"] == "streaming":
-                lines[row["chunk_frames"], row["backbone"] or ""].append(row)
-        sizes = {size for _, size in lines}
-        for k, size in sorted(lines):
-            points = sorted(lines[k, size], key=lambda r: r["future_seconds"])
+                lines[row["chunk_frames"], row["backbone"] or "", row["variant"]].append(row)
+        sizes = {size for _, size, _ in lines}
+        for k, size, variant in sorted(lines):
+            points = sorted(lines[k, size, variant], key=lambda r: r["future_seconds"])
             x = np.array([p["future_seconds"] for p in points])
             y = np.array([p["value"] for p in points])
             low = np.array([p["ci_low"] for p in points])
             high = np.array([p["ci_high"] for p in points])
             err = np.vstack([y - low, high - y])
             err = np.where(np.isfinite(err), err, 0.0)
-            label = f"streaming k={k}" + (f", backbone {size}" if len(sizes) > 1 else "")
+            label = (f"streaming k={k}" + (f", backbone {size}" if len(sizes) > 1 else "")
+                     + (f", {variant}" if variant else ""))
             ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
         offline_colors = iter(["tab:green", "tab:purple", "tab:brown", "tab:olive"])
         for row in selected:

@@ -127,6 +127,8 @@ class _System:
         schedule = getattr(config, "schedule", None)
         if schedule is not None:
             out["steps_per_level"] = list(schedule.steps_per_level)
+        if getattr(config, "history_dropout", 0):  # trained otherwise: its own t_f / k line
+            out["variant"] = f"history dropout {config.history_dropout:g}"
         return out
 
 
@@ -181,11 +183,13 @@ def _check_cached_systems(out: Path, systems: list[_System]) -> None:
     if not info.is_file():
         return
     before = json.loads(info.read_text()).get("systems", {})
+    audio_keys = ("checkpoint", "family", "future_frames", "chunk_frames", "steps_per_level")
     for system in systems:
         old = before.get(system.name)
-        if old is not None and old != system.describe():
+        new = system.describe()
+        if old is not None and any(old.get(k) != new.get(k) for k in audio_keys):
             raise ConfigError(
-                f"system {system.name!r} was generated in {out} as {old}, now {system.describe()}"
+                f"system {system.name!r} was generated in {out} as {old}, now {new}"
                 ": its cached audio belongs to the other one; use another name, or delete "
                 f"{out}/examples/*/{system.name}*.wav"
             )

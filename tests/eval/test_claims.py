@@ -106,6 +106,20 @@ def test_models_of_another_size_are_not_compared_on_t_f_or_k(tmp_path):
     assert ("t_f < 0 is no better than random pairing", "live", "random_pairing") in verdicts
 
 
+def test_training_variants_form_their_own_t_f_chain(tmp_path):
+    variant = {"variant": "history dropout 0.5"}
+    systems = SYSTEMS | {"k1_tf0_hd": SYSTEMS["k1_tf0"] | variant,
+                         "k1_tf50_hd": SYSTEMS["k1_tf50"] | variant}
+    run = _run(tmp_path, OFFSET | {"k1_tf0_hd": 0.3, "k1_tf50_hd": 0.5})
+    (run / "run.json").write_text(json.dumps({"systems": systems}))
+    verdicts = _verdicts(evaluate_claims(run))
+    assert ("coherence rises with t_f", "k1_tf50_hd", "k1_tf0_hd") in verdicts
+    assert ("coherence rises with t_f", "k1_tf50", "k1_tf0") in verdicts
+    mixed = [key for key in verdicts if key[0].startswith("coherence")
+             and ("_hd" in key[1]) != ("_hd" in key[2])]
+    assert not mixed
+
+
 def test_write_claims_and_errors(tmp_path):
     md, js = write_claims(_run(tmp_path), tmp_path / "out")
     assert "| larger k hurts | k1_tf0 | k50_tf0 |" in md.read_text()

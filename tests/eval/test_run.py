@@ -225,6 +225,10 @@ def test_plots_draw_one_line_per_chunk_size_and_backbone(tmp_path, monkeypatch):
         "b": {"family": "streaming", "future_seconds": 1, "chunk_frames": 1, "backbone": "6x256"},
         "live": {"family": "streaming", "future_seconds": -0.12, "chunk_frames": 1,
                  "backbone": "3x256"},
+        "a_hd": {"family": "streaming", "future_seconds": -1, "chunk_frames": 1,
+                 "backbone": "6x256", "variant": "history dropout 0.5"},
+        "b_hd": {"family": "streaming", "future_seconds": 1, "chunk_frames": 1,
+                 "backbone": "6x256", "variant": "history dropout 0.5"},
     }
     metrics = {name: {"beat_f": 0.3} for name in [*systems, "ground_truth"]}
     (tmp_path / "run.json").write_text(json.dumps({"systems": systems}))
@@ -239,7 +243,8 @@ def test_plots_draw_one_line_per_chunk_size_and_backbone(tmp_path, monkeypatch):
     monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", record)
     plot_runs([tmp_path], tmp_path / "fig")
     assert sorted(drawn) == [("streaming k=1, backbone 3x256", 1),
-                             ("streaming k=1, backbone 6x256", 2)]
+                             ("streaming k=1, backbone 6x256", 2),
+                             ("streaming k=1, backbone 6x256, history dropout 0.5", 2)]
 
 
 def test_a_system_name_reused_for_another_model_is_refused(setup, fake_metrics, tmp_path):
