@@ -82,6 +82,8 @@ def card(name: str, run: Path, grid: dict, grid_path: Path, out: Path,
         "# the same run alone:",
         f"stemstream train --config {grid['train_config']} out_dir={run} \\",
         f"    {_overrides(grid, name)}",
+        f"stemstream export {run}/checkpoints/step_{int(config['steps']):07d}.safetensors "
+        f"-o {run}/model.safetensors   # the grid does this itself",
         f"stemstream export {run}/model.safetensors -o models/study/{name}/model.safetensors "
         "--dtype float16",
         "```",
@@ -162,9 +164,16 @@ def _evaluation(name: str, eval_dir: Path) -> list[str]:
 
 def _bench(path: Path) -> list[str]:
     report = json.loads(path.read_text())
-    lines = ["", "## Latency", "", f"`{path}` (`stemstream bench --json`):", "", "```json",
-             json.dumps(report.get("stream", report), indent=1)[:2000], "```"]
-    return lines
+    split = report["split_ms_per_frame"]
+    latency = report.get("feasibility", {}).get("effective_latency_s")
+    return ["", "## Latency", "",
+            f"`stemstream bench --model <this model> --no-grid --threads "
+            f"{report['threads']} --json` ({report['seconds']:g} s streamed; `{path}`):", "",
+            "| RTF | codec in / model / codec out (ms per frame) | p99 frame (ms) | "
+            "effective latency (s) |", "|---|---|---|---|",
+            f"| {report['rtf']:.3f} | {split['codec_in']:.2f} / {split['model']:.2f} / "
+            f"{split['codec_out']:.2f} | {report['p99_frame_ms']:.1f} | "
+            + (f"{latency:.2f}" if latency is not None else "n/a") + " |"]
 
 
 def main() -> None:
