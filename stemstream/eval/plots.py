@@ -21,6 +21,9 @@ from stemstream.errors import ConfigError
 
 ANCHOR_STYLE = {"ground_truth": "black", "codec_reconstruction": "tab:gray",
                 "random_pairing": "tab:red"}
+# streaming lines and offline baselines use disjoint colours, none of them an anchor's
+LINE_COLORS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:cyan")
+OFFLINE_COLORS = ("tab:pink", "tab:olive", "tab:brown")
 LOWER_IS_BETTER = ("fad_",)
 
 
@@ -76,6 +79,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]
             if row["family"] == "streaming":
                 lines[row["chunk_frames"], row["backbone"] or "", row["variant"]].append(row)
         sizes = {size for _, size, _ in lines}
+        line_colors = iter(LINE_COLORS)
         for k, size, variant in sorted(lines):
             points = sorted(lines[k, size, variant], key=lambda r: r["future_seconds"])
             x = np.array([p["future_seconds"] for p in points])
@@ -86,12 +90,13 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]
             err = np.where(np.isfinite(err), err, 0.0)
             label = (f"streaming k={k}" + (f", backbone {size}" if len(sizes) > 1 else "")
                      + (f", {variant}" if variant else ""))
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label)
-        offline_colors = iter(["tab:green", "tab:purple", "tab:brown", "tab:olive"])
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label,
+                        color=next(line_colors, None))
+        offline_colors = iter(OFFLINE_COLORS)
         for row in selected:
             if row["family"] == "streaming":
                 continue
-            color = ANCHOR_STYLE.get(row["system"]) or next(offline_colors, "tab:cyan")
+            color = ANCHOR_STYLE.get(row["system"]) or next(offline_colors, None)
             style = ":" if row["family"] == "anchor" else "--"
             ax.axhline(row["value"], color=color, linestyle=style, lw=1.2,
                        label=f"{row['system']} ({row['family']})")
