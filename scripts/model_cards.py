@@ -116,7 +116,9 @@ def card(name: str, run: Path, grid: dict, grid_path: Path, out: Path,
         lines += [
             "",
             f"Validation loss (mean cross-entropy over {config['model']['num_codebooks']} "
-            f"codebooks, first {config.get('valid_batches', 8)} validation batches of "
+            + ("codebooks, on the masked cells only (not comparable with the decoders' loss), "
+               if config["family"] == "stemgen" else "codebooks, ")
+            + f"first {config.get('valid_batches', 8)} validation batches of "
             f"{config['batch_size']} windows; chance is ln 1024 = 6.93):",
             "",
             "| step | " + " | ".join(str(r["step"]) for r in valid) + " |",
@@ -141,6 +143,10 @@ def _evaluation(name: str, eval_dir: Path) -> list[str]:
              f"split `{info['config']['split']}`; bootstrap 95% intervals; see "
              "`docs/results.md` for the command):", "",
              "| system | " + " | ".join(METRICS) + " |", "|---|" + "---|" * len(METRICS)]
+    steps = info.get("systems", {}).get(name, {}).get("steps_per_level")
+    if steps:
+        lines[-2:-2] = [f"Sampled with {'/'.join(map(str, steps))} iterations per level "
+                        f"({sum(steps)} in all).", ""]
     for system in ("ground_truth", "random_pairing", name):
         cells = []
         for metric in METRICS:
