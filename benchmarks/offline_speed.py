@@ -20,11 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import replace
 
 import torch
 
 from stemstream.model.sampling import SamplingConfig
+from stemstream.model.stemgen import StemGenModel
 from stemstream.stream.models import load_stream_model
 from stemstream.stream.offline import generate_codes
 from stemstream.train.loop import load_model
@@ -62,14 +62,11 @@ def main() -> None:
     for item in args.model:
         name, _, path = item.partition("=")
         model = load_model(path).model
-        schedule = getattr(model.config, "schedule", None)
-        if schedule is None or not args.stemgen_steps:
+        if not isinstance(model, StemGenModel) or not args.stemgen_steps:
             rows.append((name, time_window(model, frames)))
             continue
         for steps in args.stemgen_steps:
-            levels = tuple(int(s) for s in steps.split(","))
-            model.config = replace(model.config,
-                                   schedule=replace(schedule, steps_per_level=levels))
+            model.use_steps([int(s) for s in steps.split(",")])
             rows.append((f"{name} (steps {steps})", time_window(model, frames)))
 
     base = rows[0][1]

@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +149,7 @@ def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, s
 
 def _load_system(name: str, spec: str, codec_spec: str | None,
                  stemgen_steps: tuple[int, ...] | None = None) -> _System:
+    from stemstream.model.stemgen import StemGenModel
     from stemstream.model.streaming import StreamingDecoder
     from stemstream.stream.offline import codec_for
     from stemstream.train.loop import load_model
@@ -166,13 +167,8 @@ def _load_system(name: str, spec: str, codec_spec: str | None,
         future, chunk = model.config.future_frames, model.config.chunk_frames
     else:
         future, chunk = 0, 0
-    schedule = getattr(model.config, "schedule", None)
-    if stemgen_steps is not None and schedule is not None:
-        if len(stemgen_steps) != len(schedule.steps_per_level):
-            raise ConfigError(f"system {name!r}: stemgen_steps needs one entry per level "
-                              f"({len(schedule.steps_per_level)}), got {list(stemgen_steps)}")
-        model.config = replace(model.config,
-                               schedule=replace(schedule, steps_per_level=tuple(stemgen_steps)))
+    if stemgen_steps is not None and isinstance(model, StemGenModel):
+        model.use_steps(stemgen_steps)
     return _System(name, spec, model, codec, family, future, chunk)
 
 

@@ -25,7 +25,8 @@ appendix gives only the scale (2.0), this is the usual (MusicGen/VampNet) logit 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any, NamedTuple
 
 import torch
@@ -315,6 +316,16 @@ class StemGenModel(nn.Module):
         return codes
 
     @torch.no_grad()
+    def use_steps(self, steps_per_level: Sequence[int]) -> None:
+        """Sample with ``steps_per_level`` iterations per level from now on (its default
+        schedule otherwise; e.g. fewer than A.5's for a CPU budget)."""
+        schedule = self.config.schedule
+        if len(steps_per_level) != len(schedule.steps_per_level):
+            raise ConfigError(f"steps_per_level needs one entry per level "
+                              f"({len(schedule.steps_per_level)}), got {list(steps_per_level)}")
+        steps = replace(schedule, steps_per_level=tuple(steps_per_level))
+        self.config = replace(self.config, schedule=steps)
+
     def generate(
         self,
         input_latents: torch.Tensor,
