@@ -211,6 +211,38 @@ def data_dump(
     click.echo(summary.format())
 
 
+@data.command("dump-tracks")
+@click.argument("corpus", type=click.Path(path_type=Path))
+@click.option(
+    "--codec",
+    "codec_name",
+    required=True,
+    help="default (shipped), mock, a codec .safetensors, a training checkpoint or a DAC .pth.",
+)
+@click.option(
+    "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Dump directory."
+)
+@click.option(
+    "--targets-per-track",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Target stems encoded per track (0 = every eligible stem).",
+)
+@click.option("--split", "splits", multiple=True, help="Only these splits (repeatable).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def data_dump_tracks(corpus, codec_name, out_dir, targets_per_track, splits, seed, progress):
+    """Encode whole tracks, one row per (track, target stem), for training on windows drawn
+    at random at every step (rerun to resume: finished splits are kept)."""
+    from stemstream.codec.registry import get_codec
+    from stemstream.data.track_dump import dump_tracks
+
+    summary = dump_tracks(corpus, get_codec(codec_name), out_dir, splits=splits or None,
+                          targets_per_track=targets_per_track, seed=seed, progress=progress)
+    click.echo(summary.format())
+
+
 def _training_options(example_config: str):
     """The options every training command shares (config, overrides, resumable limits)."""
 

@@ -171,6 +171,18 @@ class Codec(nn.Module, metaclass=ABCMeta):
         """
         return self._embed(self.check_codes(codes))
 
+    def input_latents(self, wave: torch.Tensor, num_codebooks: int) -> torch.Tensor:
+        """A model's input stream for audio: float32 ``[B, D, T]``, the embedding of the first
+        ``num_codebooks`` levels (the ``K`` the model was trained on; embedding all levels
+        would hand it a latent it never saw). Every front end (file generation, the session,
+        evaluation) derives its input this way.
+
+        Args:
+            wave: float ``[B, 1, N]`` at :attr:`sample_rate`.
+            num_codebooks: ``K' <= K`` levels to embed.
+        """
+        return self.embed(self.encode(wave, num_codebooks=num_codebooks)).float()
+
     @abstractmethod
     def _encode(self, wave: torch.Tensor, num_codebooks: int) -> torch.Tensor:
         """``[B, 1, T * hop]`` (validated, padded) -> long ``[B, K', T]``."""

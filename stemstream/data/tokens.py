@@ -20,6 +20,10 @@ FORMAT_VERSION = 1
 META = "meta.json"
 ARRAYS = ("input_codes.npy", "target_codes.npy", "inst_class.npy")
 PROVENANCE = "provenance.jsonl"
+TRACK_FORMAT = "stemstream-track-dump"
+TRACK_FORMAT_VERSION = 1
+TRACK_ARRAYS = ("input_codes.npy", "target_codes.npy", "joint_active.npy", "onsets.npy",
+                "rows.npy")
 
 
 class DumpError(StemstreamError):
@@ -64,32 +68,176 @@ def _valid_meta(meta: Any) -> bool:
 
 class TokenExample(NamedTuple):
     """One dumped window: ``input_codes`` long ``[K', T_in]``, ``target_codes`` long
-    ``[K', T]``, the target's ``inst_class`` and the row ``index``."""
+    ``[K', T]``, the target's ``inst_class``, the row ``index`` and, where the dump knows
+    them, ``onsets`` bool ``[T]`` (a note of the target starts in the frame)."""
 
     input_codes: torch.Tensor
     target_codes: torch.Tensor
     inst_class: int
     index: int
+    onsets: torch.Tensor | None = None
 
 
 class TokenBatch(NamedTuple):
     """Stacked examples: codes long ``[B, K', T_in]`` / ``[B, K', T]``, ``inst_class`` and
-    ``index`` long ``[B]``."""
+    ``index`` long ``[B]``, ``onsets`` bool ``[B, T]`` or ``None``."""
 
     input_codes: torch.Tensor
     target_codes: torch.Tensor
     inst_class: torch.Tensor
     index: torch.Tensor
+    onsets: torch.Tensor | None = None
 
 
 def collate(examples: Sequence[TokenExample]) -> TokenBatch:
     """Stack :class:`TokenExample` s of one dump split into a :class:`TokenBatch`."""
+    onsets = [e.onsets for e in examples]
     return TokenBatch(
         input_codes=torch.stack([e.input_codes for e in examples]),
         target_codes=torch.stack([e.target_codes for e in examples]),
         inst_class=torch.tensor([e.inst_class for e in examples], dtype=torch.long),
         index=torch.tensor([e.index for e in examples], dtype=torch.long),
+        onsets=None if any(o is None for o in onsets) else torch.stack(onsets),
     )
+
+
+def read_track_meta(dump_dir: str | Path) -> dict[str, Any]:
+    """``meta.json`` of a whole-track dump (:mod:`stemstream.data.track_dump`), checked."""
+    path = Path(dump_dir) / META
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DumpError(f"{dump_dir}: not a token dump (no {META})") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DumpError(f"{path}: corrupt ({err.__class__.__name__}: {err})") from err
+    if not isinstance(meta, dict) or meta.get("format") != TRACK_FORMAT:
+        raise DumpError(f"{path}: not a {TRACK_FORMAT} meta file")
+    if meta.get("format_version") != TRACK_FORMAT_VERSION:
+        raise DumpError(f"{path}: format version {meta.get('format_version')!r}, this "
+                        f"stemstream reads {TRACK_FORMAT_VERSION}")
+    return meta
+
+
+def is_track_dump(dump_dir: str | Path) -> bool:
+    """Whether ``dump_dir`` holds a whole-track dump (else a window dump, or nothing)."""
+    try:
+        meta = json.loads((Path(dump_dir) / META).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == TRACK_FORMAT
+
+
+class TrackCrops(Dataset):
+    """Windows cut from a whole-track dump: item ``i`` of epoch ``e`` is a window of row
+    ``i`` (a track with one target stem) starting at a frame drawn from ``(seed, e, i)``, so
+    every epoch sees new windows and a resumed run sees the same ones. A start is accepted
+    when at least ``min_joint_activity`` of the output window is jointly active (the A.1 rule;
+    after ``max_retries`` draws the best one is kept). Rows shorter than the window are left
+    out.
+
+    Args:
+        dump_dir: the dump directory.
+        split: the split to read.
+        num_codebooks: keep the first ``K'`` levels (default all).
+        window_frames: ``T``, output frames per window.
+        future_frames: ``t_f``; windows carry ``T + max(0, t_f)`` input frames.
+        seed: seed of every draw.
+    """
+
+    def __init__(
+        self,
+        dump_dir: str | Path,
+        split: str,
+        num_codebooks: int | None = None,
+        window_frames: int = 500,
+        future_frames: int = 0,
+        seed: int = 0,
+        min_joint_activity: float = 0.5,
+        max_retries: int = 16,
+    ):
+        self.dump_dir = Path(dump_dir)
+        self.meta = read_track_meta(self.dump_dir)
+        if split not in self.meta["splits"]:
+            raise DumpError(f"{self.dump_dir}: no dumped split {split!r}; available: "
+                            f"{', '.join(self.meta['splits']) or 'none'}")
+        total = int(self.meta["num_codebooks"])
+        self.num_codebooks = total if num_codebooks is None else num_codebooks
+        if not 1 <= self.num_codebooks <= total:
+            raise DumpError(f"num_codebooks must be in 1..{total} (the dump's K), "
+                            f"got {num_codebooks}")
+        if window_frames < 1:
+            raise DumpError(f"window_frames must be >= 1, got {window_frames}")
+        self.split, self.seed, self.epoch = split, seed, 0
+        self.window_frames, self.future_frames = window_frames, future_frames
+        self.input_frames = window_frames + max(0, future_frames)
+        self.min_joint_activity, self.max_retries = min_joint_activity, max_retries
+        self._arrays: dict[str, np.ndarray] | None = None
+        rows = self._open()["rows.npy"]
+        self.rows = np.flatnonzero(rows[:, 1] >= self.input_frames)
+        if len(self.rows) == 0:
+            raise DumpError(f"{self.dump_dir}/{split}: no row holds {self.input_frames} frames")
+
+    def __getstate__(self) -> dict[str, Any]:
+        return self.__dict__ | {"_arrays": None}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def start(self, index: int) -> int:
+        """The window start (frame within its row) of item ``index`` in this epoch."""
+        arrays = self._open()
+        row = int(self.rows[index])
+        first, frames, _ = (int(v) for v in arrays["rows.npy"][row])
+        joint = arrays["joint_active.npy"][first : first + frames]
+        last = frames - self.input_frames
+        rng = np.random.default_rng([self.seed, self.epoch, row])
+        best, best_share = 0, -1.0
+        for _ in range(self.max_retries):
+            start = int(rng.integers(last + 1))
+            share = float(np.mean(joint[start : start + self.window_frames]))
+            if share >= self.min_joint_activity:
+                return start
+            if share > best_share:
+                best, best_share = start, share
+        return best
+
+    def __getitem__(self, index: int) -> TokenExample:
+        index = range(len(self.rows))[index]
+        arrays = self._open()
+        row = int(self.rows[index])
+        first, _, inst = (int(v) for v in arrays["rows.npy"][row])
+        lo = first + self.start(index)
+        k, t = self.num_codebooks, self.window_frames
+        return TokenExample(
+            input_codes=torch.from_numpy(
+                arrays["input_codes.npy"][:k, lo : lo + self.input_frames].astype(np.int64)),
+            target_codes=torch.from_numpy(
+                arrays["target_codes.npy"][:k, lo : lo + t].astype(np.int64)),
+            inst_class=inst,
+            index=row,
+            onsets=torch.from_numpy(np.array(arrays["onsets.npy"][lo : lo + t], dtype=bool)),
+        )
+
+    def _open(self) -> dict[str, np.ndarray]:
+        if self._arrays is None:
+            folder = self.dump_dir / self.split
+            arrays = {}
+            for name in TRACK_ARRAYS:
+                path = folder / name
+                if not path.is_file():
+                    raise DumpError(f"{path}: missing from the dump")
+                try:
+                    arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+                except (OSError, ValueError) as err:
+                    raise DumpError(f"{path}: corrupt ({err})") from err
+            frames = arrays["target_codes.npy"].shape[-1]
+            if any(arrays[n].shape[-1] != frames for n in TRACK_ARRAYS[:4]):
+                raise DumpError(f"{folder}: arrays of different lengths")
+            self._arrays = arrays
+        return self._arrays
 
 
 class TokenDataset(Dataset):

@@ -292,8 +292,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
             gen = torch.Generator().manual_seed(config.seed * 1000 + n * 10 + k)
             with torch.inference_mode():
                 x = torch.from_numpy(input_audio)[None, None]
-                model_k = getattr(system.model.config, "num_codebooks", codec.num_codebooks)
-                latents = codec.embed(codec.encode(x)[:, :model_k])
+                latents = codec.input_latents(x, system.model.config.num_codebooks)
                 codes = generate_codes(system.model, latents,
                                        torch.tensor([example.inst_class]), sampling, gen,
                                        num_frames=frames)

@@ -3,10 +3,18 @@ with future visibility ``t_f`` and decides ``k`` frames per call (SPEC sections 
 
 Each position fuses an input-stream latent with an output-token embedding, as the reference
 does: ``LN(LN(proj(x)) + g * LN(emb(y)))`` with a zero-initialised gate ``g``; the instrument
-class token starts the sequence. Which frame and which token each position carries, and the
-block mask that trains every chunk of a sequence in one pass, come from
-:mod:`stemstream.model.layout`. Heads predict only codec tokens ``[0, V)``; delay-pattern pads
-are forced, never sampled.
+class token starts the sequence. ``input_encoder = "conv"`` replaces ``proj(x)`` of the newest
+visible frame by a causal summary of the visible input window
+(:mod:`stemstream.model.input_encoder`): the frame aligned with the predicted one when
+``t_f > 1``, and the latest onsets and harmony.
+
+Training can corrupt the target history so the model must listen
+(:meth:`StreamingDecoder.corrupt_history`): whole-window dropout, random token replacement
+and span masking, never applied at inference.
+
+Which frame and which token each position carries, and the block mask that trains every
+chunk of a sequence in one pass, come from :mod:`stemstream.model.layout`. Heads predict only
+codec tokens ``[0, V)``; delay-pattern pads are forced, never sampled.
 
 Generation keeps the KV cache across chunks: for ``k > 1`` the previous chunk's token-only
 positions are rolled back and re-entered as fused positions (their input is heard now) before
@@ -24,6 +32,7 @@ from torch import nn
 
 from stemstream.errors import ConfigError
 from stemstream.model.delay import DelayPattern
+from stemstream.model.input_encoder import InputEncoder, check_input_encoder
 from stemstream.model.kv_cache import KVCache
 from stemstream.model.layout import Layout, check_stream_args, training_layout
 from stemstream.model.sampling import SamplingConfig, sample_tokens
@@ -42,14 +51,28 @@ class StreamingDecoderConfig:
     num_classes: int = 18
     future_frames: int = 0
     chunk_frames: int = 1
-    # training only: the probability that a window's whole target history is hidden (its
-    # token embeddings zeroed; the instrument token stays), forcing the input path
+    # how a position hears the input: "frame" (the paper: frame p + t_f - 1 alone) or "conv"
+    # (a causal summary of the visible window, input_window frames of recent context)
+    input_encoder: str = "frame"
+    input_window: int = 8
+    # training only, forcing the input path: the probability that a window's whole target
+    # history is hidden (its token embeddings zeroed; the instrument token stays), the
+    # fraction of history tokens replaced by random codes, and the fraction of history steps
+    # hidden in spans of history_span_frames
     history_dropout: float = 0.0
+    history_noise: float = 0.0
+    history_span: float = 0.0
+    history_span_frames: int = 25
 
     def __post_init__(self):
         check_stream_args(self.future_frames, self.chunk_frames)
-        if not 0 <= self.history_dropout <= 1:
-            raise ConfigError(f"history_dropout must be in [0, 1], got {self.history_dropout}")
+        check_input_encoder(self.input_encoder, self.input_window)
+        for name in ("history_dropout", "history_noise", "history_span"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.history_span_frames < 1:
+            raise ConfigError(f"history_span_frames must be >= 1, got "
+                              f"{self.history_span_frames}")
         for name in ("num_codebooks", "codebook_size", "input_dim", "num_classes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -82,6 +105,11 @@ class StreamingDecoder(nn.Module):
         )
         self.inst_emb = nn.Embedding(config.num_classes, dim, **kw)
         self.in_proj = nn.Linear(config.input_dim, dim, **kw)
+        self.input_encoder = None
+        if config.input_encoder == "conv":
+            self.input_encoder = InputEncoder(
+                config.input_dim, dim, config.input_window, config.future_frames, **kw
+            )
         self.no_input = nn.Parameter(torch.zeros(dim, **kw))
         self.norm_x = nn.LayerNorm(dim, **kw)
         self.norm_y = nn.LayerNorm(dim, **kw)
@@ -100,16 +128,59 @@ class StreamingDecoder(nn.Module):
         y = sum(emb(safe[:, q]) for q, emb in enumerate(self.token_emb))
         return torch.where(is_inst[..., None], self.inst_emb(inst)[:, None], y)
 
+    @property
+    def input_context(self) -> int:
+        """Raw input frames before the newest visible one that a position also hears."""
+        return 0 if self.input_encoder is None else self.input_encoder.context
+
+    def condition(self, latents: torch.Tensor) -> torch.Tensor:
+        """Input latents of consecutive frames ``[B, T, D_in]`` (frame 0 = the stream's first,
+        or a frame at least :attr:`input_context` frames later) -> what a position whose newest
+        visible frame is ``t`` hears, ``[B, T, D]``."""
+        projected = self.in_proj(latents)
+        if self.input_encoder is None:
+            return projected
+        return self.input_encoder(latents, projected)
+
     def fuse(
-        self, latents: torch.Tensor | None, has_input: torch.Tensor, token_emb: torch.Tensor
+        self, heard: torch.Tensor | None, has_input: torch.Tensor, token_emb: torch.Tensor
     ) -> torch.Tensor:
-        """``latents [B, L, D_in]`` where ``has_input [L]`` (or ``[B, L]``), token embeddings
-        ``[B, L, D]`` -> fused ``[B, L, D]``."""
-        if latents is None:
+        """``heard [B, L, D]`` (from :meth:`condition`) where ``has_input [L]`` (or
+        ``[B, L]``), token embeddings ``[B, L, D]`` -> fused ``[B, L, D]``."""
+        if heard is None:
             x = self.no_input.expand_as(token_emb)
         else:
-            x = torch.where(has_input[..., None], self.norm_x(self.in_proj(latents)), self.no_input)
+            x = torch.where(has_input[..., None], self.norm_x(heard), self.no_input)
         return self.norm_fused(x + self.gate * self.norm_y(token_emb))
+
+    def corrupt_history(
+        self, delayed: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The target history a training window shows the model: delayed tokens ``[B, K, S]``
+        with ``history_noise`` of the codes replaced by random ones, and ``hidden [B, S]``,
+        the steps whose embeddings are zeroed (whole windows with ``history_dropout``, spans
+        of ``history_span_frames`` covering about ``history_span`` of the steps)."""
+        cfg = self.config
+        batch, _, steps = delayed.shape
+        device = delayed.device
+
+        def rand(*shape: int) -> torch.Tensor:
+            return torch.rand(*shape, device=device, generator=generator)
+
+        tokens = delayed
+        if cfg.history_noise > 0:
+            noise = torch.randint(
+                cfg.codebook_size, delayed.shape, device=device, generator=generator
+            )
+            replace = (rand(*delayed.shape) < cfg.history_noise) & (delayed < cfg.codebook_size)
+            tokens = torch.where(replace, noise, delayed)
+        hidden = (rand(batch) < cfg.history_dropout)[:, None].expand(batch, steps)
+        if cfg.history_span > 0:
+            span = cfg.history_span_frames
+            starts = (rand(batch, steps) < cfg.history_span / span).float()
+            covered = F.max_pool1d(F.pad(starts[:, None], (span - 1, 0)), span, stride=1)[:, 0]
+            hidden = hidden | (covered > 0)
+        return tokens, hidden
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[B, L, D] -> [B, L, K, V]``."""
@@ -119,7 +190,11 @@ class StreamingDecoder(nn.Module):
 
     # ----------------------------------------------------------------------- training
     def forward(
-        self, input_latents: torch.Tensor, target_codes: torch.Tensor, inst: torch.Tensor
+        self,
+        input_latents: torch.Tensor,
+        target_codes: torch.Tensor,
+        inst: torch.Tensor,
+        hide_history: bool = False,
     ) -> StreamOutput:
         """Teacher-forced pass over whole windows (all chunks at once when ``k > 1``).
 
@@ -128,27 +203,37 @@ class StreamingDecoder(nn.Module):
                 give every step its full horizon; fewer are allowed).
             target_codes: long ``[B, K, T]``.
             inst: long ``[B]`` instrument classes.
+            hide_history: hide the whole target history (a measurement: what the model
+                predicts from the input and the instrument alone).
         """
         cfg = self.config
         delayed = self.delay.apply(target_codes)  # [B, K, S]
         layout = training_layout(
             delayed.shape[-1], cfg.future_frames, cfg.chunk_frames, input_latents.shape[-1]
         )
-        return self._run_layout(input_latents, delayed, inst, layout)
+        return self._run_layout(input_latents, delayed, inst, layout, hide_history)
 
-    def _run_layout(self, input_latents, delayed, inst, layout) -> StreamOutput:
+    def _run_layout(
+        self, input_latents, delayed, inst, layout, hide_history: bool = False
+    ) -> StreamOutput:
         device = delayed.device
         layout = Layout(**{f.name: getattr(layout, f.name).to(device) for f in fields(layout)})
         prev = layout.token_step.clamp_min(0)
-        tokens = delayed[:, :, prev].masked_fill((layout.token_step < 0)[None, None], -1)
+        is_inst = (layout.token_step < 0)[None]
+        history, hide = delayed, None
+        if self.training:
+            history, hide = self.corrupt_history(delayed)
+        if hide_history:
+            hide = torch.ones(delayed.shape[0], delayed.shape[-1], dtype=torch.bool,
+                              device=device)
+        tokens = history[:, :, prev].masked_fill(is_inst[:, None], -1)
         frames = layout.input_frame
-        latents = input_latents.transpose(1, 2)[:, frames.clamp_min(0)]
+        heard = self.condition(input_latents.transpose(1, 2))[:, frames.clamp_min(0)]
         token_emb = self.embed_tokens(tokens, inst)
-        if self.training and self.config.history_dropout > 0:
-            hide = torch.rand(tokens.shape[0], device=device) < self.config.history_dropout
-            token_emb = token_emb.masked_fill((hide[:, None] & (tokens[:, 0] >= 0))[..., None], 0.0)
+        if hide is not None:
+            token_emb = token_emb.masked_fill((hide[:, prev] & ~is_inst)[..., None], 0.0)
         hidden = self.backbone(
-            self.fuse(latents, frames >= 0, token_emb),
+            self.fuse(heard, frames >= 0, token_emb),
             positions=layout.positions,
             mask=layout.mask,
         )
@@ -193,7 +278,8 @@ class StreamingDecoder(nn.Module):
             input_latents: ``[B, D_in, T']`` the input frames heard so far, from frame
                 ``input_offset`` on (the stream up to frame ``c + t_f - 1`` for chunk start
                 ``c``, when that is positive). A long-running caller drops old frames and
-                raises ``input_offset``; frames from ``c - k + t_f - 1`` on must be kept.
+                raises ``input_offset``; frames from ``c - k + t_f - 1 - input_context`` on
+                must be kept.
             forced: optional long ``[B, K, k]`` tokens to use instead of sampling (teacher
                 forcing, for tests); pads are forced regardless.
             input_complete: the input has ended (a file): frames past its end count as
@@ -275,17 +361,30 @@ class StreamingDecoder(nn.Module):
             raise ConfigError(
                 f"input frame {min(frames)} was dropped (input_offset = {input_offset})"
             )
-        frames_t = torch.tensor(frames, device=device) - input_offset
-        length = input_latents.shape[-1]
+        length = input_offset + input_latents.shape[-1]  # frames heard, in stream frames
+        frames_t = torch.tensor(frames, device=device)
         valid = (frames_t >= 0) & (frames_t < length)
-        if length == 0:  # nothing heard yet (t_f < 0): every position is "no input"
-            latents = None
-        else:
-            latents = input_latents.transpose(1, 2)[:, frames_t.clamp(0, length - 1)]
-        fused = self.fuse(latents, valid, self.embed_tokens(tokens, state.inst))
+        heard = None  # nothing heard yet (t_f < 0): every position is "no input"
+        if bool(valid.any()):
+            heard = self._heard(input_latents, frames_t[valid], input_offset)
+            heard = heard[:, (frames_t - int(frames_t[valid].min())).clamp(0, heard.shape[1] - 1)]
+        fused = self.fuse(heard, valid, self.embed_tokens(tokens, state.inst))
         positions = torch.tensor(steps, device=device)
         hidden = self.backbone(fused, positions=positions, caches=state.caches)
         return self.logits(hidden)
+
+    def _heard(self, input_latents: torch.Tensor, frames: torch.Tensor, offset: int):
+        """:meth:`condition` of stream frames ``min(frames) .. max(frames)`` (``[B, n, D]``),
+        computed from the input kept since ``offset`` exactly as over the whole stream."""
+        lo, hi = int(frames.min()), int(frames.max())
+        first = max(0, lo - self.input_context)
+        if first < offset:
+            raise ConfigError(
+                f"input frame {first} was dropped (input_offset = {offset}); the model hears "
+                f"{self.input_context} frames before the newest"
+            )
+        window = input_latents[..., first - offset : hi + 1 - offset].transpose(1, 2)
+        return self.condition(window)[:, lo - first :]
 
     def _apply_pads(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """Codebook ``q`` has no frame before step ``q``: force the pad there."""

@@ -132,7 +132,7 @@ def generate_file(
     sampling = SamplingConfig(temperature=temperature, top_k=top_k)
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
-        latents = codec.embed(codec.encode(wave))
+        latents = codec.input_latents(wave, model.config.num_codebooks)
         codes = generate_codes(model, latents, torch.tensor([inst_id]), sampling, generator)
         stem = codec.decode(codes)[0, :, : wave.shape[-1]].numpy()
     out = audio.save(out, stem, codec.sample_rate)

@@ -507,7 +507,11 @@ class Session:
     def _forget(self) -> None:
         """Drop input latents no future chunk can reach (constant memory)."""
         cfg = self.model.config
-        keep_from = max(0, self.state.step - cfg.chunk_frames + cfg.future_frames - 1)
+        keep_from = max(
+            0,
+            self.state.step - cfg.chunk_frames + cfg.future_frames - 1
+            - self.model.input_context,
+        )
         drop = min(max(0, keep_from - self.latent_offset), self.latents.shape[-1])
         if drop:
             self.latents = self.latents[..., drop:]

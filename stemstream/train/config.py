@@ -25,9 +25,17 @@ class ModelSpec:
         future_frames: ``t_f`` in frames; ``None`` = from ``future_seconds``, else the dump's.
         future_seconds: ``t_f`` in seconds (converted with the dump's frame rate).
         chunk_frames: ``k``, frames decided per call.
+        input_encoder: streaming family only: ``frame`` (the paper: each position hears one
+            input frame) or ``conv`` (a causal summary of the visible input window, see
+            :mod:`stemstream.model.input_encoder`).
+        input_window: frames of recent input the ``conv`` encoder summarises.
         history_dropout: streaming family only: the probability that a training window hides
             its whole target history from the model, which must then predict from the input
             and the instrument alone (an input-forcing regulariser; 0 = off).
+        history_noise: streaming only: the fraction of target-history codes replaced by
+            random codes in training.
+        history_span: streaming only: the fraction of target-history steps hidden in spans of
+            ``history_span_frames`` in training.
         num_classes: instrument classes (``None`` = :data:`~stemstream.data.instruments.
             NUM_CLASSES`).
     """
@@ -38,7 +46,12 @@ class ModelSpec:
     future_frames: int | None = None
     future_seconds: float | None = None
     chunk_frames: int = 1
+    input_encoder: str = "frame"
+    input_window: int = 8
     history_dropout: float = 0.0
+    history_noise: float = 0.0
+    history_span: float = 0.0
+    history_span_frames: int = 25
     num_classes: int | None = None
 
     def __post_init__(self) -> None:
@@ -46,9 +59,9 @@ class ModelSpec:
             raise ConfigError(f"model.num_codebooks must be >= 1, got {self.num_codebooks}")
         if self.chunk_frames < 1:
             raise ConfigError(f"model.chunk_frames (k) must be >= 1, got {self.chunk_frames}")
-        if not 0 <= self.history_dropout <= 1:
-            raise ConfigError(f"model.history_dropout must be in [0, 1], got "
-                              f"{self.history_dropout}")
+        for name in ("history_dropout", "history_noise", "history_span"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ConfigError(f"model.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.future_frames is not None and self.future_seconds is not None:
             raise ConfigError("give model.future_frames or model.future_seconds, not both")
         if self.future_seconds is not None and not math.isfinite(self.future_seconds):
@@ -68,6 +81,8 @@ class ModelTrainConfig:
     train_split: str = "train"
     valid_split: str = "validation"
     valid_batches: int = 8  # at most this many (fixed, in order) validation batches
+    # whole-track dumps only: output frames of each window cut at random at every step
+    crop_seconds: float = 10.0
     batch_size: int = 16  # per process
     steps: int = 1000
     lr: float = 1e-4
@@ -109,16 +124,21 @@ class ModelTrainConfig:
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if not (math.isfinite(self.crop_seconds) and self.crop_seconds > 0):
+            raise ConfigError(f"crop_seconds must be > 0, got {self.crop_seconds}")
         if self.init_layers is not None and self.init_from is None:
             raise ConfigError("init_layers needs init_from")
         if self.init_shared and self.init_from is None:
             raise ConfigError("init_shared needs init_from")
 
 
-def resolve_future_frames(spec: ModelSpec, frame_rate_hz: float, dumped_future: int) -> int:
+def resolve_future_frames(
+    spec: ModelSpec, frame_rate_hz: float, dumped_future: int | None
+) -> int:
     """``t_f`` in frames: explicit frames, else seconds at the dump's frame rate, else the
-    dump's own ``t_f``. Raises :class:`ConfigError` when it needs input the dump lacks or the
-    seconds are not a whole number of frames."""
+    dump's own ``t_f`` (``None``: a whole-track dump, which holds any look-ahead; default 0).
+    Raises :class:`ConfigError` when it needs input the dump lacks or the seconds are not a
+    whole number of frames."""
     if spec.future_frames is not None:
         frames = spec.future_frames
     elif spec.future_seconds is not None:
@@ -130,8 +150,8 @@ def resolve_future_frames(spec: ModelSpec, frame_rate_hz: float, dumped_future: 
                 f"at {frame_rate_hz:g} frames/s"
             )
     else:
-        frames = dumped_future
-    if frames > dumped_future:
+        frames = dumped_future or 0
+    if dumped_future is not None and frames > dumped_future:
         raise ConfigError(
             f"t_f = {frames} frames needs future input the dump lacks (it holds "
             f"{dumped_future}); re-dump with `stemstream data dump --tf`"

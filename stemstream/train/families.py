@@ -64,7 +64,12 @@ def _streaming() -> Family:
             num_classes=facts.num_classes,
             future_frames=facts.future_frames,
             chunk_frames=spec.chunk_frames,
+            input_encoder=spec.input_encoder,
+            input_window=spec.input_window,
             history_dropout=spec.history_dropout,
+            history_noise=spec.history_noise,
+            history_span=spec.history_span,
+            history_span_frames=spec.history_span_frames,
         )
 
     return Family(StreamingDecoderConfig, StreamingDecoder, make)
@@ -80,8 +85,12 @@ def _offline(module: str, config_name: str, model_name: str) -> Callable[[], Fam
         config_class, model_class = getattr(mod, config_name), getattr(mod, model_name)
 
         def make(spec: ModelSpec, facts: DumpFacts) -> Any:
-            if spec.history_dropout:
-                raise ConfigError("model.history_dropout applies to the streaming family only")
+            streaming_only = ("history_dropout", "history_noise", "history_span")
+            for name in streaming_only:
+                if getattr(spec, name):
+                    raise ConfigError(f"model.{name} applies to the streaming family only")
+            if spec.input_encoder != "frame":
+                raise ConfigError("model.input_encoder applies to the streaming family only")
             return config_class(
                 backbone=_backbone(spec),
                 num_codebooks=spec.num_codebooks,

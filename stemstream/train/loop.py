@@ -29,11 +29,21 @@ from torch import nn
 from stemstream import __version__, checkpoint
 from stemstream.codec.base import describe_identity, same_tokens
 from stemstream.config import to_dict
-from stemstream.data.tokens import TokenBatch, TokenDataset, collate, read_meta
+from stemstream.data.tokens import (
+    TokenBatch,
+    TokenDataset,
+    TrackCrops,
+    collate,
+    is_track_dump,
+    read_meta,
+    read_track_meta,
+)
 from stemstream.errors import ConfigError
 from stemstream.metrics import MetricsLogger
+from stemstream.model.streaming import StreamingDecoder
 from stemstream.train.config import ModelTrainConfig, resolve_future_frames, warmup_cosine
 from stemstream.train.families import DumpFacts, get_family
+from stemstream.train.reliance import measure_reliance
 
 log = logging.getLogger(__name__)
 
@@ -222,23 +232,26 @@ class ModelTrainer:
         self.device = torch.device(device)
         self.is_main = self.dist.rank == 0
 
-        self.dump_meta = read_meta(config.dump_dir)
+        self.track_dump = is_track_dump(config.dump_dir)
+        self.dump_meta = (read_track_meta if self.track_dump else read_meta)(config.dump_dir)
         self.codec = get_codec(config.codec).to(self.device).eval().requires_grad_(False)
         self.codec_identity = self.codec.codec_identity()
         _check_codec(f"dump {config.dump_dir}", self.dump_meta["codec"], self.codec_identity)
         spec = config.model
-        window = self.dump_meta["window"]
+        rate = float(self.dump_meta["frame_rate_hz"])
+        dumped_future = (
+            None if self.track_dump else int(self.dump_meta["window"].get("future_frames", 0))
+        )
         facts = DumpFacts(
             input_dim=self.codec.latent_dim,
             codebook_size=int(self.dump_meta["codebook_size"]),
             num_classes=spec.num_classes or NUM_CLASSES,
-            future_frames=resolve_future_frames(
-                spec, float(self.dump_meta["frame_rate_hz"]), int(window.get("future_frames", 0))
-            ),
+            future_frames=resolve_future_frames(spec, rate, dumped_future),
         )
         self.family = get_family(config.family)
         self.model_config = self.family.make_config(spec, facts)
-        self.train_data = TokenDataset(config.dump_dir, config.train_split, spec.num_codebooks)
+        self.crop_frames = round(config.crop_seconds * rate)
+        self.train_data = self._split_data(config.train_split, config.seed)
         self.batches_per_epoch = len(self.train_data) // (config.batch_size * self.dist.world)
         if self.batches_per_epoch < 1:
             raise ConfigError(
@@ -270,10 +283,18 @@ class ModelTrainer:
         self.epoch = 0
         self.batch_index = 0  # next batch of ``epoch``
         self.out_dir = Path(config.out_dir)
-        self._valid: list[TokenBatch] | None = None
+        self._valid: tuple[list[TokenBatch], list[TokenBatch]] | None = None
         self._metrics = MetricsLogger(self.out_dir)
 
     # ------------------------------------------------------------------------ data
+    def _split_data(self, split: str, seed: int) -> TokenDataset | TrackCrops:
+        """A window dump's split as stored, or random crops of a whole-track dump's."""
+        k = self.config.model.num_codebooks
+        if not self.track_dump:
+            return TokenDataset(self.config.dump_dir, split, k)
+        future = max(0, self.model_config.future_frames)
+        return TrackCrops(self.config.dump_dir, split, k, self.crop_frames, future, seed)
+
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Row order of ``epoch`` (same on every rank and every restart)."""
         return np.random.default_rng([self.config.seed, epoch]).permutation(len(self.train_data))
@@ -284,6 +305,8 @@ class ModelTrainer:
 
         size, rank = self.config.batch_size, self.dist.rank
         while True:
+            if isinstance(self.train_data, TrackCrops):
+                self.train_data.set_epoch(self.epoch)
             order = self.epoch_order(self.epoch)
             global_size = size * self.dist.world
             index_lists = [
@@ -303,19 +326,33 @@ class ModelTrainer:
             self.epoch, self.batch_index = self.epoch + 1, 0
 
     def valid_batches(self) -> list[TokenBatch]:
-        """The first ``valid_batches`` batches of the validation split, in order."""
+        """The fixed validation batches: the first ``valid_batches`` batches of a window
+        dump's split in order, or of a whole-track dump's rows spread evenly over the split
+        (one fixed crop each)."""
+        return self._validation()[0]
+
+    def _validation(self) -> tuple[list[TokenBatch], list[TokenBatch]]:
+        """The validation batches and the same batches with the input of windows half the
+        set away (other tracks: neighbouring rows often share one), for input reliance."""
         if self._valid is None:
             cfg = self.config
             if cfg.valid_split not in self.dump_meta["splits"]:
                 log.warning("dump has no %r split: no validation", cfg.valid_split)
-                self._valid = []
-            else:
-                data = TokenDataset(cfg.dump_dir, cfg.valid_split, cfg.model.num_codebooks)
-                rows = range(min(len(data), cfg.valid_batches * cfg.batch_size))
-                self._valid = [
-                    collate([data[i] for i in rows[s : s + cfg.batch_size]])
-                    for s in range(0, len(rows), cfg.batch_size)
-                ]
+                self._valid = ([], [])
+                return self._valid
+            data = self._split_data(cfg.valid_split, cfg.seed)
+            count = min(len(data), cfg.valid_batches * cfg.batch_size)
+            rows = list(range(count))
+            if isinstance(data, TrackCrops):
+                rows = np.linspace(0, len(data) - 1, count).round().astype(int).tolist()
+            examples = [data[i] for i in rows]
+            shifted = examples[count // 2 :] + examples[: count // 2]
+            others = [e._replace(input_codes=o.input_codes)
+                      for e, o in zip(examples, shifted, strict=True)]
+            self._valid = tuple(
+                [collate(items[s : s + cfg.batch_size]) for s in range(0, count, cfg.batch_size)]
+                for items in (examples, others)
+            )
         return self._valid
 
     # --------------------------------------------------------------------- one step
@@ -347,10 +384,14 @@ class ModelTrainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Mean loss over the fixed validation batches (``{}`` without a validation split)."""
-        batches = self.valid_batches()
+        """Mean loss over the fixed validation batches (``{}`` without a validation split);
+        for a streaming decoder also its input reliance (:mod:`stemstream.train.reliance`)."""
+        batches, others = self._validation()
         if not batches:
             return {}
+        if isinstance(self.model, StreamingDecoder):
+            with self._autocast():
+                return measure_reliance(self.model, self.codec.embed, batches, others)
         self.model.eval()
         losses = [float(self._loss(self.model, batch)) for batch in batches]
         return {"loss/valid": sum(losses) / len(losses)}

@@ -16,7 +16,7 @@ from stemstream.model.transformer import TransformerConfig
 K, V, D_IN, T = 4, 32, 16, 12
 
 
-def _model(t_f: int, k: int, seed: int = 0) -> StreamingDecoder:
+def _model(t_f: int, k: int, seed: int = 0, encoder: str = "frame") -> StreamingDecoder:
     torch.manual_seed(seed)
     cfg = StreamingDecoderConfig(
         backbone=TransformerConfig.preset("tiny"),
@@ -25,11 +25,19 @@ def _model(t_f: int, k: int, seed: int = 0) -> StreamingDecoder:
         input_dim=D_IN,
         future_frames=t_f,
         chunk_frames=k,
+        input_encoder=encoder,
+        input_window=4,
     )
     model = StreamingDecoder(cfg).eval()
     with torch.no_grad():
         model.gate.fill_(0.7)  # zero at init would hide the token path from these checks
+        if model.input_encoder is not None:  # its taps start at zero: make them matter
+            for param in model.input_encoder.parameters():
+                param.normal_(0.0, 0.3)
     return model
+
+
+ENCODERS = ["frame", "conv"]
 
 
 def _batch(t_f: int, seed: int = 1):
@@ -39,10 +47,11 @@ def _batch(t_f: int, seed: int = 1):
     return x, y, torch.tensor([3, 14])
 
 
+@pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("t_f", [-3, 0, 2])
 @pytest.mark.parametrize("k", [2, 5])
-def test_all_chunks_in_one_pass_equal_the_one_chunk_formulation(t_f, k):
-    model = _model(t_f, k)
+def test_all_chunks_in_one_pass_equal_the_one_chunk_formulation(t_f, k, encoder):
+    model = _model(t_f, k, encoder=encoder)
     x, y, inst = _batch(t_f)
     with torch.no_grad():
         full = model(x, y, inst)
@@ -63,10 +72,11 @@ def test_all_chunks_in_one_pass_equal_the_one_chunk_formulation(t_f, k):
             assert float(chunk_loss) == pytest.approx(float(ref.loss), abs=1e-5)
 
 
-@pytest.mark.parametrize("t_f", [-3, 0, 2])
+@pytest.mark.parametrize("encoder", ENCODERS)
+@pytest.mark.parametrize("t_f", [-3, 0, 3])
 @pytest.mark.parametrize("k", [1, 3, 4])
-def test_cached_generation_equals_full_recompute(t_f, k):
-    model = _model(t_f, k)
+def test_cached_generation_equals_full_recompute(t_f, k, encoder):
+    model = _model(t_f, k, encoder=encoder)
     x, y, inst = _batch(t_f)
     delayed = model.delay.apply(y)
     captured = []
@@ -88,10 +98,11 @@ def test_cached_generation_equals_full_recompute(t_f, k):
     torch.testing.assert_close(generated, full.logits[:, : generated.shape[1]], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("encoder", ENCODERS)
 @pytest.mark.parametrize("t_f", [-2, 0, 3])
 @pytest.mark.parametrize("k", [1, 4])
-def test_visibility_by_gradients(t_f, k):
-    model = _model(t_f, k)
+def test_visibility_by_gradients(t_f, k, encoder):
+    model = _model(t_f, k, encoder=encoder)
     x, y, inst = _batch(t_f)
     x.requires_grad_(True)
     logits = model(x, y, inst).logits  # [B, S, K, V], position = delayed step
@@ -102,6 +113,107 @@ def test_visibility_by_gradients(t_f, k):
         assert float(per_frame[max(horizon, 0) :].sum()) == 0.0, (step, horizon)
         if horizon > 0:
             assert float(per_frame[:horizon].sum()) > 0.0
+
+
+@pytest.mark.parametrize("t_f", [-2, 0, 4])
+def test_conv_encoder_hears_its_window_and_the_aligned_frame(t_f):
+    """Through the chunk positions of k = 1: the newest visible frame, every frame of the
+    encoder's window, and (t_f > 1) the frame aligned with the predicted one, frame p."""
+    model = _model(t_f, 1, encoder="conv")
+    with torch.no_grad():
+        for block in model.backbone.layers:  # the newest position alone: input path only
+            for param in block.parameters():
+                param.zero_()
+    x, y, inst = _batch(t_f)
+    x.requires_grad_(True)
+    logits = model(x, y, inst).logits
+    context = model.input_context
+    assert context == max(6, t_f - 1)  # window 4 -> dilations 1, 2
+    step = 10
+    newest = step + t_f - 1
+    (grad,) = torch.autograd.grad(logits[:, step].square().sum(), x)
+    heard = (grad.abs().sum(dim=(0, 1)) > 0).nonzero().flatten().tolist()
+    assert max(heard) == newest
+    assert set(range(max(0, newest - 6), newest + 1)) <= set(heard)
+    if t_f > 1:
+        assert step in heard
+    assert min(heard) >= newest - context
+
+
+def test_fresh_conv_encoder_equals_the_paper_fusion():
+    """The taps and residual outputs start at zero: a warm start from a paper model keeps
+    its function exactly."""
+    torch.manual_seed(0)
+    common = dict(backbone=TransformerConfig.preset("tiny"), num_codebooks=K, codebook_size=V,
+                  input_dim=D_IN, future_frames=3)
+    paper = StreamingDecoder(StreamingDecoderConfig(**common)).eval()
+    conv = StreamingDecoder(StreamingDecoderConfig(**common, input_encoder="conv")).eval()
+    missing = conv.load_state_dict(paper.state_dict(), strict=False)
+    assert missing.unexpected_keys == []
+    assert all(k.startswith("input_encoder.") for k in missing.missing_keys)
+    x, y, inst = _batch(3)
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x, y, inst).logits, paper(x, y, inst).logits)
+
+
+@pytest.mark.parametrize("t_f", [-2, 3])
+def test_conv_encoder_streams_with_dropped_input(t_f):
+    """A long-running caller keeps only the input the model can still reach (input_offset):
+    generation equals the run that keeps everything."""
+    model = _model(t_f, 2, encoder="conv")
+    x = torch.randn(1, D_IN, 60)
+    runs = []
+    for drop in (False, True):
+        state = model.new_state(torch.tensor([1]), max_steps=64)
+        out, offset = [], 0
+        for _ in range(20):
+            c = state.step
+            if drop:
+                offset = max(0, c - 2 + t_f - 1 - model.input_context)
+            out.append(model.generate_chunk(state, x[..., offset:], SamplingConfig(temperature=0.0),
+                                            input_complete=True, input_offset=offset))
+        runs.append(torch.cat(out, dim=-1))
+    assert torch.equal(runs[0], runs[1])
+    state = model.new_state(torch.tensor([1]), max_steps=64)
+    model.generate_chunk(state, x, input_complete=True)
+    model.generate_chunk(state, x, input_complete=True)
+    with pytest.raises(ConfigError, match="was dropped"):
+        model.generate_chunk(state, x[..., 3:], input_complete=True, input_offset=3)
+
+
+def test_history_corruption_only_in_training():
+    torch.manual_seed(0)
+    cfg = StreamingDecoderConfig(
+        backbone=TransformerConfig.preset("tiny"), num_codebooks=K, codebook_size=V,
+        input_dim=D_IN, history_noise=0.3, history_span=0.3, history_span_frames=8)
+    model = StreamingDecoder(cfg)
+    delayed = model.delay.apply(torch.randint(0, V, (64, K, 40)))
+    tokens, hidden = model.corrupt_history(delayed, torch.Generator().manual_seed(0))
+    changed = (tokens != delayed).float().mean()
+    assert 0.2 < float(changed) < 0.33  # a few replacements draw the same code
+    assert ((tokens != delayed) <= (delayed < V)).all()  # delay pads are never replaced
+    assert 0.2 < float(hidden.float().mean()) < 0.4
+    edges = (hidden[:, 1:] != hidden[:, :-1]).sum()  # two per span: spans, not scattered steps
+    assert float(hidden.float().sum()) > 2 * float(edges)
+    x, y, inst = _batch(0)
+    model.eval()
+    with torch.no_grad():
+        model.gate.fill_(0.7)  # zero at init hides the token path
+        assert torch.equal(model(x, y, inst).logits, model(x, y, inst).logits)
+    model.train()
+    with torch.no_grad():
+        assert not torch.equal(model(x, y, inst).logits, model(x, y, inst).logits)
+
+
+def test_hide_history_removes_the_target_history():
+    model = _model(0, 1)
+    x, y, inst = _batch(0)
+    other = torch.randint(0, V, y.shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        a = model(x, y, inst, hide_history=True).logits
+        b = model(x, other, inst, hide_history=True).logits
+        assert torch.equal(a, b)
+        assert not torch.equal(model(x, y, inst).logits, model(x, other, inst).logits)
 
 
 def test_sampled_tokens_are_codec_tokens_and_pads_only_where_forced():
