@@ -1,11 +1,15 @@
 """How much a streaming model uses its input: validation loss with the true input stream
 against the same windows with the input of a window half the split away (another track:
-neighbouring windows of a dump often come from the same track, same key and tempo).
+neighbouring windows of a dump often come from the same track, same key and tempo), overall,
+at target-onset frames (whole-track dumps, which know the onsets) and with the target history
+hidden (:mod:`stemstream.train.reliance`; the trainer logs the same numbers on validation).
 
     python scripts/input_reliance.py [--model default|CKPT] [--dump DIR] [--batches 16]
 
 A model that accompanies its input has a clearly lower loss with the true input; equal losses
 mean it ignores the input (it can still make plausible music, but not coherent music).
+A whole-track dump (``stemstream data dump-tracks``) gives one fixed 10 s window per row,
+rows spread evenly over the split (``--seconds``).
 
 ``--edges`` also splits the loss by decoding step (e.g. ``0,25,100,600``: steps 0-24,
 25-99, 100-599). Under teacher forcing the stem's own past tells the model its tempo and key
@@ -18,11 +22,19 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stemstream.data.tokens import TokenDataset, collate
+from stemstream.data.tokens import (
+    TokenDataset,
+    TrackCrops,
+    collate,
+    is_track_dump,
+    read_track_meta,
+)
 from stemstream.stream.models import load_stream_model
+from stemstream.train.reliance import measure_reliance
 
 
 def main() -> None:
@@ -33,35 +45,44 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--edges", default="", help="decoding-step edges, e.g. 0,25,100,600")
+    parser.add_argument("--seconds", type=float, default=10.0,
+                        help="window length for a whole-track dump")
     args = parser.parse_args()
     edges = [int(e) for e in args.edges.split(",") if e.strip()]
     torch.manual_seed(0)
     loaded = load_stream_model(args.model)
     model, codec = loaded.model.eval(), loaded.codec
     k = model.config.num_codebooks
-    data = TokenDataset(args.dump, args.split, k)
-    sums = {"true input": 0.0, "another window's input": 0.0}
-    segments = {name: torch.zeros(max(len(edges) - 1, 0), 2, dtype=torch.float64)
-                for name in sums}  # [segment, (loss sum, tokens)]
-    count = 0
+    if is_track_dump(args.dump):
+        future = max(0, model.config.future_frames)
+        rate = float(read_track_meta(args.dump)["frame_rate_hz"])
+        data = TrackCrops(args.dump, args.split, k, round(args.seconds * rate), future, seed=0)
+        count = min(len(data), args.batches * args.batch_size)
+        rows = np.linspace(0, len(data) - 1, count).round().astype(int).tolist()
+    else:
+        data = TokenDataset(args.dump, args.split, k)
+        rows = list(range(min(len(data), args.batches * args.batch_size)))
+    examples = [data[i] for i in rows]
+    shifted = [data[(i + len(data) // 2) % len(data)] for i in rows]
+    others = [e._replace(input_codes=o.input_codes) for e, o in zip(examples, shifted,
+                                                                     strict=True)]
+    size = args.batch_size
+    batches = [collate(examples[s : s + size]) for s in range(0, len(examples), size)]
+    other_batches = [collate(others[s : s + size]) for s in range(0, len(others), size)]
     with torch.inference_mode():
-        for b in range(args.batches):
-            rows = range(b * args.batch_size, min(len(data), (b + 1) * args.batch_size))
-            if len(rows) < 2:
-                break
-            batch = collate([data[i] for i in rows])
-            other = collate([data[(i + len(data) // 2) % len(data)] for i in rows])
-            latents = codec.embed(batch.input_codes).float()
-            variants = {"true input": latents,
-                        "another window's input": codec.embed(other.input_codes).float()}
-            for name, lat in variants.items():
-                out = model(lat, batch.target_codes, batch.inst_class)
-                sums[name] += float(out.loss) * len(rows)
-                if len(edges) > 1:
+        result = measure_reliance(model, lambda c: codec.embed(c).float(), batches,
+                                  other_batches)
+    result |= {"windows": len(examples), "model": loaded.source}
+    segments = {name: torch.zeros(max(len(edges) - 1, 0), 2, dtype=torch.float64)
+                for name in ("true input", "another window's input")}  # [segment, (sum, n)]
+    if len(edges) > 1:
+        with torch.inference_mode():
+            for batch, other in zip(batches, other_batches, strict=True):
+                for name, codes in zip(segments, (batch.input_codes, other.input_codes),
+                                       strict=True):
+                    out = model(codec.embed(codes).float(), batch.target_codes,
+                                batch.inst_class)
                     _add_segments(segments[name], out, edges, model.delay.pad_id)
-            count += len(rows)
-    result = {name: total / count for name, total in sums.items()} | {
-        "windows": count, "model": loaded.source}
     if len(edges) > 1:
         result["by_step"] = {
             f"{lo}-{hi - 1}": {name: float(seg[i, 0] / seg[i, 1].clamp_min(1))

@@ -63,6 +63,9 @@ class StreamingDecoderConfig:
     history_noise: float = 0.0
     history_span: float = 0.0
     history_span_frames: int = 25
+    # training only: weight of an auxiliary head that predicts, at the position deciding
+    # frame t, whether a note of the target starts in frame t (0 = no head)
+    onset_loss_weight: float = 0.0
 
     def __post_init__(self):
         check_stream_args(self.future_frames, self.chunk_frames)
@@ -70,6 +73,8 @@ class StreamingDecoderConfig:
         for name in ("history_dropout", "history_noise", "history_span"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if not self.onset_loss_weight >= 0:
+            raise ConfigError(f"onset_loss_weight must be >= 0, got {self.onset_loss_weight}")
         if self.history_span_frames < 1:
             raise ConfigError(f"history_span_frames must be >= 1, got "
                               f"{self.history_span_frames}")
@@ -83,11 +88,14 @@ class StreamingDecoderConfig:
 
 class StreamOutput(NamedTuple):
     """``logits [B, L', K, V]`` at the trained positions and their ``targets [B, K, L']``
-    (``pad_id`` where the delay pattern has no code), and the mean cross-entropy ``loss``."""
+    (``pad_id`` where the delay pattern has no code), and the training ``loss``: the mean
+    cross-entropy plus ``onset_loss_weight`` x ``onset_loss`` (the auxiliary onset head's
+    binary cross-entropy, when target onsets were given)."""
 
     logits: torch.Tensor
     targets: torch.Tensor
     loss: torch.Tensor
+    onset_loss: torch.Tensor | None = None
 
 
 class StreamingDecoder(nn.Module):
@@ -117,8 +125,11 @@ class StreamingDecoder(nn.Module):
         self.norm_fused = nn.LayerNorm(dim, **kw)
         self.backbone = Transformer(config.backbone, **kw)
         self.heads = nn.Linear(dim, config.num_codebooks * config.codebook_size, **kw)
+        self.onset_head = nn.Linear(dim, 1, **kw) if config.onset_loss_weight > 0 else None
         for emb in [*self.token_emb, self.inst_emb]:
             nn.init.normal_(emb.weight, std=0.02)
+        # multiplier of the history-corruption rates (a training schedule sets it per step)
+        self.history_scale = 1.0
 
     # ------------------------------------------------------------------------- pieces
     def embed_tokens(self, tokens: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
@@ -159,8 +170,10 @@ class StreamingDecoder(nn.Module):
         """The target history a training window shows the model: delayed tokens ``[B, K, S]``
         with ``history_noise`` of the codes replaced by random ones, and ``hidden [B, S]``,
         the steps whose embeddings are zeroed (whole windows with ``history_dropout``, spans
-        of ``history_span_frames`` covering about ``history_span`` of the steps)."""
+        of ``history_span_frames`` covering about ``history_span`` of the steps). Every rate
+        is multiplied by :attr:`history_scale`, which a training schedule may set."""
         cfg = self.config
+        scale = self.history_scale
         batch, _, steps = delayed.shape
         device = delayed.device
 
@@ -168,16 +181,17 @@ class StreamingDecoder(nn.Module):
             return torch.rand(*shape, device=device, generator=generator)
 
         tokens = delayed
-        if cfg.history_noise > 0:
+        if cfg.history_noise * scale > 0:
             noise = torch.randint(
                 cfg.codebook_size, delayed.shape, device=device, generator=generator
             )
-            replace = (rand(*delayed.shape) < cfg.history_noise) & (delayed < cfg.codebook_size)
+            replace = rand(*delayed.shape) < cfg.history_noise * scale
+            replace &= delayed < cfg.codebook_size
             tokens = torch.where(replace, noise, delayed)
-        hidden = (rand(batch) < cfg.history_dropout)[:, None].expand(batch, steps)
-        if cfg.history_span > 0:
+        hidden = (rand(batch) < cfg.history_dropout * scale)[:, None].expand(batch, steps)
+        if cfg.history_span * scale > 0:
             span = cfg.history_span_frames
-            starts = (rand(batch, steps) < cfg.history_span / span).float()
+            starts = (rand(batch, steps) < cfg.history_span * scale / span).float()
             covered = F.max_pool1d(F.pad(starts[:, None], (span - 1, 0)), span, stride=1)[:, 0]
             hidden = hidden | (covered > 0)
         return tokens, hidden
@@ -195,6 +209,7 @@ class StreamingDecoder(nn.Module):
         target_codes: torch.Tensor,
         inst: torch.Tensor,
         hide_history: bool = False,
+        onsets: torch.Tensor | None = None,
     ) -> StreamOutput:
         """Teacher-forced pass over whole windows (all chunks at once when ``k > 1``).
 
@@ -205,16 +220,18 @@ class StreamingDecoder(nn.Module):
             inst: long ``[B]`` instrument classes.
             hide_history: hide the whole target history (a measurement: what the model
                 predicts from the input and the instrument alone).
+            onsets: optional bool ``[B, T]``, target note onsets per frame: trains the
+                auxiliary onset head (with ``onset_loss_weight > 0``).
         """
         cfg = self.config
         delayed = self.delay.apply(target_codes)  # [B, K, S]
         layout = training_layout(
             delayed.shape[-1], cfg.future_frames, cfg.chunk_frames, input_latents.shape[-1]
         )
-        return self._run_layout(input_latents, delayed, inst, layout, hide_history)
+        return self._run_layout(input_latents, delayed, inst, layout, hide_history, onsets)
 
     def _run_layout(
-        self, input_latents, delayed, inst, layout, hide_history: bool = False
+        self, input_latents, delayed, inst, layout, hide_history: bool = False, onsets=None
     ) -> StreamOutput:
         device = delayed.device
         layout = Layout(**{f.name: getattr(layout, f.name).to(device) for f in fields(layout)})
@@ -237,12 +254,22 @@ class StreamingDecoder(nn.Module):
             positions=layout.positions,
             mask=layout.mask,
         )
-        logits = self.logits(hidden[:, layout.loss])
+        trained = hidden[:, layout.loss]
+        logits = self.logits(trained)
         targets = delayed[:, :, layout.positions[layout.loss]]
         loss = F.cross_entropy(
             logits.flatten(0, 2), targets.transpose(1, 2).flatten(), ignore_index=self.delay.pad_id
         )
-        return StreamOutput(logits, targets, loss)
+        onset_loss = None
+        if onsets is not None and self.onset_head is not None:
+            # position p decides codebook 0 of frame p: its onset target is onsets[:, p]
+            frames = min(onsets.shape[-1], trained.shape[1])
+            onset_logits = self.onset_head(trained[:, :frames]).squeeze(-1)
+            onset_loss = F.binary_cross_entropy_with_logits(
+                onset_logits.float(), onsets[:, :frames].float()
+            )
+            loss = loss + self.config.onset_loss_weight * onset_loss
+        return StreamOutput(logits, targets, loss, onset_loss)
 
     # --------------------------------------------------------------------- generation
     def new_state(

@@ -36,6 +36,8 @@ class ModelSpec:
             random codes in training.
         history_span: streaming only: the fraction of target-history steps hidden in spans of
             ``history_span_frames`` in training.
+        onset_loss_weight: streaming only: weight of an auxiliary head predicting the target's
+            note onsets (needs a whole-track dump, which stores them; 0 = no head).
         num_classes: instrument classes (``None`` = :data:`~stemstream.data.instruments.
             NUM_CLASSES`).
     """
@@ -52,6 +54,7 @@ class ModelSpec:
     history_noise: float = 0.0
     history_span: float = 0.0
     history_span_frames: int = 25
+    onset_loss_weight: float = 0.0
     num_classes: int | None = None
 
     def __post_init__(self) -> None:
@@ -83,6 +86,9 @@ class ModelTrainConfig:
     valid_batches: int = 8  # at most this many (fixed, in order) validation batches
     # whole-track dumps only: output frames of each window cut at random at every step
     crop_seconds: float = 10.0
+    # streaming history corruption (model.history_*) is scaled from 1 at step 0 linearly to
+    # this at the last step: strong early, so the input path is learned first
+    history_scale_end: float = 1.0
     batch_size: int = 16  # per process
     steps: int = 1000
     lr: float = 1e-4
@@ -124,6 +130,9 @@ class ModelTrainConfig:
             raise ConfigError(f"betas must be two numbers in [0, 1), got {self.betas}")
         if self.grad_clip <= 0:
             raise ConfigError(f"grad_clip must be > 0, got {self.grad_clip}")
+        if not 0 <= self.history_scale_end <= 1:
+            raise ConfigError(f"history_scale_end must be in [0, 1], got "
+                              f"{self.history_scale_end}")
         if not (math.isfinite(self.crop_seconds) and self.crop_seconds > 0):
             raise ConfigError(f"crop_seconds must be > 0, got {self.crop_seconds}")
         if self.init_layers is not None and self.init_from is None:

@@ -70,6 +70,7 @@ def _streaming() -> Family:
             history_noise=spec.history_noise,
             history_span=spec.history_span,
             history_span_frames=spec.history_span_frames,
+            onset_loss_weight=spec.onset_loss_weight,
         )
 
     return Family(StreamingDecoderConfig, StreamingDecoder, make)
@@ -85,7 +86,8 @@ def _offline(module: str, config_name: str, model_name: str) -> Callable[[], Fam
         config_class, model_class = getattr(mod, config_name), getattr(mod, model_name)
 
         def make(spec: ModelSpec, facts: DumpFacts) -> Any:
-            streaming_only = ("history_dropout", "history_noise", "history_span")
+            streaming_only = ("history_dropout", "history_noise", "history_span",
+                              "onset_loss_weight")
             for name in streaming_only:
                 if getattr(spec, name):
                     raise ConfigError(f"model.{name} applies to the streaming family only")

@@ -284,6 +284,7 @@ class ModelTrainer:
         self.batch_index = 0  # next batch of ``epoch``
         self.out_dir = Path(config.out_dir)
         self._valid: tuple[list[TokenBatch], list[TokenBatch]] | None = None
+        self._onset_loss: float | None = None
         self._metrics = MetricsLogger(self.out_dir)
 
     # ------------------------------------------------------------------------ data
@@ -365,8 +366,13 @@ class ModelTrainer:
         inputs = batch.input_codes.to(self.device)
         with torch.no_grad():
             latents = self.codec.embed(inputs)  # [B, D_in, T_in]
+        kwargs = {}
+        if batch.onsets is not None and getattr(self.model, "onset_head", None) is not None:
+            kwargs["onsets"] = batch.onsets.to(self.device)
         with self._autocast():
-            out = net(latents, batch.target_codes.to(self.device), batch.inst_class.to(self.device))
+            out = net(latents, batch.target_codes.to(self.device),
+                      batch.inst_class.to(self.device), **kwargs)
+        self._onset_loss = None if out.onset_loss is None else float(out.onset_loss.detach())
         return out.loss.float()
 
     def train_step(self, batch: TokenBatch) -> dict[str, float]:
@@ -375,12 +381,20 @@ class ModelTrainer:
         lr = cfg.lr * warmup_cosine(self.step, cfg.warmup_steps, cfg.steps, cfg.min_lr / cfg.lr)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if isinstance(self.model, StreamingDecoder):
+            progress = self.step / max(1, cfg.steps - 1)
+            self.model.history_scale = 1 + (cfg.history_scale_end - 1) * min(1.0, progress)
         loss = self._loss(self.net, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
-        return {"loss/train": float(loss.detach()), "grad_norm": float(grad_norm), "lr": lr}
+        metrics = {"loss/train": float(loss.detach()), "grad_norm": float(grad_norm), "lr": lr}
+        if isinstance(self.model, StreamingDecoder):
+            metrics["history_scale"] = self.model.history_scale
+        if self._onset_loss is not None:
+            metrics["loss/onset"] = self._onset_loss
+        return metrics
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:

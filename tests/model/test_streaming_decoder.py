@@ -313,3 +313,21 @@ def test_history_dropout_hides_the_target_history_in_training_only():
     assert not torch.allclose(model(x, y, inst).logits, model(x, y, inst.flip(0)).logits)
     with pytest.raises(ConfigError, match="history_dropout"):
         replace(base.config, history_dropout=1.5)
+
+
+def test_onset_head_adds_its_loss_only_when_onsets_are_given():
+    torch.manual_seed(0)
+    cfg = StreamingDecoderConfig(backbone=TransformerConfig.preset("tiny"), num_codebooks=K,
+                                 codebook_size=V, input_dim=D_IN, onset_loss_weight=0.5)
+    model = StreamingDecoder(cfg).eval()
+    x, y, inst = _batch(0)
+    onsets = torch.zeros(2, T, dtype=torch.bool)
+    onsets[:, ::4] = True
+    plain = model(x, y, inst)
+    with_onsets = model(x, y, inst, onsets=onsets)
+    assert plain.onset_loss is None
+    expected = plain.loss + 0.5 * with_onsets.onset_loss
+    torch.testing.assert_close(with_onsets.loss, expected)
+    with_onsets.loss.backward()
+    assert model.onset_head.weight.grad.abs().sum() > 0
+    assert "onset_head.weight" not in _model(0, 1).state_dict()  # no head without the weight

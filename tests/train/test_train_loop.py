@@ -318,9 +318,14 @@ def track_dump(tmp_path_factory) -> Path:
 def test_track_dump_trains_on_fresh_crops_and_logs_reliance(track_dump, tmp_path):
     common = ("steps=7", "crop_seconds=1.0", "batch_size=2", "valid_every=7",
               "checkpoint_every=100", "model.future_frames=5", "model.input_encoder=conv",
-              "model.history_noise=0.2", "model.history_span=0.2")
+              "model.history_noise=0.2", "model.history_span=0.2", "history_scale_end=0.4",
+              "model.onset_loss_weight=0.5", "log_every=1")
     a = _train(track_dump, tmp_path / "a", *common)
     assert a.train_data.input_frames == 55 and a.epoch >= 1
+    scales = [m["history_scale"] for m in _metrics(tmp_path / "a") if "history_scale" in m]
+    assert scales[0] == 1.0 and scales[-1] == pytest.approx(0.4) and scales == sorted(scales)[::-1]
+    onset = [m["loss/onset"] for m in _metrics(tmp_path / "a") if "loss/onset" in m]
+    assert len(onset) == 7 and all(0 < v < 2 for v in onset)
     valid = [m for m in _metrics(tmp_path / "a") if "loss/valid" in m][-1]
     for key in ("reliance/all", "reliance/hidden", "loss/valid_other_input"):
         assert key in valid
