@@ -127,9 +127,25 @@ class _System:
         schedule = getattr(config, "schedule", None)
         if schedule is not None:
             out["steps_per_level"] = list(schedule.steps_per_level)
-        if getattr(config, "history_dropout", 0):  # trained otherwise: its own t_f / k line
-            out["variant"] = f"history dropout {config.history_dropout:g}"
+        variant = _variant(config)
+        if variant:  # designed or trained otherwise: its own t_f / k line
+            out["variant"] = variant
         return out
+
+
+def _variant(config: Any) -> str:
+    """What sets a streaming model apart from the paper's design and training, in words
+    (empty for the paper's)."""
+    parts = []
+    if getattr(config, "input_encoder", "frame") != "frame":
+        parts.append(f"{config.input_encoder} input")
+    if getattr(config, "history_dropout", 0):
+        parts.append(f"history dropout {config.history_dropout:g}")
+    if getattr(config, "history_noise", 0) or getattr(config, "history_span", 0):
+        parts.append(f"history noise {config.history_noise:g} span {config.history_span:g}")
+    if getattr(config, "onset_loss_weight", 0):
+        parts.append("onset head")
+    return ", ".join(parts)
 
 
 def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, str]:

@@ -372,7 +372,8 @@ class ModelTrainer:
         with self._autocast():
             out = net(latents, batch.target_codes.to(self.device),
                       batch.inst_class.to(self.device), **kwargs)
-        self._onset_loss = None if out.onset_loss is None else float(out.onset_loss.detach())
+        onset_loss = getattr(out, "onset_loss", None)  # streaming models with an onset head
+        self._onset_loss = None if onset_loss is None else float(onset_loss.detach())
         return out.loss.float()
 
     def train_step(self, batch: TokenBatch) -> dict[str, float]:
