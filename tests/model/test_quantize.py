@@ -15,11 +15,16 @@ from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
 from stemstream.model.transformer import TransformerConfig
 
 
-def _decoder() -> StreamingDecoder:
+def _decoder(encoder: str = "frame") -> StreamingDecoder:
     torch.manual_seed(0)
     config = StreamingDecoderConfig(backbone=TransformerConfig.preset("tiny"), num_codebooks=4,
-                                    codebook_size=32, input_dim=16)
-    return StreamingDecoder(config).eval()
+                                    codebook_size=32, input_dim=16, future_frames=3,
+                                    input_encoder=encoder)
+    model = StreamingDecoder(config).eval()
+    with torch.no_grad():
+        for param in [] if model.input_encoder is None else model.input_encoder.parameters():
+            param.normal_(0.0, 0.1)  # its taps start at zero: make them matter
+    return model
 
 
 def test_int8_linear_equals_the_dynamic_quantised_module():
@@ -39,8 +44,9 @@ def test_int8_linear_equals_the_dynamic_quantised_module():
     assert mine.weight.shape == linear.weight.shape
 
 
-def test_int8_decoder_replaces_every_linear_and_generates_like_fp32():
-    model = _decoder()
+@pytest.mark.parametrize("encoder", ["frame", "conv"])
+def test_int8_decoder_replaces_every_linear_and_generates_like_fp32(encoder):
+    model = _decoder(encoder)
     int8 = convert_weights(model, "int8")
     assert convert_weights(model, "fp32") is model
     assert not any(type(m) is nn.Linear for m in int8.modules())
@@ -53,7 +59,7 @@ def test_int8_decoder_replaces_every_linear_and_generates_like_fp32():
     greedy = SamplingConfig(temperature=0.0)
     with torch.no_grad():
         for _ in range(30):
-            fp32, q8 = (m._forward_positions(s, latents, [s.step], [s.step - 1])
+            fp32, q8 = (m._forward_positions(s, latents, [s.step], [s.step + 2])
                         for m, s in zip((model, int8), states, strict=True))
             torch.testing.assert_close(q8, fp32, atol=0.1, rtol=0.1)
             for m, s in zip((model, int8), states, strict=True):

@@ -35,7 +35,8 @@ def make_codec(sample_rate: int = SR, hop: int = HOP, seed: int = 0) -> MockCode
 
 
 def make_model(
-    t_f: int, k: int, seed: int = 0, backbone: TransformerConfig | None = None
+    t_f: int, k: int, seed: int = 0, backbone: TransformerConfig | None = None,
+    encoder: str = "frame",
 ) -> StreamingDecoder:
     torch.manual_seed(seed)
     config = StreamingDecoderConfig(
@@ -45,17 +46,22 @@ def make_model(
         input_dim=D_IN,
         future_frames=t_f,
         chunk_frames=k,
+        input_encoder=encoder,
+        input_window=6,
     )
     model = StreamingDecoder(config).eval()
     with torch.no_grad():
         model.gate.fill_(0.7)  # zero at init would hide the token path
+        if model.input_encoder is not None:  # its taps start at zero: make them matter
+            for param in model.input_encoder.parameters():
+                param.normal_(0.0, 0.3)
     return model
 
 
 @functools.cache
-def shared_model(t_f: int, k: int) -> StreamingDecoder:
+def shared_model(t_f: int, k: int, encoder: str = "frame") -> StreamingDecoder:
     """A model reused across tests (never mutate it)."""
-    return make_model(t_f, k)
+    return make_model(t_f, k, encoder=encoder)
 
 
 @functools.cache
@@ -115,10 +121,11 @@ def offline_reference(model: StreamingDecoder, codec: MockCodec, wave: np.ndarra
         return codec.decode(codes)[0, 0, : wave.shape[0]].numpy()
 
 
+@pytest.mark.parametrize("encoder", ["frame", "conv"])
 @pytest.mark.parametrize("t_f", [-3, 0, 2])
 @pytest.mark.parametrize("k", [1, 4])
-def test_greedy_session_equals_offline_generation(t_f, k):
-    model, codec = shared_model(t_f, k), shared_codec()
+def test_greedy_session_equals_offline_generation(t_f, k, encoder):
+    model, codec = shared_model(t_f, k, encoder), shared_codec()
     ref = offline_reference(model, codec, WAVE)
     n = WAVE.shape[0]
     patterns = {
@@ -171,12 +178,13 @@ def test_session_rejects_a_mismatched_model_or_codec():
 
 # --------------------------------------------------------------------------- snapshots
 SNAPSHOT_CASES = [
-    pytest.param(0, 1, SR, None, None, id="k1"),
-    pytest.param(0, 4, SR, None, None, id="k4"),
-    pytest.param(2, 4, SR, None, None, id="k4-tf2"),
-    pytest.param(-3, 1, SR, None, None, id="k1-tf-3"),
-    pytest.param(0, 4, SR, None, 16, id="k4-ring-wraps"),
-    pytest.param(0, 1, 44100, 48000, None, id="k1-44k1-in-48k-out"),
+    pytest.param(0, 1, SR, None, None, "frame", id="k1"),
+    pytest.param(0, 4, SR, None, None, "frame", id="k4"),
+    pytest.param(2, 4, SR, None, None, "frame", id="k4-tf2"),
+    pytest.param(-3, 1, SR, None, None, "frame", id="k1-tf-3"),
+    pytest.param(0, 4, SR, None, 16, "frame", id="k4-ring-wraps"),
+    pytest.param(0, 1, 44100, 48000, None, "frame", id="k1-44k1-in-48k-out"),
+    pytest.param(3, 2, SR, None, 16, "conv", id="k2-tf3-conv-input-ring-wraps"),
 ]
 
 
@@ -184,11 +192,12 @@ def _stereo(wave: np.ndarray) -> np.ndarray:
     return np.stack([wave, 0.5 * wave[::-1]], axis=1)
 
 
-@pytest.mark.parametrize(("t_f", "k", "rate_in", "rate_out", "window"), SNAPSHOT_CASES)
+@pytest.mark.parametrize(("t_f", "k", "rate_in", "rate_out", "window", "encoder"),
+                         SNAPSHOT_CASES)
 def test_save_load_mid_stream_continues_bit_identically(
-    tmp_path, t_f, k, rate_in, rate_out, window
+    tmp_path, t_f, k, rate_in, rate_out, window, encoder
 ):
-    model = shared_model(t_f, k)
+    model = shared_model(t_f, k, encoder)
     kwargs = {
         "temperature": 1.0,
         "seed": 7,
