@@ -78,18 +78,22 @@ def load(
 
 def save(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:
     """Write ``[C, N]`` or ``[N]`` float audio; the format follows the suffix (.wav, .flac...).
+    The file appears only when complete (written beside it, then renamed); a path that cannot
+    take it raises :class:`~stemstream.outputs.OutputError`.
 
     Values are clipped to [-1, 1] only by the file format's integer conversion for FLAC/PCM.
     """
     import soundfile as sf
 
-    path = Path(path)
+    from stemstream.outputs import atomic_output, audio_suffixes, check_output_path
+
+    path = check_output_path(path, "audio file", suffixes=audio_suffixes())
     samples = np.asarray(samples, dtype=np.float32)
     check_audio(samples, f"audio for {path}")
     data = samples.T if samples.ndim == 2 else samples
-    path.parent.mkdir(parents=True, exist_ok=True)
     subtype = "PCM_24" if path.suffix.lower() == ".flac" else None
-    sf.write(str(path), data, sample_rate, subtype=subtype)
+    with atomic_output(path) as tmp:
+        sf.write(str(tmp), data, sample_rate, subtype=subtype)
     return path
 
 

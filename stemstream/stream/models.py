@@ -20,6 +20,7 @@ codec stays fp32 so its tokens are the ones the model was trained on).
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,6 +147,8 @@ def frames_from_seconds(seconds: float | None, frame_rate: float, what: str) -> 
     """Seconds (CLI) -> whole frames; an inexact value is rounded with a log line."""
     if seconds is None:
         return None
+    if not math.isfinite(seconds):
+        raise ConfigError(f"{what} must be a finite number of seconds, got {seconds}")
     frames = round(seconds * frame_rate)
     if abs(frames - seconds * frame_rate) > 1e-6:
         log.info("%s %.4f s rounded to %d frames (%.4f s)", what, seconds, frames,

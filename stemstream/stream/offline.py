@@ -22,6 +22,7 @@ from stemstream.data.instruments import class_from_name, class_name
 from stemstream.errors import ConfigError
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder
+from stemstream.outputs import check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +114,7 @@ def generate_file(
     from stemstream.stream.session import with_stream_args
     from stemstream.train.loop import load_model
 
+    check_outputs([input_path], audio={"-o": out, "--mix": mix_out})  # before the model loads
     loaded = load_model(checkpoint)
     codec = codec_for(loaded.codec, codec_spec)
     model = loaded.model

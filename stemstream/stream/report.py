@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from stemstream.outputs import atomic_output
+
 if TYPE_CHECKING:
     from stemstream.stream.session import Session
 
@@ -80,8 +82,9 @@ def session_report(session: Session) -> dict[str, Any]:
 def write_report(report: dict[str, Any], path: str | Path) -> Path:
     """Write ``report`` as indented JSON."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, default=_json_default) + "\n")
+    text = json.dumps(report, indent=1, default=_json_default) + "\n"
+    with atomic_output(path) as tmp:
+        tmp.write_text(text)
     return path
 
 
@@ -102,7 +105,6 @@ def plot_timeline(report: dict[str, Any], path: str | Path) -> Path:
 
     records = [r for r in report["records"] if r["deadline"] is not None]
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig, (ax_slack, ax_cost) = plt.subplots(2, 1, figsize=(10, 5.5), sharex=True)
     if records:
         t = np.array([r["deadline"] for r in records])
@@ -127,6 +129,9 @@ def plot_timeline(report: dict[str, Any], path: str | Path) -> Path:
         f"RTF {report['rtf'] or 0:.3f}, misses {report['missed_chunks']}/{report['chunks']}"
     )
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=110)
+    finally:
+        plt.close(fig)
     return path

@@ -1,0 +1,96 @@
+"""Output paths: refused before any work with one line, never over an input, written
+atomically (nothing partial is left behind), and the CLI's accompany/generate use it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from stemstream import audio
+from stemstream.cli import cli
+from stemstream.outputs import OutputError, atomic_output, check_output_path, check_outputs
+
+
+@pytest.fixture()
+def song(tmp_path) -> Path:
+    path = tmp_path / "song.wav"
+    rng = np.random.default_rng(0)
+    sf.write(path, (0.1 * rng.standard_normal(8000)).astype(np.float32), 16000)
+    return path
+
+
+def test_bad_output_paths_are_refused_with_one_line(tmp_path, song):
+    (tmp_path / "folder").mkdir()
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    cases = {
+        tmp_path / "folder": "is a directory",
+        tmp_path / "noext": "unknown file type",
+        tmp_path / "x.txt": "unknown file type",
+        song: "is an input",
+        Path("/dev/full"): "not a regular file",
+        tmp_path / "song.wav" / "x.wav": "is not a directory",
+    }
+    if os.geteuid() != 0:  # root writes anywhere
+        cases[locked / "x.wav"] = "not writable"
+    for path, message in cases.items():
+        with pytest.raises(OutputError, match=message) as err:
+            check_outputs([song], audio={"-o": path})
+        assert "\n" not in str(err.value)
+    with pytest.raises(OutputError, match="two outputs"):
+        check_outputs([song], audio={"-o": tmp_path / "a.wav", "--mix": tmp_path / "a.wav"})
+    assert check_output_path(tmp_path / "new" / "deeper" / "a.wav", suffixes=(".wav",))
+    locked.chmod(0o700)
+
+
+def test_atomic_output_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(ValueError), atomic_output(target) as tmp:
+        tmp.write_text("half")
+        raise ValueError("interrupted")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_output(target) as tmp:
+        tmp.write_text("whole")
+    assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]
+
+
+def test_audio_save_is_atomic_and_refuses_devices(tmp_path):
+    with pytest.raises(OutputError, match="not a regular file"):
+        audio.save("/dev/full", np.zeros(100, np.float32), 16000)
+    path = audio.save(tmp_path / "a.flac", np.zeros(100, np.float32), 16000)
+    assert path.is_file() and [p.name for p in tmp_path.iterdir()] == ["a.flac"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-o", "{song}"], "is an input"),
+    (["-o", "{tmp}/out"], "unknown file type"),
+    (["-o", "{tmp}/s.wav", "--mix", "{tmp}/m.txt"], "unknown file type"),
+    (["-o", "{tmp}/s.wav", "--report", "{tmp}/r.wav"], "use one of .json"),
+    (["-o", "{tmp}/s.wav", "--plot", "{tmp}"], "is a directory"),
+    (["-o", "{tmp}/s.wav", "--tf", "nan"], "finite"),
+    (["-o", "{tmp}/s.wav", "--tf", "inf"], "finite"),
+])
+def test_accompany_refuses_bad_paths_before_any_work(tmp_path, song, args, message):
+    before = song.read_bytes()
+    filled = [a.format(song=song, tmp=tmp_path) for a in args]
+    result = CliRunner().invoke(cli, ["accompany", str(song), "--instrument", "Bass",
+                                      "--model", "random-tiny-mock", "--no-progress", *filled])
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output and message in result.output
+    assert song.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song.wav"]
+
+
+def test_generate_refuses_its_input_as_output(tmp_path, song):
+    before = song.read_bytes()
+    result = CliRunner().invoke(cli, ["generate", "--checkpoint", str(tmp_path / "none"),
+                                      "--input", str(song), "--instrument", "Bass",
+                                      "-o", str(song)])
+    assert result.exit_code != 0 and "is an input" in result.output
+    assert song.read_bytes() == before
