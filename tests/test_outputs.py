@@ -94,3 +94,15 @@ def test_generate_refuses_its_input_as_output(tmp_path, song):
                                       "-o", str(song)])
     assert result.exit_code != 0 and "is an input" in result.output
     assert song.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--chunk", "100000"], "chunk size k = 100000 frames is outside 1..128"),
+    (["--tf", "100"], "t_f = 5000 frames is outside -256..256"),
+])
+def test_accompany_refuses_stream_args_outside_the_models_range(tmp_path, song, args, message):
+    result = CliRunner().invoke(cli, ["accompany", str(song), "--instrument", "Bass",
+                                      "--model", "random-tiny-mock", "--no-progress",
+                                      "-o", str(tmp_path / "s.wav"), *args])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not (tmp_path / "s.wav").exists()
