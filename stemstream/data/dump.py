@@ -185,6 +185,10 @@ def dump_corpus(
     for name, value in (("windows_per_track", windows_per_track), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+    unknown = [s for s in (splits or ()) if s not in reader.splits]
+    if unknown:
+        raise DumpError(f"{reader.root}: no split {', '.join(map(repr, unknown))}; the corpus "
+                        f"has {', '.join(reader.splits) or 'none'}")
     out_dir = Path(out_dir)
     meta = _open_dump(out_dir, _new_meta(reader, codec, window, windows_per_track, seed), overwrite)
     summaries: dict[str, SplitSummary] = {}
@@ -197,6 +201,13 @@ def dump_corpus(
         meta["splits"].pop(split, None)
         _write_json(out_dir / META, meta)  # forget the old split before touching its files
         dataset = WindowDataset(reader, split, window, codec.sample_rate, windows_per_track, seed)
+        if len(dataset) == 0:
+            reasons = Counter(r.reason for r in dataset.rejections).most_common(1)
+            raise DumpError(
+                f"{reader.root}: no track of split {split!r} gives a window of "
+                f"{window.window_seconds:g} s (+{max(0.0, window.future_seconds):g} s "
+                f"look-ahead)" + (f"; most common reason: {reasons[0][0]}" if reasons else "")
+            )
         summary = _dump_split(dataset, codec, out_dir, batch_size, split in audio_splits, progress)
         summary.tracks = len(reader.tracks(split))
         meta["splits"][split] = dataclasses.asdict(summary)

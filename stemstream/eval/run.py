@@ -229,6 +229,10 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     from stemstream.stream.offline import generate_codes
 
     began = time.perf_counter()
+    if "beat" in config.metrics:  # a typo must not cost a whole generation pass
+        from stemstream.eval.beats import resolve_tracker
+
+        resolve_tracker(config.beat_tracker)
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     systems = [_load_system(n, s, config.codec, config.stemgen_steps)
@@ -251,8 +255,11 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     log.info("selecting %s windows of %s/%s", config.split, config.corpus, windows)
     dataset = WindowDataset(config.corpus, config.split, windows, sample_rate=rate,
                             seed=config.seed)
-    if len(dataset) == 0:
-        raise ConfigError(f"{config.corpus}: no usable windows in split {config.split!r}")
+    if len(dataset) < 2:
+        raise ConfigError(
+            f"{config.corpus}: {len(dataset)} usable window(s) in split {config.split!r}; the "
+            "random-pairing anchor needs at least two (a bigger corpus or another split)"
+        )
     count = min(config.num_examples, len(dataset))
     if count < config.num_examples:
         log.warning("only %d windows in %s; evaluating all of them", count, config.split)

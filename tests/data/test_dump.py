@@ -354,3 +354,13 @@ def test_cli_data_dump(corpus, tmp_path):
     forced = CliRunner().invoke(cli, [*args, "--seed", "3", "--overwrite"])
     assert forced.exit_code == 0, forced.output
     assert json.loads((out / "meta.json").read_text())["seed"] == 3
+
+
+def test_unknown_split_or_no_window_is_refused_without_leaving_a_dump(corpus, codec, tmp_path):
+    with pytest.raises(DumpError, match="no split 'tset'"):
+        dump_corpus(corpus, codec, tmp_path / "a", WINDOW, splits=("tset",), progress=False)
+    assert not (tmp_path / "a").exists()
+    long = WindowConfig(window_seconds=60.0)
+    with pytest.raises(DumpError, match="gives a window of 60 s"):
+        dump_corpus(corpus, codec, tmp_path / "b", long, splits=("train",), progress=False)
+    assert not (tmp_path / "b" / "train").exists()

@@ -236,3 +236,17 @@ def test_stemgen_steps_override_the_schedule_and_are_recorded(setup, tmp_path):
         _load_system("sg", path, None, (*steps, 1))
     with pytest.raises(ConfigError, match="stemgen_steps must be ints >= 1"):
         EvalConfig(corpus=corpus, out=tmp_path, stemgen_steps=(4, 0))
+
+
+def test_unknown_beat_tracker_and_a_single_window_are_refused_before_generating(setup, tmp_path):
+    corpus, models = setup
+    config = EvalConfig(corpus=corpus, out=tmp_path / "a", systems=models, split="train",
+                        num_examples=2, seconds=1.0, beat_tracker="foo")
+    with pytest.raises(ConfigError, match="unknown beat tracker 'foo'"):
+        run_eval(config, progress=False)
+    assert not (tmp_path / "a").exists()
+    config = EvalConfig(corpus=corpus, out=tmp_path / "b", systems=models, split="validation",
+                        num_examples=2, seconds=1.0, look_ahead_seconds=0.1)
+    with pytest.raises(ConfigError, match="random-pairing anchor needs at least two"):
+        run_eval(config, progress=False)
+    assert not list((tmp_path / "b").rglob("*.wav"))
