@@ -56,7 +56,7 @@ def check_output_path(
     if suffixes is not None:
         allowed = sorted({s.lower() for s in suffixes})
         if path.suffix.lower() not in allowed:
-            shown = ", ".join(allowed) if len(allowed) <= 8 else ", ".join(allowed[:8]) + "..."
+            shown = ", ".join(allowed) if len(allowed) <= 12 else ", ".join(allowed[:12]) + "..."
             raise OutputError(
                 f"{what} {path}: unknown file type {path.suffix or '(no suffix)'!r}; "
                 f"use one of {shown}"

@@ -106,3 +106,22 @@ def test_accompany_refuses_stream_args_outside_the_models_range(tmp_path, song, 
                                       "-o", str(tmp_path / "s.wav"), *args])
     assert result.exit_code == 1 and message in result.output, result.output
     assert not (tmp_path / "s.wav").exists()
+
+
+def test_codec_encode_and_decode_check_paths_and_codes(tmp_path, song):
+    runner = CliRunner()
+    result = runner.invoke(cli, ["codec", "encode", str(song), "-o", str(tmp_path / "codes"),
+                                 "--codec", "mock"])
+    assert result.exit_code == 1 and "use one of .npz" in result.output
+    result = runner.invoke(cli, ["codec", "encode", str(song), "-o", str(tmp_path / "c.npz"),
+                                 "--codec", "mock"])
+    assert result.exit_code == 0 and (tmp_path / "c.npz").is_file()
+    result = runner.invoke(cli, ["codec", "decode", str(tmp_path / "c.npz"), "-o",
+                                 str(tmp_path / "c.npz"), "--codec", "mock"])
+    assert result.exit_code == 1 and "unknown file type '.npz'" in result.output
+    with np.load(tmp_path / "c.npz") as data:
+        np.savez(tmp_path / "f.npz", codes=data["codes"].astype(np.float32), meta=data["meta"])
+    result = runner.invoke(cli, ["codec", "decode", str(tmp_path / "f.npz"), "-o",
+                                 str(tmp_path / "f.wav"), "--codec", "mock"])
+    assert result.exit_code == 1 and "codes must be integers" in result.output
+    assert not (tmp_path / "f.wav").exists()

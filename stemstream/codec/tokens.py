@@ -18,6 +18,7 @@ import torch
 from stemstream import audio
 from stemstream.codec.base import CodecError, describe_identity, same_tokens
 from stemstream.codec.registry import get_codec
+from stemstream.outputs import atomic_output, audio_suffixes, check_output_path
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,7 @@ def encode_file(
     path: str | Path, out: str | Path, codec_spec: str = "default", num_codebooks: int | None = None
 ) -> EncodedFile:
     """Encode any audio file (resampled and downmixed as needed) to a codes ``.npz``."""
+    out = check_output_path(out, "-o", [path], (".npz",))
     codec = get_codec(codec_spec)
     loaded = audio.load(path, sample_rate=codec.sample_rate, channels=1)
     with torch.inference_mode():
@@ -49,9 +51,8 @@ def encode_file(
         "source": str(path),
         "num_samples": int(loaded.samples.shape[-1]),
     }
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, codes=codes[0].numpy().astype(dtype), meta=np.array(json.dumps(meta)))
+    with atomic_output(out) as tmp:
+        np.savez(tmp, codes=codes[0].numpy().astype(dtype), meta=np.array(json.dumps(meta)))
     return EncodedFile(codes.shape[1], codes.shape[2], codec.frame_rate)
 
 
@@ -72,11 +73,14 @@ def read_codes(path: str | Path) -> tuple[np.ndarray, dict]:
         ) from err
     if codes.ndim != 2:
         raise CodecError(f"{path}: codes must be [K, T], got shape {codes.shape}")
+    if codes.dtype.kind not in "iu":
+        raise CodecError(f"{path}: codes must be integers, got {codes.dtype}")
     return codes, meta
 
 
 def decode_file(path: str | Path, out: str | Path, codec_spec: str = "default") -> float:
     """Decode a codes ``.npz`` to audio; returns the duration in seconds."""
+    check_output_path(out, "-o", [path], audio_suffixes())
     codes, meta = read_codes(path)
     codec = get_codec(codec_spec)
     identity = codec.codec_identity()
