@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Installs everything stemstream needs on a fresh Debian machine, idempotently:
 #   Debian packages (FluidSynth + GM SoundFont, libsndfile), a virtualenv in .venv,
-#   the pinned CPU torch, and the package itself (editable) with the dev/train extras.
+#   the pinned CPU torch, and the package itself (editable) with the dev/train/live extras.
 # Usage: bash scripts/setup.sh            (re-running is cheap: a stamp skips finished steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fluidsynth fluid-soundfont-gm libfluidsynth3 libsndfile1)
+APT_PACKAGES=(fluidsynth fluid-soundfont-gm libfluidsynth3 libsndfile1 libportaudio2)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -34,9 +34,9 @@ pip_install() {  # quiet unless it fails
 stamp=.venv/.stemstream-installed
 want=$(cat pyproject.toml constraints.txt requirements-compat.txt | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-  echo "[setup] installing torch==2.13.0 (CPU) and stemstream[dev,train]"
+  echo "[setup] installing torch==2.13.0 (CPU) and stemstream[dev,train,live]"
   pip_install torch==2.13.0
-  pip_install -c constraints.txt -e '.[dev,train]'
+  pip_install -c constraints.txt -e '.[dev,train,live]'
   pip_install --no-deps -r requirements-compat.txt
   .venv/bin/python -c "import torch, stemstream; assert torch.__version__.startswith('2.13.0'), torch.__version__"
   echo "$want" > "$stamp"

@@ -144,8 +144,13 @@ class LiveEngine:
 
 
 def list_devices() -> str:
-    """The sound devices PortAudio sees (``stemstream live --list-devices``)."""
-    return str(import_sounddevice().query_devices())
+    """The sound devices PortAudio sees (``stemstream live --list-devices``), or a sentence
+    saying there are none."""
+    devices = import_sounddevice().query_devices()
+    if len(devices) == 0:
+        return ("no sound devices found (PortAudio sees no input or output; on a server or "
+                "in a container there is usually none: use `stemstream accompany` on a file)")
+    return str(devices)
 
 
 def alignment_warning(future_frames: int, frame_rate: float, latency: float) -> str | None:

@@ -111,6 +111,21 @@ def test_no_device_gives_a_clear_error(monkeypatch):
         run_live(model="random-tiny-mock")
 
 
+def test_list_devices_says_when_there_is_none(monkeypatch):
+    from stemstream.stream.live import list_devices
+
+    class NoDevices(list):  # sounddevice's DeviceList prints as "" when empty
+        def __str__(self) -> str:
+            return ""
+
+    fake = types.ModuleType("sounddevice")
+    fake.query_devices = lambda device=None, kind=None: NoDevices()
+    monkeypatch.setitem(sys.modules, "sounddevice", fake)
+    assert list_devices().startswith("no sound devices found")
+    fake.query_devices = lambda device=None, kind=None: NoDevices(["0 fake, ALSA (2 in, 2 out)"])
+    assert list_devices() == ""  # a non-empty list prints as sounddevice formats it
+
+
 def test_run_live_with_a_fake_device(monkeypatch, tmp_path):
     """A fake duplex stream that calls the callback in real time for ~0.3 s."""
     import threading
