@@ -409,9 +409,31 @@ def export_model(checkpoint_path, out, dtype):
     click.echo(f"wrote {export_checkpoint(checkpoint_path, out, dtype)}")
 
 
+def _model_option(help_text: str, default: str | None = None):
+    """``--model`` (the name every command uses) with ``--checkpoint``, the older spelling,
+    as a hidden alias; the command receives ``model``."""
+
+    def decorate(command):
+        command = click.option("--checkpoint", "checkpoint_alias", default=None, hidden=True)(
+            command)
+        return click.option("--model", default=default, show_default=default is not None,
+                            help=help_text)(command)
+
+    return decorate
+
+
+def _chosen_model(model: str | None, alias: str | None, required: bool = True) -> str | None:
+    if model is not None and alias is not None and model != alias:
+        raise click.UsageError("give --model or --checkpoint (its older name), not both")
+    chosen = model if model is not None else alias
+    if chosen is None and required:
+        raise click.UsageError("Missing option '--model'.")
+    return chosen
+
+
 @cli.command("generate")
-@click.option("--checkpoint", "checkpoint_path", type=click.Path(path_type=Path), required=True,
-              help="A model checkpoint (training or exported) of any family.")
+@_model_option("default (the shipped file model), default-live, or a model checkpoint "
+               "(training or exported) of any family.")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
               help="The input mix (any format, rate and channel count).")
 @click.option("--instrument", required=True, help="Class to play, e.g. Bass, Piano, Drums.")
@@ -427,17 +449,30 @@ def export_model(checkpoint_path, out, dtype):
                    "trained one (warns).")
 @click.option("--chunk", "chunk_frames", type=int, default=None,
               help="Streaming family: run with this chunk size k instead of the trained one.")
-def generate(checkpoint_path, input_path, instrument, out, mix_out, codec_spec, temperature,
-             top_k, seed, tf_seconds, chunk_frames):
+def generate(model, checkpoint_alias, input_path, instrument, out, mix_out, codec_spec,
+             temperature, top_k, seed, tf_seconds, chunk_frames):
     """Generate an accompaniment stem for a whole file (streaming families run their
     streaming loop over it)."""
     from stemstream.stream.offline import generate_file
 
-    result = generate_file(checkpoint_path, input_path, instrument, out, codec_spec,
-                           temperature, top_k, seed, mix_out, tf_seconds=tf_seconds,
-                           chunk_frames=chunk_frames)
+    result = generate_file(_chosen_model(model, checkpoint_alias), input_path, instrument, out,
+                           codec_spec, temperature, top_k, seed, mix_out,
+                           tf_seconds=tf_seconds, chunk_frames=chunk_frames)
     click.echo(f"wrote {result.stem_path} ({result.seconds:.2f} s of {result.instrument}, "
                f"{result.family} model)" + (f" and {result.mix_path}" if result.mix_path else ""))
+
+
+@cli.command("instruments")
+def instruments():
+    """The instrument classes a model can play (`--instrument`), with their aliases."""
+    from stemstream.data.instruments import NEVER_TARGET, NUM_CLASSES, aliases_of, class_name
+
+    for class_id in range(NUM_CLASSES):
+        aliases = aliases_of(class_id)
+        note = " (never a target: no model is trained to play it)" if class_id in NEVER_TARGET \
+            else ""
+        click.echo(f"{class_id:>2}  {class_name(class_id)}"
+                   + (f"  (also: {', '.join(aliases)})" if aliases else "") + note)
 
 
 @cli.command("demo")
@@ -645,9 +680,8 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
 
 
 @eval_group.command("run")
-@click.option("--checkpoint", default=None,
-              help="A model checkpoint (any family), or `default` (the shipped model); "
-                   "named `model` in the tables.")
+@_model_option("A model checkpoint (any family), or `default` (the shipped model); named "
+               "`model` in the tables.")
 @click.option("--systems", "system_specs", multiple=True, metavar="NAME=CKPT",
               help="More systems evaluated in the same run (repeatable).")
 @click.option("--corpus", type=click.Path(path_type=Path), required=True,
@@ -676,15 +710,16 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
               help="StemGen iterations per RVQ level (default: the model's own, A.5's "
                    "128,64,32,32); fewer for a CPU budget.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def eval_run(checkpoint, system_specs, corpus, split, num_examples, seconds, out, metrics,
-             cocola_path, fad_embedding, beat_tracker, codec_spec, temperature, top_k, seed,
-             look_ahead, stemgen_steps, progress):
+def eval_run(model, checkpoint_alias, system_specs, corpus, split, num_examples, seconds, out,
+             metrics, cocola_path, fad_embedding, beat_tracker, codec_spec, temperature, top_k,
+             seed, look_ahead, stemgen_steps, progress):
     """Generate for N windows and score every system beside ground truth, codec
     reconstruction and random pairing (OUT/metrics.json, summary.md, per_example.csv)."""
     from stemstream.eval.run import EvalConfig, parse_systems, run_eval
 
     config = EvalConfig(
-        corpus=corpus, out=out, systems=parse_systems(checkpoint, system_specs), split=split,
+        corpus=corpus, out=out, split=split,
+        systems=parse_systems(_chosen_model(model, checkpoint_alias, False), system_specs),
         num_examples=num_examples, seconds=seconds, seed=seed,
         metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
         cocola=cocola_path, fad_embedding=fad_embedding, beat_tracker=beat_tracker,

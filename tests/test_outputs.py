@@ -125,3 +125,34 @@ def test_codec_encode_and_decode_check_paths_and_codes(tmp_path, song):
                                  str(tmp_path / "f.wav"), "--codec", "mock"])
     assert result.exit_code == 1 and "codes must be integers" in result.output
     assert not (tmp_path / "f.wav").exists()
+
+
+def test_instruments_lists_names_aliases_and_what_is_never_trained(tmp_path, song, caplog):
+    result = CliRunner().invoke(cli, ["instruments"])
+    assert result.exit_code == 0
+    assert "Percussive  (also: Drums, Percussion)" in result.output
+    assert "Vocal" in result.output and "never a target" in result.output
+    result = CliRunner().invoke(cli, ["accompany", str(song), "--instrument", "Kazoo",
+                                      "-o", str(tmp_path / "s.wav")])
+    assert result.exit_code == 1 and "Drums" in result.output and "Vocal" not in result.output
+    with caplog.at_level("WARNING"):
+        result = CliRunner().invoke(cli, ["accompany", str(song), "--instrument", "vocals",
+                                          "--model", "random-tiny-mock", "--no-progress",
+                                          "-o", str(tmp_path / "v.wav")])
+    assert result.exit_code == 0 and "no model is trained to play Vocal" in caplog.text
+
+
+def test_generate_takes_model_like_every_command_and_the_shipped_names(tmp_path, song):
+    short = tmp_path / "short.wav"
+    sf.write(short, sf.read(song, dtype="float32")[0][:1600], 16000)
+    result = CliRunner().invoke(cli, ["generate", "--model", "default", "--input", str(short),
+                                      "--instrument", "Bass", "-o", str(tmp_path / "b.wav")])
+    assert result.exit_code == 0, result.output
+    assert sf.info(tmp_path / "b.wav").frames == 1600
+    result = CliRunner().invoke(cli, ["generate", "--model", "a", "--checkpoint", "b",
+                                      "--input", str(short), "--instrument", "Bass",
+                                      "-o", str(tmp_path / "c.wav")])
+    assert result.exit_code == 2 and "not both" in result.output
+    result = CliRunner().invoke(cli, ["generate", "--input", str(short), "--instrument", "Bass",
+                                      "-o", str(tmp_path / "c.wav")])
+    assert result.exit_code == 2 and "--model" in result.output

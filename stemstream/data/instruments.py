@@ -64,9 +64,32 @@ def class_from_name(name: str) -> int:
     """Class id from a class name (case-insensitive; Slakh aliases such as 'Drums' accepted)."""
     key = name.strip().lower().replace("_", " ")
     if key not in _BY_NAME:
-        choices = ", ".join(INSTRUMENT_CLASSES)
-        raise ConfigError(f"unknown instrument {name!r}; choose one of: {choices}")
+        choices = ", ".join(INSTRUMENT_CLASSES[i] for i in range(NUM_CLASSES)
+                            if i not in NEVER_TARGET)
+        raise ConfigError(f"unknown instrument {name!r}; choose one of: {choices} (or an alias: "
+                          "Drums; see `stemstream instruments`)")
     return _BY_NAME[key]
+
+
+def playable_class(name: str) -> int:
+    """:func:`class_from_name` for a part to generate: warns when no training window ever
+    targets that class (Vocal, Unknown), so no model has learned to play it."""
+    class_id = class_from_name(name)
+    if class_id in NEVER_TARGET:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "no model is trained to play %s (training never targets Vocal or Unknown stems); "
+            "expect an arbitrary part", class_name(class_id))
+    return class_id
+
+
+def aliases_of(class_id: int) -> list[str]:
+    """The other names :func:`class_from_name` accepts for a class (e.g. Drums for
+    Percussive), capitalised."""
+    name = class_name(class_id).lower()
+    return sorted(alias.title() for alias, target in _ALIASES.items()
+                  if target.lower() == name and alias != name)
 
 
 def class_name(class_id: int) -> str:

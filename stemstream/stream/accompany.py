@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from stemstream import audio
-from stemstream.data.instruments import class_from_name, class_name
+from stemstream.data.instruments import class_name, playable_class
 from stemstream.errors import ConfigError
 from stemstream.outputs import check_outputs
 
@@ -180,7 +180,7 @@ def accompany_file(
 
     if not block_seconds > 0:
         raise ConfigError(f"block size must be > 0 seconds, got {block_seconds}")
-    inst_id = class_from_name(instrument)  # fail fast, before loading anything heavy
+    inst_id = playable_class(instrument)  # fail fast, before loading anything heavy
     check_outputs([input_path], audio={"-o": out, "--mix": mix_out},
                   json={"--report": report_out}, plots={"--plot": plot_out})
     source = audio.load(input_path, sample_rate=None, channels=None)  # [C, N], native rate

@@ -18,7 +18,7 @@ import torch
 
 from stemstream import audio
 from stemstream.codec.base import Codec, CodecError, describe_identity, same_tokens
-from stemstream.data.instruments import class_from_name, class_name
+from stemstream.data.instruments import class_name, playable_class
 from stemstream.errors import ConfigError
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder
@@ -115,7 +115,10 @@ def generate_file(
     from stemstream.train.loop import load_model
 
     check_outputs([input_path], audio={"-o": out, "--mix": mix_out})  # before the model loads
-    loaded = load_model(checkpoint)
+    from stemstream.stream.models import DEFAULT_MODEL, LIVE_MODEL
+
+    shipped = {"default": DEFAULT_MODEL, "default-live": LIVE_MODEL}
+    loaded = load_model(shipped.get(str(checkpoint), checkpoint))
     codec = codec_for(loaded.codec, codec_spec)
     model = loaded.model
     if tf_seconds is not None or chunk_frames is not None:
@@ -123,7 +126,7 @@ def generate_file(
             raise ConfigError(f"--tf / --chunk apply to streaming models, not {loaded.family!r}")
         future = frames_from_seconds(tf_seconds, codec.frame_rate, "--tf")
         model = with_stream_args(model, future, chunk_frames)
-    inst_id = class_from_name(instrument)
+    inst_id = playable_class(instrument)
     num_classes = getattr(loaded.config, "num_classes", 18)
     if inst_id >= num_classes:
         raise ConfigError(

@@ -159,6 +159,7 @@ def with_stream_args(
     k = cfg.chunk_frames if chunk_frames is None else chunk_frames
     if (tf, k) == (cfg.future_frames, cfg.chunk_frames):
         return model
+    new_cfg = dataclasses.replace(cfg, future_frames=tf, chunk_frames=k)  # validates
     context = cfg.backbone.max_seq_len  # positions the KV cache and rotary table cover
     if not 1 <= k <= context // 2:  # a chunk re-enters k positions beside its own k
         raise ConfigError(f"chunk size k = {k} frames is outside 1..{context // 2} for this "
@@ -166,7 +167,6 @@ def with_stream_args(
     if abs(tf) > context:
         raise ConfigError(f"t_f = {tf} frames is outside -{context}..{context} for this model "
                           f"(its context is {context} positions)")
-    new_cfg = dataclasses.replace(cfg, future_frames=tf, chunk_frames=k)  # validates
     warnings.warn(
         f"running a model trained with t_f={cfg.future_frames}, k={cfg.chunk_frames} "
         f"at t_f={tf}, k={k}: it was not trained for that visibility",
