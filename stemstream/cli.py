@@ -496,15 +496,11 @@ def demo(out_dir, instrument, model, corpus):
         plot_out=out_dir / "latency.png", progress=True,
     )
     click.echo(result.summary())
-    from stemstream import audio
-    from stemstream.stream.picture import accompaniment_figure
+    from stemstream.stream.picture import picture_of_files
 
-    stem = audio.load(result.stem_path, channels=1)
-    source = audio.load(example, sample_rate=stem.sample_rate, channels=1)
     picture = out_dir / "picture.png"
-    beats = accompaniment_figure(source.samples.reshape(-1), stem.samples.reshape(-1),
-                                 stem.sample_rate, picture,
-                                 title=f"{result.instrument} for {example.name}")
+    beats = picture_of_files(example, result.stem_path, picture,
+                             title=f"{result.instrument} for {example.name}")
     click.echo(f"beats: input {beats['input_bpm']:.0f} BPM, accompaniment "
                f"{beats['stem_bpm']:.0f} BPM, beat F {beats['beat_f']:.2f}")
     for path in (result.stem_path, result.mix_path, result.report_path, result.plot_path,
@@ -547,6 +543,9 @@ def demo(out_dir, instrument, model, corpus):
               help="Also write the latency report (JSON).")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None,
               help="Also write the slack timeline (PNG).")
+@click.option("--picture", "picture_out", type=click.Path(path_type=Path), default=None,
+              help="Also write spectrograms of input and stem with their beat grids (PNG) "
+                   "and print both tempi and the beat F-measure.")
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=200, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -558,11 +557,16 @@ def demo(out_dir, instrument, model, corpus):
               help="Model weights: int8 = dynamic quantisation of Linear layers (faster on CPU).")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_frames, latency,
-              realtime, mix_out, report_out, plot_out, temperature, top_k, seed, block_ms,
-              window, weights, progress):
+              realtime, mix_out, report_out, plot_out, picture_out, temperature, top_k, seed,
+              block_ms, window, weights, progress):
     """Accompany an audio file through the real-time engine: write the stem (and optionally
-    the mix, a latency report and its plot) and print RTF and deadline misses."""
+    the mix, a latency report and its plot, a picture) and print RTF and deadline misses."""
+    from stemstream.outputs import check_outputs
     from stemstream.stream.accompany import accompany_file
+
+    check_outputs([input_path], audio={"-o": out, "--mix": mix_out},
+                  json={"--report": report_out}, plots={"--plot": plot_out,
+                                                         "--picture": picture_out})
 
     result = accompany_file(
         input_path, instrument, out, model=model, codec=codec_spec, tf_seconds=tf_seconds,
@@ -575,6 +579,14 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
     for path in (result.mix_path, result.report_path, result.plot_path):
         if path is not None:
             click.echo(f"wrote {path}")
+    if picture_out is not None:
+        from stemstream.stream.picture import picture_of_files
+
+        beats = picture_of_files(input_path, result.stem_path, picture_out,
+                                 title=f"{result.instrument} for {Path(input_path).name}")
+        click.echo(f"beats: input {beats['input_bpm']:.0f} BPM, accompaniment "
+                   f"{beats['stem_bpm']:.0f} BPM, beat F {beats['beat_f']:.2f}")
+        click.echo(f"wrote {picture_out}")
 
 
 # --- bench: `stemstream bench` (stemstream.stream.bench)

@@ -156,3 +156,18 @@ def test_generate_takes_model_like_every_command_and_the_shipped_names(tmp_path,
     result = CliRunner().invoke(cli, ["generate", "--input", str(short), "--instrument", "Bass",
                                       "-o", str(tmp_path / "c.wav")])
     assert result.exit_code == 2 and "--model" in result.output
+
+
+def test_accompany_picture(tmp_path, song):
+    result = CliRunner().invoke(cli, ["accompany", str(song), "--instrument", "Bass",
+                                      "--model", "random-tiny-mock", "--no-progress",
+                                      "-o", str(tmp_path / "s.wav"),
+                                      "--picture", str(tmp_path / "p.png")])
+    assert result.exit_code == 0, result.output
+    assert "beat F" in result.output
+    assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    result = CliRunner().invoke(cli, ["accompany", str(song), "--instrument", "Bass",
+                                      "-o", str(tmp_path / "t.wav"),
+                                      "--picture", str(tmp_path / "p.jpg")])
+    assert result.exit_code == 1 and "--picture" in result.output
+    assert not (tmp_path / "t.wav").exists()

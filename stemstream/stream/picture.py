@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from stemstream.outputs import atomic_output
+
 
 def accompaniment_figure(input_audio: np.ndarray, stem: np.ndarray, sample_rate: int,
                          path: str | Path, title: str = "") -> dict[str, float]:
@@ -52,8 +54,21 @@ def accompaniment_figure(input_audio: np.ndarray, stem: np.ndarray, sample_rate:
     axes[2].legend(loc="upper right", fontsize=7, ncols=2)
     fig.suptitle(f"{title}  beat F (70 ms) = {score:.2f}".strip())
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:
+            fig.savefig(tmp, dpi=100)
+    finally:
+        plt.close(fig)
     return {"beat_f": score, "input_bpm": bpm(beats_in), "stem_bpm": bpm(beats_out)}
+
+
+def picture_of_files(input_path: str | Path, stem_path: str | Path, path: str | Path,
+                     title: str = "") -> dict[str, float]:
+    """:func:`accompaniment_figure` of an input file and the stem written for it (the input
+    is downmixed and resampled to the stem's rate)."""
+    from stemstream import audio
+
+    stem = audio.load(stem_path, channels=1)
+    source = audio.load(input_path, sample_rate=stem.sample_rate, channels=1)
+    return accompaniment_figure(source.samples.reshape(-1), stem.samples.reshape(-1),
+                                stem.sample_rate, path, title=title)
