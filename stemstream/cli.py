@@ -449,15 +449,17 @@ def _chosen_model(model: str | None, alias: str | None, required: bool = True) -
                    "trained one (warns).")
 @click.option("--chunk", "chunk_frames", type=int, default=None,
               help="Streaming family: run with this chunk size k instead of the trained one.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
 def generate(model, checkpoint_alias, input_path, instrument, out, mix_out, codec_spec,
-             temperature, top_k, seed, tf_seconds, chunk_frames):
+             temperature, top_k, seed, tf_seconds, chunk_frames, progress):
     """Generate an accompaniment stem for a whole file (streaming families run their
     streaming loop over it)."""
     from stemstream.stream.offline import generate_file
 
     result = generate_file(_chosen_model(model, checkpoint_alias), input_path, instrument, out,
                            codec_spec, temperature, top_k, seed, mix_out,
-                           tf_seconds=tf_seconds, chunk_frames=chunk_frames)
+                           tf_seconds=tf_seconds, chunk_frames=chunk_frames,
+                           progress=progress)
     click.echo(f"wrote {result.stem_path} ({result.seconds:.2f} s of {result.instrument}, "
                f"{result.family} model)" + (f" and {result.mix_path}" if result.mix_path else ""))
 

@@ -75,10 +75,14 @@ def generate_codes(
     sampling: SamplingConfig,
     generator: torch.Generator,
     num_frames: int | None = None,
+    progress: bool = False,
 ) -> torch.Tensor:
     """Output codes ``[B, K, T]`` for input latents ``[B, D_in, T_in]`` with any family
     (``T = num_frames``, default ``T_in``; input frames past ``T`` are the look-ahead a
-    ``t_f > 0`` model hears at the end of the window)."""
+    ``t_f > 0`` model hears at the end of the window). ``progress``: a bar over decoding
+    steps on stderr (streaming families)."""
+    from tqdm import tqdm
+
     frames = latents.shape[-1] if num_frames is None else num_frames
     if not isinstance(model, StreamingDecoder):
         return model.generate(latents, inst, sampling, generator, num_frames=num_frames)
@@ -86,10 +90,12 @@ def generate_codes(
     k = model.config.chunk_frames
     state = model.new_state(inst, max_steps=steps + k)
     chunks = []
-    while state.step < steps:
-        chunks.append(
-            model.generate_chunk(state, latents, sampling, generator, input_complete=True)
-        )
+    with tqdm(total=steps, desc="generate", unit="step", disable=not progress) as bar:
+        while state.step < steps:
+            chunks.append(
+                model.generate_chunk(state, latents, sampling, generator, input_complete=True)
+            )
+            bar.update(min(k, steps - bar.n))
     delayed = torch.cat(chunks, dim=-1)[..., :steps]
     return model.delay.revert(delayed)
 
@@ -106,6 +112,7 @@ def generate_file(
     mix_out: str | Path | None = None,
     tf_seconds: float | None = None,
     chunk_frames: int | None = None,
+    progress: bool = False,
 ) -> GenerateResult:
     """Accompany ``input_path`` (any rate/channels) with ``instrument``; write the stem (and
     optionally the input + stem mix) at the codec's rate. A streaming model may run at another
@@ -138,7 +145,8 @@ def generate_file(
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         latents = codec.input_latents(wave, model.config.num_codebooks)
-        codes = generate_codes(model, latents, torch.tensor([inst_id]), sampling, generator)
+        codes = generate_codes(model, latents, torch.tensor([inst_id]), sampling, generator,
+                               progress=progress)
         stem = codec.decode(codes)[0, :, : wave.shape[-1]].numpy()
     out = audio.save(out, stem, codec.sample_rate)
     mix_path = None
