@@ -87,6 +87,25 @@ def check_distinct(paths: Iterable[str | Path | None]) -> None:
         seen[key] = Path(path)
 
 
+def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
+    """Create the folder ``path`` (and its parents) for a command's outputs, or raise
+    :class:`OutputError` in one line: an existing file of that name, no permission, a full
+    or read-only disk."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{what} {path}: exists and is not a directory")
+    folder = _existing_ancestor(path)
+    if not folder.is_dir():
+        raise OutputError(f"{what} {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputError(f"{what} {path}: {folder} is not writable")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{what} {path}: cannot create it ({err.strerror or err})") from None
+    return path
+
+
 PLOT_SUFFIXES = (".png", ".pdf", ".svg")
 
 

@@ -171,3 +171,18 @@ def test_accompany_picture(tmp_path, song):
                                       "--picture", str(tmp_path / "p.jpg")])
     assert result.exit_code == 1 and "--picture" in result.output
     assert not (tmp_path / "t.wav").exists()
+
+
+def test_output_folders_that_are_files_are_refused(tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    runner = CliRunner()
+    cases = [
+        ["data", "synth", "--out", str(afile), "--tracks", "1", "--jobs", "1"],
+        ["eval", "run", "--model", "default", "--corpus", str(tmp_path), "--out", str(afile)],
+    ]
+    for args in cases:
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 1, args
+        assert result.output == f"error: --out {afile}: exists and is not a directory\n"
+    assert afile.read_text() == "x"

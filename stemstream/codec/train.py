@@ -32,6 +32,7 @@ from stemstream.config import to_dict
 from stemstream.data.crops import CropConfig, CropSampler
 from stemstream.errors import ConfigError
 from stemstream.metrics import MetricsLogger
+from stemstream.outputs import prepare_output_dir
 from stemstream.train.config import warmup_cosine
 
 log = logging.getLogger(__name__)
@@ -434,7 +435,7 @@ class CodecTrainer:
         Returns the last validation metrics."""
         from tqdm import tqdm
 
-        self.out_dir.mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(self.out_dir, "out_dir")
         existing = self.checkpoint_paths()
         if existing:
             self.load_checkpoint(existing[-1])

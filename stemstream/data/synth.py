@@ -33,6 +33,7 @@ from stemstream import audio
 from stemstream.data.instruments import INSTRUMENT_CLASSES, class_from_program
 from stemstream.data.song import Song
 from stemstream.errors import ConfigError
+from stemstream.outputs import prepare_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -304,10 +305,10 @@ def synthesize_corpus(
     """
     from tqdm import tqdm
 
-    out_dir = Path(out_dir)
+    out_dir = prepare_output_dir(out_dir, "--out")
     plans = plan_tracks(config)
     for split in SPLITS:
-        (out_dir / split).mkdir(parents=True, exist_ok=True)
+        prepare_output_dir(out_dir / split, "--out")
     jobs = max(1, min(jobs or os.cpu_count() or 1, len(plans)))
     stats = CorpusStats()
     bar = tqdm(total=len(plans), desc="render", unit="track", disable=not progress)

@@ -36,6 +36,7 @@ import numpy as np
 
 from stemstream import audio
 from stemstream.errors import ConfigError
+from stemstream.outputs import prepare_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +235,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
         resolve_tracker(config.beat_tracker)
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    prepare_output_dir(out, "--out")
     systems = [_load_system(n, s, config.codec, config.stemgen_steps)
                for n, s in config.systems.items()]
     _check_cached_systems(out, systems)

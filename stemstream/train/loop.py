@@ -41,6 +41,7 @@ from stemstream.data.tokens import (
 from stemstream.errors import ConfigError
 from stemstream.metrics import MetricsLogger
 from stemstream.model.streaming import StreamingDecoder
+from stemstream.outputs import prepare_output_dir
 from stemstream.train.config import ModelTrainConfig, resolve_future_frames, warmup_cosine
 from stemstream.train.families import DumpFacts, get_family
 from stemstream.train.reliance import measure_reliance
@@ -515,7 +516,7 @@ class ModelTrainer:
 
         cfg = self.config
         if self.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
+            prepare_output_dir(self.out_dir, "out_dir")
         self._barrier()
         existing = self.checkpoint_paths()
         if existing:
