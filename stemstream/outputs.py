@@ -151,6 +151,21 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextlib.contextmanager
+def all_or_nothing() -> Iterator[list[Path]]:
+    """Yield a list to append each file a command writes; if the command then fails, the
+    files already written are removed, so a failed command leaves nothing that looks
+    finished."""
+    written: list[Path] = []
+    try:
+        yield written
+    except BaseException:
+        for path in written:
+            with contextlib.suppress(OSError):
+                Path(path).unlink()
+        raise
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and b.exists() and os.path.samefile(a, b)

@@ -186,3 +186,19 @@ def test_output_folders_that_are_files_are_refused(tmp_path):
         assert result.exit_code == 1, args
         assert result.output == f"error: --out {afile}: exists and is not a directory\n"
     assert afile.read_text() == "x"
+
+
+def test_accompany_that_fails_late_leaves_no_output(tmp_path, song, monkeypatch):
+    import stemstream.stream.report as report
+
+    def broken(report_data, path):
+        raise OutputError(f"{path}: cannot write (disk full)")
+
+    monkeypatch.setattr(report, "plot_timeline", broken)
+    result = CliRunner().invoke(cli, ["accompany", str(song), "--instrument", "Bass",
+                                      "--model", "random-tiny-mock", "--no-progress",
+                                      "-o", str(tmp_path / "s.wav"), "--mix",
+                                      str(tmp_path / "m.wav"), "--report",
+                                      str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png")])
+    assert result.exit_code == 1 and "disk full" in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["song.wav"]

@@ -29,7 +29,7 @@ import numpy as np
 from stemstream import audio
 from stemstream.data.instruments import class_name, playable_class
 from stemstream.errors import ConfigError
-from stemstream.outputs import check_outputs
+from stemstream.outputs import all_or_nothing, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -202,21 +202,27 @@ def accompany_file(
     stem = stream_file(session, source.samples.T, source.sample_rate, block_seconds,
                        realtime=realtime, progress=progress)
     rate = session.out_rate
-    stem_path = audio.save(out, stem, rate)
-    mix_path = None
-    if mix_out is not None:
-        from stemstream.eval.mixing import mix_a7
+    with all_or_nothing() as written:
+        stem_path = audio.save(out, stem, rate)
+        written.append(stem_path)
+        mix_path = None
+        if mix_out is not None:
+            from stemstream.eval.mixing import mix_a7
 
-        mono = audio.resample(audio.to_mono(source.samples)[0], source.sample_rate, rate)
-        mono = np.pad(mono[: stem.shape[0]], (0, max(0, stem.shape[0] - mono.shape[0])))
-        mix_path = audio.save(mix_out, mix_a7(mono, stem, rate), rate)
-    report = session.report()
-    report["input"] = {"path": str(input_path), "sample_rate": source.sample_rate,
-                       "channels": int(source.samples.shape[0]), "seconds": source.seconds}
-    report["model"] = {"source": loaded.source, "trained": loaded.trained,
-                       "block_seconds": block_seconds}
-    report_path = write_report(report, report_out) if report_out is not None else None
-    plot_path = plot_timeline(report, plot_out) if plot_out is not None else None
+            mono = audio.resample(audio.to_mono(source.samples)[0], source.sample_rate, rate)
+            mono = np.pad(mono[: stem.shape[0]], (0, max(0, stem.shape[0] - mono.shape[0])))
+            mix_path = audio.save(mix_out, mix_a7(mono, stem, rate), rate)
+            written.append(mix_path)
+        report = session.report()
+        report["input"] = {"path": str(input_path), "sample_rate": source.sample_rate,
+                           "channels": int(source.samples.shape[0]), "seconds": source.seconds}
+        report["model"] = {"source": loaded.source, "trained": loaded.trained,
+                           "block_seconds": block_seconds}
+        report_path = None
+        if report_out is not None:
+            report_path = write_report(report, report_out)
+            written.append(report_path)
+        plot_path = plot_timeline(report, plot_out) if plot_out is not None else None
     result = AccompanyResult(
         stem_path=stem_path,
         mix_path=mix_path,
