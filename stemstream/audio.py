@@ -97,6 +97,15 @@ def save(path: str | Path, samples: np.ndarray, sample_rate: int) -> Path:
     return path
 
 
+def check_duration(audio: Audio, min_seconds: float, what: str) -> Audio:
+    """Raise :class:`AudioError` when ``audio`` is shorter than ``min_seconds`` (e.g. less
+    than one codec frame, which no model can accompany)."""
+    if audio.seconds < min_seconds:
+        raise AudioError(f"{what}: {audio.samples.shape[-1]} samples ({audio.seconds:.4f} s) is "
+                         f"shorter than one {min_seconds * 1e3:g} ms frame; nothing to accompany")
+    return audio
+
+
 def to_mono(samples: np.ndarray) -> np.ndarray:
     """Average channels: ``[C, N] -> [1, N]`` (a 1-D array becomes ``[1, N]``)."""
     samples = np.atleast_2d(samples)

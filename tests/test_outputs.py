@@ -202,3 +202,14 @@ def test_accompany_that_fails_late_leaves_no_output(tmp_path, song, monkeypatch)
                                       str(tmp_path / "r.json"), "--plot", str(tmp_path / "p.png")])
     assert result.exit_code == 1 and "disk full" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["song.wav"]
+
+
+@pytest.mark.parametrize("command", ["accompany", "generate"])
+def test_input_shorter_than_a_frame_is_refused(tmp_path, command):
+    tiny = tmp_path / "one.wav"
+    sf.write(tiny, np.zeros(1, np.float32), 16000)
+    args = (["accompany", str(tiny), "--model", "random-tiny-mock"] if command == "accompany"
+            else ["generate", "--model", "default", "--input", str(tiny)])
+    result = CliRunner().invoke(cli, [*args, "--instrument", "Bass", "-o", str(tmp_path / "o.wav")])
+    assert result.exit_code == 1 and "shorter than one 20 ms frame" in result.output
+    assert not (tmp_path / "o.wav").exists()

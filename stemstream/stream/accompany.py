@@ -187,6 +187,7 @@ def accompany_file(
     from stemstream.stream.models import resolve_stream_model
 
     loaded = resolve_stream_model(model, codec, tf_seconds, chunk_frames, weights)
+    audio.check_duration(source, 1 / loaded.codec.frame_rate, str(input_path))
     config = SessionConfig(
         instrument=inst_id,
         input_sample_rate=source.sample_rate,

@@ -140,6 +140,7 @@ def generate_file(
             f"instrument {instrument!r} is outside this model's {num_classes} classes"
         )
     source = audio.load(input_path, sample_rate=codec.sample_rate, channels=1)
+    audio.check_duration(source, 1 / codec.frame_rate, str(input_path))
     wave = torch.from_numpy(source.samples)[None]
     sampling = SamplingConfig(temperature=temperature, top_k=top_k)
     generator = torch.Generator().manual_seed(seed)
