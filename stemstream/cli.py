@@ -449,9 +449,11 @@ def _chosen_model(model: str | None, alias: str | None, required: bool = True) -
                    "trained one (warns).")
 @click.option("--chunk", "chunk_frames", type=int, default=None,
               help="Streaming family: run with this chunk size k instead of the trained one.")
+@click.option("--sample-rate", type=click.IntRange(min=8000, max=384000), default=None,
+              help="Rate of the stem and mix files [default: the input's].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def generate(model, checkpoint_alias, input_path, instrument, out, mix_out, codec_spec,
-             temperature, top_k, seed, tf_seconds, chunk_frames, progress):
+             temperature, top_k, seed, tf_seconds, chunk_frames, sample_rate, progress):
     """Generate an accompaniment stem for a whole file (streaming families run their
     streaming loop over it)."""
     from stemstream.stream.offline import generate_file
@@ -459,7 +461,7 @@ def generate(model, checkpoint_alias, input_path, instrument, out, mix_out, code
     result = generate_file(_chosen_model(model, checkpoint_alias), input_path, instrument, out,
                            codec_spec, temperature, top_k, seed, mix_out,
                            tf_seconds=tf_seconds, chunk_frames=chunk_frames,
-                           progress=progress)
+                           progress=progress, sample_rate=sample_rate)
     click.echo(f"wrote {result.stem_path} ({result.seconds:.2f} s of {result.instrument}, "
                f"{result.family} model)" + (f" and {result.mix_path}" if result.mix_path else ""))
 
@@ -524,7 +526,8 @@ def demo(out_dir, instrument, model, corpus):
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("--instrument", required=True, help="Class to play, e.g. Bass, Piano, Drums.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True,
-              help="The stem to write (mono, codec rate, as long as INPUT).")
+              help="The stem to write (mono, at INPUT's rate unless --sample-rate, as long as "
+                   "INPUT).")
 @click.option("--model", default="default", show_default=True,
               help="default (t_f = 0, for files), default-live (t_f < 0), random-cpu, "
                    "random-tiny, random-tiny-mock or a streaming model checkpoint.")
@@ -557,10 +560,12 @@ def demo(out_dir, instrument, model, corpus):
               help="KV-cache ring size in positions (default: the model's context).")
 @click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
               help="Model weights: int8 = dynamic quantisation of Linear layers (faster on CPU).")
+@click.option("--sample-rate", type=click.IntRange(min=8000, max=384000), default=None,
+              help="Rate of the stem and mix files [default: the input's].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_frames, latency,
               realtime, mix_out, report_out, plot_out, picture_out, temperature, top_k, seed,
-              block_ms, window, weights, progress):
+              block_ms, window, weights, sample_rate, progress):
     """Accompany an audio file through the real-time engine: write the stem (and optionally
     the mix, a latency report and its plot, a picture) and print RTF and deadline misses."""
     from stemstream.outputs import check_outputs
@@ -575,7 +580,7 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
         chunk_frames=chunk_frames, latency=latency, realtime=realtime, mix_out=mix_out,
         report_out=report_out, plot_out=plot_out, block_seconds=block_ms / 1000,
         temperature=temperature, top_k=top_k, seed=seed, window=window, progress=progress,
-        weights=weights,
+        weights=weights, sample_rate=sample_rate,
     )
     click.echo(result.summary())
     for path in (result.mix_path, result.report_path, result.plot_path):

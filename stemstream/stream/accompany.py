@@ -146,6 +146,7 @@ def accompany_file(
     window: int | None = None,
     progress: bool = False,
     weights: str = "fp32",
+    sample_rate: int | None = None,
 ) -> AccompanyResult:
     """Accompany an audio file with ``instrument`` through the real-time engine.
 
@@ -168,6 +169,7 @@ def accompany_file(
         temperature / top_k / seed: sampling (``temperature=0`` is greedy).
         window: KV-cache ring size in positions (default: the model's context).
         progress: show a progress bar on stderr.
+        sample_rate: rate of the stem and mix files (default: the input's).
 
     Raises:
         AudioError: missing, corrupt, empty or non-finite input.
@@ -196,6 +198,7 @@ def accompany_file(
         top_k=top_k,
         seed=seed,
         window=window,
+        output_sample_rate=sample_rate or source.sample_rate,
     )
     session = Session(loaded.model, loaded.codec, config, clock=make_clock(realtime))
     log.info("accompany %s (%.2f s, %d Hz, %d ch) with %s via %s", input_path, source.seconds,
@@ -203,6 +206,9 @@ def accompany_file(
     stem = stream_file(session, source.samples.T, source.sample_rate, block_seconds,
                        realtime=realtime, progress=progress)
     rate = session.out_rate
+    # exactly as long as the input (two resamplings may leave a sample over or short)
+    length = -(-source.samples.shape[-1] * rate // source.sample_rate)
+    stem = np.pad(stem[:length], (0, max(0, length - stem.shape[0])))
     with all_or_nothing() as written:
         stem_path = audio.save(out, stem, rate)
         written.append(stem_path)

@@ -22,7 +22,7 @@ from stemstream.data.instruments import class_name, playable_class
 from stemstream.errors import ConfigError
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder
-from stemstream.outputs import check_outputs
+from stemstream.outputs import all_or_nothing, check_outputs
 
 log = logging.getLogger(__name__)
 
@@ -113,10 +113,12 @@ def generate_file(
     tf_seconds: float | None = None,
     chunk_frames: int | None = None,
     progress: bool = False,
+    sample_rate: int | None = None,
 ) -> GenerateResult:
     """Accompany ``input_path`` (any rate/channels) with ``instrument``; write the stem (and
-    optionally the input + stem mix) at the codec's rate. A streaming model may run at another
-    ``t_f`` (seconds) / ``k`` than trained (with a warning); other families refuse them."""
+    optionally the input + stem mix) at ``sample_rate`` (default: the input's). A streaming
+    model may run at another ``t_f`` (seconds) / ``k`` than trained (with a warning); other
+    families refuse them."""
     from stemstream.stream.models import frames_from_seconds
     from stemstream.stream.session import with_stream_args
     from stemstream.train.loop import load_model
@@ -139,8 +141,11 @@ def generate_file(
         raise ConfigError(
             f"instrument {instrument!r} is outside this model's {num_classes} classes"
         )
-    source = audio.load(input_path, sample_rate=codec.sample_rate, channels=1)
-    audio.check_duration(source, 1 / codec.frame_rate, str(input_path))
+    native = audio.load(input_path, sample_rate=None, channels=1)
+    audio.check_duration(native, 1 / codec.frame_rate, str(input_path))
+    rate = sample_rate or native.sample_rate
+    source = audio.Audio(audio.resample(native.samples, native.sample_rate, codec.sample_rate),
+                         codec.sample_rate)
     wave = torch.from_numpy(source.samples)[None]
     sampling = SamplingConfig(temperature=temperature, top_k=top_k)
     generator = torch.Generator().manual_seed(seed)
@@ -149,13 +154,18 @@ def generate_file(
         codes = generate_codes(model, latents, torch.tensor([inst_id]), sampling, generator,
                                progress=progress)
         stem = codec.decode(codes)[0, :, : wave.shape[-1]].numpy()
-    out = audio.save(out, stem, codec.sample_rate)
-    mix_path = None
-    if mix_out is not None:
-        mix = source.samples + stem
-        peak = float(np.abs(mix).max())
-        mix_path = audio.save(mix_out, mix / max(1.0, peak / 0.99), codec.sample_rate)
+    length = -(-native.samples.shape[-1] * rate // native.sample_rate)
+    stem = audio.resample(stem, codec.sample_rate, rate)[:, :length]
+    stem = np.pad(stem, ((0, 0), (0, length - stem.shape[-1])))
+    with all_or_nothing() as written:
+        out = audio.save(out, stem, rate)
+        written.append(out)
+        mix_path = None
+        if mix_out is not None:
+            mix = audio.resample(native.samples, native.sample_rate, rate)[:, :length] + stem
+            peak = float(np.abs(mix).max())
+            mix_path = audio.save(mix_out, mix / max(1.0, peak / 0.99), rate)
     log.info("generated %s for %s with a %s model", class_name(inst_id), input_path, loaded.family)
     return GenerateResult(
-        out, mix_path, stem.shape[-1] / codec.sample_rate, loaded.family, class_name(inst_id)
+        out, mix_path, stem.shape[-1] / rate, loaded.family, class_name(inst_id)
     )

@@ -81,8 +81,8 @@ def test_generate_writes_a_stem_of_the_input_length(dump, tmp_path, overrides):
     assert result.exit_code == 0, result.output
     stem, sr = sf.read(str(tmp_path / "stem.wav"))
     mix, _ = sf.read(str(tmp_path / "mix.wav"))
-    assert sr == MockCodec().sample_rate
-    assert abs(len(stem) / sr - 1.3) < 1e-3 and len(mix) == len(stem)
+    assert sr == 44100  # the input's rate (the model runs at the codec's, 16 kHz)
+    assert len(stem) == len(t) and len(mix) == len(stem)
     assert np.all(np.isfinite(stem)) and np.abs(stem).max() > 0
 
 
