@@ -80,7 +80,7 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
 def test_the_check_catches_a_drifted_line():
     lines = _command_lines("```bash\nstemstream accompany in.wav --instrument Bass \\\n"
                            "    --no-such-flag -o x.wav   # comment\n```\n")
-    assert lines == ["accompany in.wav --instrument Bass --no-such-flag -o x.wav"]
+    assert lines[0].split() == "accompany in.wav --instrument Bass --no-such-flag -o x.wav".split()
     with pytest.raises(AssertionError, match="--no-such-flag is not an option"):
         test_documented_command_exists_with_its_options("x.md", lines[0])
     with pytest.raises(AssertionError, match="no command 'acompany'"):
