@@ -139,17 +139,22 @@ def data_windows(corpus, seconds, future_seconds, seed, splits, progress):
     click.echo(report.format())
 
 
+def _dump_options(command):
+    """The corpus, codec and output folder every dump command takes."""
+    for option in reversed([
+        click.argument("corpus", type=click.Path(path_type=Path)),
+        click.option("--codec", "codec_name", required=True,
+                     help="default (shipped), mock, a codec .safetensors, a training "
+                          "checkpoint or a DAC .pth."),
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True,
+                     help="Dump directory."),
+    ]):
+        command = option(command)
+    return command
+
+
 @data.command("dump")
-@click.argument("corpus", type=click.Path(path_type=Path))
-@click.option(
-    "--codec",
-    "codec_name",
-    required=True,
-    help="default (shipped), mock, a codec .safetensors, a training checkpoint or a DAC .pth.",
-)
-@click.option(
-    "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Dump directory."
-)
+@_dump_options
 @click.option(
     "--seconds",
     type=click.FloatRange(min=0.1),
@@ -212,16 +217,7 @@ def data_dump(
 
 
 @data.command("dump-tracks")
-@click.argument("corpus", type=click.Path(path_type=Path))
-@click.option(
-    "--codec",
-    "codec_name",
-    required=True,
-    help="default (shipped), mock, a codec .safetensors, a training checkpoint or a DAC .pth.",
-)
-@click.option(
-    "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Dump directory."
-)
+@_dump_options
 @click.option(
     "--targets-per-track",
     type=click.IntRange(min=0),

@@ -185,10 +185,7 @@ def dump_corpus(
     for name, value in (("windows_per_track", windows_per_track), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
-    unknown = [s for s in (splits or ()) if s not in reader.splits]
-    if unknown:
-        raise DumpError(f"{reader.root}: no split {', '.join(map(repr, unknown))}; the corpus "
-                        f"has {', '.join(reader.splits) or 'none'}")
+    reader.check_splits(splits)
     out_dir = Path(out_dir)
     meta = _open_dump(out_dir, _new_meta(reader, codec, window, windows_per_track, seed), overwrite)
     summaries: dict[str, SplitSummary] = {}

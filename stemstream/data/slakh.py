@@ -15,6 +15,7 @@ Structural problems (unreadable or malformed ``metadata.yaml``, a root without t
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,6 +141,13 @@ class SlakhCorpus:
 
     def __repr__(self) -> str:
         return f"SlakhCorpus({str(self.root)!r}, splits={self.splits})"
+
+    def check_splits(self, splits: Sequence[str] | None) -> None:
+        """Raise :class:`CorpusError` naming the requested splits the corpus lacks."""
+        unknown = [s for s in (splits or ()) if s not in self.splits]
+        if unknown:
+            raise CorpusError(f"{self.root}: no split {', '.join(map(repr, unknown))}; the "
+                              f"corpus has {', '.join(self.splits) or 'none'}")
 
     def tracks(self, split: str) -> list[TrackInfo]:
         """All tracks of ``split``, sorted by name (metadata parsed once and cached)."""

@@ -119,10 +119,7 @@ def dump_tracks(
     reader = corpus if isinstance(corpus, SlakhCorpus) else SlakhCorpus(corpus)
     if isinstance(targets_per_track, bool) or targets_per_track < 0:
         raise ConfigError(f"targets_per_track must be >= 0, got {targets_per_track!r}")
-    unknown = [s for s in (splits or ()) if s not in reader.splits]
-    if unknown:
-        raise DumpError(f"{reader.root}: no split {', '.join(map(repr, unknown))}; the corpus "
-                        f"has {', '.join(reader.splits) or 'none'}")
+    reader.check_splits(splits)
     out_dir = Path(out_dir)
     meta = _open(out_dir, {
         "format": TRACK_FORMAT,

@@ -27,7 +27,7 @@ from stemstream.data.windows import (
     WindowConfig,
     mix_pair,
 )
-from stemstream.errors import ConfigError
+from stemstream.errors import ConfigError, CorpusError
 
 WINDOW = WindowConfig(window_seconds=1.0, future_seconds=0.5)  # 50 output, 75 input frames
 SPLITS = ("train", "validation", "test", "extra")
@@ -357,7 +357,7 @@ def test_cli_data_dump(corpus, tmp_path):
 
 
 def test_unknown_split_or_no_window_is_refused_without_leaving_a_dump(corpus, codec, tmp_path):
-    with pytest.raises(DumpError, match="no split 'tset'"):
+    with pytest.raises(CorpusError, match="no split 'tset'"):
         dump_corpus(corpus, codec, tmp_path / "a", WINDOW, splits=("tset",), progress=False)
     assert not (tmp_path / "a").exists()
     long = WindowConfig(window_seconds=60.0)
