@@ -1,9 +1,12 @@
 """Resolve what ``--model`` options of the streaming front ends accept.
 
-* ``default`` — the shipped model for files (``stemstream/assets/models/streaming-cpu.safetensors``:
-  6 blocks, ``t_f = 0``, with the shipped codec). Until it exists, an *untrained* ``cpu``-preset
-  streaming decoder over the shipped codec (random weights, seed 0) stands in, with a warning:
-  timings are real, the music is noise.
+* ``default`` — the shipped model for files
+  (``stemstream/assets/models/streaming-listen.safetensors``: 6 blocks, ``t_f = +100 ms``,
+  conv input encoder, with the shipped codec; card ``models/streaming-listen``). The previous
+  default (``streaming-cpu.safetensors``, the paper's fusion at ``t_f = 0``) stays shipped as
+  ``default-v1``. Without a shipped default, an *untrained* ``cpu``-preset streaming decoder
+  over the shipped codec (random weights, seed 0) stands in, with a warning: timings are
+  real, the music is noise.
 * ``default-live`` — the shipped live model (``streaming-live.safetensors``: 3 blocks,
   ``t_f = -120 ms``, so it can play in time with the musician, fast enough for a laptop
   CPU). ``stemstream live`` resolves ``default`` to it. Falls back to ``default`` (with a
@@ -35,7 +38,8 @@ from stemstream.model.transformer import TransformerConfig
 log = logging.getLogger(__name__)
 
 MODEL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
-DEFAULT_MODEL = MODEL_ASSETS / "streaming-cpu.safetensors"
+DEFAULT_MODEL = MODEL_ASSETS / "streaming-listen.safetensors"
+PREVIOUS_DEFAULT = MODEL_ASSETS / "streaming-cpu.safetensors"
 LIVE_MODEL = MODEL_ASSETS / "streaming-live.safetensors"
 RANDOM_SPECS = ("random-cpu", "random-tiny", "random-tiny-mock")
 
@@ -98,7 +102,7 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
         if LIVE_MODEL.exists():
             spec = str(LIVE_MODEL)
         else:
-            warnings.warn("no live model is shipped: using the default (t_f = 0) model",
+            warnings.warn("no live model is shipped: using the default (file) model",
                           stacklevel=2)
             spec = "default"
     if spec == "default" and not DEFAULT_MODEL.exists():
@@ -120,12 +124,11 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
             codec = get_codec(codec_spec or "default")
         model = random_model(preset, codec, future_frames=tf0, chunk_frames=k0)
         return StreamModel(model, codec.eval(), spec, trained=False)
-    if spec == "default":
-        spec = str(DEFAULT_MODEL)
+    spec = {"default": str(DEFAULT_MODEL), "default-v1": str(PREVIOUS_DEFAULT)}.get(spec, spec)
     path = Path(spec)
     if not path.exists():
         raise ConfigError(
-            f"--model {spec!r}: no such file; use default, default-live, "
+            f"--model {spec!r}: no such file; use default, default-live, default-v1, "
             f"{', '.join(RANDOM_SPECS)} or a "
             "streaming model checkpoint"
         )

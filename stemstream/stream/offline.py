@@ -124,9 +124,10 @@ def generate_file(
     from stemstream.train.loop import load_model
 
     check_outputs([input_path], audio={"-o": out, "--mix": mix_out})  # before the model loads
-    from stemstream.stream.models import DEFAULT_MODEL, LIVE_MODEL
+    from stemstream.stream.models import DEFAULT_MODEL, LIVE_MODEL, PREVIOUS_DEFAULT
 
-    shipped = {"default": DEFAULT_MODEL, "default-live": LIVE_MODEL}
+    shipped = {"default": DEFAULT_MODEL, "default-live": LIVE_MODEL,
+               "default-v1": PREVIOUS_DEFAULT}
     loaded = load_model(shipped.get(str(checkpoint), checkpoint))
     codec = codec_for(loaded.codec, codec_spec)
     model = loaded.model
