@@ -212,8 +212,10 @@ def full_window_model_ms(model: Any, window: int, frames: int = 50, seed: int = 
         num_k = model.config.num_codebooks
         state.tokens = [torch.zeros(1, num_k, dtype=torch.long)]
         state.step, state.token_base = window, window - 1
-        offset = max(0, window + model.config.future_frames - 1 - model.input_context)
-        latents = torch.randn(1, model.config.input_dim, frames + 1, generator=gen)
+        newest = window + model.config.future_frames - 1  # first step's newest input frame
+        offset = max(0, newest - model.input_context)  # and the frames it also hears
+        latents = torch.randn(1, model.config.input_dim, newest - offset + frames + 1,
+                              generator=gen)
         times = []
         for _ in range(frames):
             began = time.perf_counter()

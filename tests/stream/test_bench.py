@@ -106,3 +106,21 @@ def test_cli_bench_unknown_model_is_one_line_error():
     out = CliRunner().invoke(cli, ["bench", "--model", "nope.safetensors", "--no-grid"])
     assert out.exit_code == 1
     assert "error:" in out.output and "Traceback" not in out.output
+
+
+@pytest.mark.parametrize("t_f", [-3, 0, 5])
+def test_full_window_model_ms_runs_with_the_conv_input_encoder(t_f):
+    """The steady-state probe keeps the input frames the encoder's window reaches."""
+    import torch
+
+    from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
+    from stemstream.model.transformer import TransformerConfig
+    from stemstream.stream.bench import full_window_model_ms
+
+    torch.manual_seed(0)
+    model = StreamingDecoder(StreamingDecoderConfig(
+        backbone=TransformerConfig.preset("tiny"), codebook_size=32, input_dim=16,
+        future_frames=t_f, input_encoder="conv")).eval()
+    assert model.input_context == max(14, t_f - 1)
+    result = full_window_model_ms(model, window=32, frames=8)
+    assert all(v is None or v > 0 for v in result.values())
