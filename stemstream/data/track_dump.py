@@ -34,6 +34,7 @@ import torch
 
 from stemstream import __version__
 from stemstream.codec.base import Codec, same_tokens
+from stemstream.data.dump import code_dtype
 from stemstream.data.instruments import NEVER_TARGET
 from stemstream.data.slakh import SlakhCorpus, TrackInfo
 from stemstream.data.tokens import (
@@ -158,7 +159,7 @@ def dump_tracks(
                     rows.append((frames_total, frames, record["inst_class"]))
                     prov.write(json.dumps({"row": len(rows) - 1, **record}) + "\n")
                     frames_total += frames
-        dtype = np.int16 if codec.codebook_size <= np.iinfo(np.int16).max else np.int32
+        dtype = code_dtype(codec.codebook_size)
         for name, parts in columns.items():
             if name.endswith("codes.npy"):
                 empty = np.zeros((codec.num_codebooks, 0), dtype)
@@ -198,7 +199,7 @@ def _track_rows(track: TrackInfo, codec: Codec, targets_per_track: int, silence_
         device = next(codec.parameters(), batch).device
         with torch.no_grad():
             codes = codec.encode(batch.to(device), rate).cpu().numpy()
-        dtype = np.int16 if codec.codebook_size <= np.iinfo(np.int16).max else np.int32
+        dtype = code_dtype(codec.codebook_size)
         joint = (active_frames(mixture, rate, silence_db)[:frames]
                  & active_frames(wave, rate, silence_db)[:frames])
         arrays = {

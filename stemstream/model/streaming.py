@@ -384,10 +384,6 @@ class StreamingDecoder(nn.Module):
             ],
             dim=-1,
         )
-        if any(0 <= f < input_offset for f in frames):
-            raise ConfigError(
-                f"input frame {min(frames)} was dropped (input_offset = {input_offset})"
-            )
         length = input_offset + input_latents.shape[-1]  # frames heard, in stream frames
         frames_t = torch.tensor(frames, device=device)
         valid = (frames_t >= 0) & (frames_t < length)

@@ -69,6 +69,14 @@ def random_model(preset: str, codec: Codec, num_codebooks: int = 4, seed: int = 
     return StreamingDecoder(config).eval()
 
 
+def shipped_path(spec: str | Path) -> str:
+    """The file behind a shipped model name (``default``, ``default-live``, ``default-v1``);
+    any other spec unchanged."""
+    shipped = {"default": DEFAULT_MODEL, "default-live": LIVE_MODEL,
+               "default-v1": PREVIOUS_DEFAULT}
+    return str(shipped.get(str(spec), spec))
+
+
 def load_stream_model(
     spec: str | Path = "default",
     codec_spec: str | None = None,
@@ -124,7 +132,7 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
             codec = get_codec(codec_spec or "default")
         model = random_model(preset, codec, future_frames=tf0, chunk_frames=k0)
         return StreamModel(model, codec.eval(), spec, trained=False)
-    spec = {"default": str(DEFAULT_MODEL), "default-v1": str(PREVIOUS_DEFAULT)}.get(spec, spec)
+    spec = shipped_path(spec)
     path = Path(spec)
     if not path.exists():
         raise ConfigError(

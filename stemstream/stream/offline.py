@@ -124,11 +124,9 @@ def generate_file(
     from stemstream.train.loop import load_model
 
     check_outputs([input_path], audio={"-o": out, "--mix": mix_out})  # before the model loads
-    from stemstream.stream.models import DEFAULT_MODEL, LIVE_MODEL, PREVIOUS_DEFAULT
+    from stemstream.stream.models import shipped_path
 
-    shipped = {"default": DEFAULT_MODEL, "default-live": LIVE_MODEL,
-               "default-v1": PREVIOUS_DEFAULT}
-    loaded = load_model(shipped.get(str(checkpoint), checkpoint))
+    loaded = load_model(shipped_path(checkpoint))
     codec = codec_for(loaded.codec, codec_spec)
     model = loaded.model
     if tf_seconds is not None or chunk_frames is not None:
