@@ -79,7 +79,8 @@ def measure_stream(model: StreamingDecoder, codec, audio: np.ndarray, seed: int)
 def measure_model_only(model: StreamingDecoder, frames: int, seed: int) -> dict[str, Any]:
     """``generate_chunk`` alone, one frame per call, on random latents (ms per frame)."""
     gen = torch.Generator().manual_seed(seed)
-    latents = torch.randn(1, model.config.input_dim, frames + 1, generator=gen)
+    horizon = max(1, model.config.future_frames)  # the last frame's chunk hears t_f ahead
+    latents = torch.randn(1, model.config.input_dim, frames + horizon, generator=gen)
     state = model.new_state(torch.tensor([0]), window=model.config.backbone.max_seq_len)
     sampling = SamplingConfig()
     times = []

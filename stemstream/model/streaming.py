@@ -33,7 +33,8 @@ from torch import nn
 from stemstream.errors import ConfigError
 from stemstream.model.delay import DelayPattern
 from stemstream.model.input_encoder import InputEncoder, check_input_encoder
-from stemstream.model.kv_cache import KVCache
+from stemstream.model.decode_step import NO_WINDOW, stack_caches
+from stemstream.model.kv_cache import CacheOverflowError, KVCache
 from stemstream.model.layout import Layout, check_stream_args, training_layout
 from stemstream.model.sampling import SamplingConfig, sample_tokens
 from stemstream.model.transformer import Transformer, TransformerConfig
@@ -130,6 +131,9 @@ class StreamingDecoder(nn.Module):
             nn.init.normal_(emb.weight, std=0.02)
         # multiplier of the history-corruption rates (a training schedule sets it per step)
         self.history_scale = 1.0
+        # a compiled DecodeStep for single generation positions (stemstream.model.routes);
+        # None = eager
+        self.step_route = None
 
     # ------------------------------------------------------------------------- pieces
     def embed_tokens(self, tokens: torch.Tensor, inst: torch.Tensor) -> torch.Tensor:
@@ -332,9 +336,12 @@ class StreamingDecoder(nn.Module):
         for offset in range(k):
             step = start + offset
             frame = step + cfg.future_frames - 1 if offset == 0 else -1
-            logits = self._forward_positions(
-                state, input_latents, [step], [frame], input_offset
-            )[:, 0]
+            if self.step_route is not None:
+                logits = self._route_position(state, input_latents, step, frame, input_offset)
+            else:
+                logits = self._forward_positions(
+                    state, input_latents, [step], [frame], input_offset
+                )[:, 0]
             tokens = sample_tokens(
                 logits,
                 sampling.temperature,
@@ -395,6 +402,74 @@ class StreamingDecoder(nn.Module):
         positions = torch.tensor(steps, device=device)
         hidden = self.backbone(fused, positions=positions, caches=state.caches)
         return self.logits(hidden)
+
+    def _route_position(
+        self,
+        state: GenerationState,
+        input_latents: torch.Tensor,
+        step: int,
+        frame: int,
+        input_offset: int,
+    ) -> torch.Tensor:
+        """:meth:`_forward_positions` of one position through :attr:`step_route` (a
+        :class:`~stemstream.model.decode_step.DecodeStep`, usually compiled): the same
+        logits ``[B, K, V]`` and cache contents."""
+        batch, device = state.inst.shape[0], state.inst.device
+        caches = state.caches
+        kv = stack_caches(caches)
+        cache = caches[0]
+        capacity = cache.capacity
+        if cache.window is None and cache.length >= capacity:
+            raise CacheOverflowError(
+                f"KV cache overflow: {cache.length} cached positions fill its capacity of "
+                f"{capacity}; use a larger max_seq_len or a ring cache (window=...)"
+            )
+        slot = cache.length % capacity
+        tokens = (
+            state.token(step - 1)
+            if step > 0
+            else torch.full((batch, self.config.num_codebooks), -1, dtype=torch.long,
+                            device=device)
+        )
+        span = self.input_context + 1
+        length = input_offset + input_latents.shape[-1]
+        has_input = 0 <= frame < length
+        if has_input:
+            first = frame - span + 1
+            if max(first, 0) < input_offset:
+                self._heard(input_latents, torch.tensor([frame]), input_offset)  # raises
+            window = input_latents[..., max(first, 0) - input_offset : frame + 1 - input_offset]
+            window = window.transpose(1, 2)
+            missing = span - window.shape[1]
+            if missing:
+                window = F.pad(window, (0, 0, missing, 0))
+            valid = torch.arange(first, frame + 1, device=device) >= 0
+        else:
+            window = input_latents.new_zeros(batch, span, self.config.input_dim)
+            valid = torch.zeros(span, dtype=torch.bool, device=device)
+        position = torch.tensor(step, device=device)
+        rotation = torch.view_as_real(self.backbone.rope.rotations(position[None]))[0]
+        # a compiled step assumes the example's (contiguous) strides
+        logits, new = self.step_route(
+            tokens.contiguous(),
+            state.inst.contiguous(),
+            window.contiguous(),
+            valid,
+            torch.tensor(has_input, device=device),
+            rotation,
+            position,
+            torch.tensor(slot, device=device),
+            torch.tensor(cache.window or NO_WINDOW, device=device),
+            cache.positions,
+            kv,
+        )
+        kv[:, :, :, :, slot] = new
+        cache.positions[slot] = step
+        cache.next_position.fill_(step + 1)
+        for each in caches:
+            each.length += 1
+            each.filled = max(each.filled, slot + 1)
+        return logits
 
     def _heard(self, input_latents: torch.Tensor, frames: torch.Tensor, offset: int):
         """:meth:`condition` of stream frames ``min(frames) .. max(frames)`` (``[B, n, D]``),
