@@ -281,6 +281,15 @@ def codec() -> None:
 _CODEC_HELP = "default (shipped), mock, a codec .safetensors, a training checkpoint or a DAC .pth"
 
 
+def _route_option(default: str):
+    """``--route``: how the model's decode step runs (stemstream.model.routes)."""
+    return click.option(
+        "--route", type=click.Choice(["auto", "eager", "compiled"]), default=default,
+        show_default=True,
+        help="Decode step: compiled (AOTInductor; needs a C++ compiler, compiles once per "
+             "model in about a minute, then cached), eager, or auto (compiled where it can).")
+
+
 @codec.command("train", context_settings={"ignore_unknown_options": False})
 @_training_options("configs/codec/cpu16k.yaml")
 def codec_train(config_path, overrides, stop_after, time_limit, progress):
@@ -483,7 +492,8 @@ def instruments():
 @click.option("--model", default="default", show_default=True)
 @click.option("--corpus/--no-corpus", default=False, show_default=True,
               help="Also synthesise a 6-track corpus and print its statistics and A.1 report.")
-def demo(out_dir, instrument, model, corpus):
+@_route_option("auto")
+def demo(out_dir, instrument, model, corpus, route):
     """The README's main job: the shipped model accompanies the bundled example (a band
     without its bass) through the real-time engine; writes the stem, the A.7 mix, the latency
     report and its timeline plot."""
@@ -493,9 +503,10 @@ def demo(out_dir, instrument, model, corpus):
     result = accompany_file(
         example, instrument, out_dir / f"{instrument.lower()}.wav", model=model,
         mix_out=out_dir / "mix.wav", report_out=out_dir / "latency.json",
-        plot_out=out_dir / "latency.png", progress=True,
+        plot_out=out_dir / "latency.png", progress=True, route=route,
     )
     click.echo(result.summary())
+    click.echo(f"decode step: {result.report['model']['route']}")
     from stemstream.stream.picture import picture_of_files
 
     picture = out_dir / "picture.png"
@@ -560,9 +571,10 @@ def demo(out_dir, instrument, model, corpus):
 @click.option("--sample-rate", type=click.IntRange(min=8000, max=384000), default=None,
               help="Rate of the stem and mix files [default: the input's].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_route_option("eager")
 def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_frames, latency,
               realtime, mix_out, report_out, plot_out, picture_out, temperature, top_k, seed,
-              block_ms, window, weights, sample_rate, progress):
+              block_ms, window, weights, sample_rate, progress, route):
     """Accompany an audio file through the real-time engine: write the stem (and optionally
     the mix, a latency report and its plot, a picture) and print RTF and deadline misses."""
     from stemstream.outputs import check_outputs
@@ -577,7 +589,7 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
         chunk_frames=chunk_frames, latency=latency, realtime=realtime, mix_out=mix_out,
         report_out=report_out, plot_out=plot_out, block_seconds=block_ms / 1000,
         temperature=temperature, top_k=top_k, seed=seed, window=window, progress=progress,
-        weights=weights, sample_rate=sample_rate,
+        weights=weights, sample_rate=sample_rate, route=route,
     )
     click.echo(result.summary())
     for path in (result.mix_path, result.report_path, result.plot_path):
@@ -610,8 +622,9 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
 @click.option("--grid/--no-grid", default=True, show_default=True,
               help="Measure the (t_f, k, L) feasibility grid.")
 @click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
-              help="Model weights: int8 = dynamic quantisation of Linear layers (faster on CPU).")
-def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid, weights):
+              help="Model weights: int8 = dynamic quantisation of Linear layers (eager only).")
+@_route_option("auto")
+def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid, weights, route):
     """Real-time factor, per-frame latency percentiles and which (t_f, k, L) are feasible for
     a streaming model on this machine (generated test audio, virtual clock)."""
     import json
@@ -620,7 +633,7 @@ def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid
 
     result = run_bench(model=model, codec=codec_spec, seconds=seconds,
                        configs=None if grid else (), threads=threads, seed=seed,
-                       grid_seconds=grid_seconds, weights=weights)
+                       grid_seconds=grid_seconds, weights=weights, route=route)
     click.echo(json.dumps(result) if as_json else format_bench(result))
 
 
@@ -647,11 +660,12 @@ def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid
 @click.option("--report", "report_out", type=click.Path(path_type=Path), default=None)
 @click.option("--list-devices", is_flag=True, help="List sound devices and exit.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--weights", type=click.Choice(["fp32", "int8"]), default="int8", show_default=True,
-              help="Model weights: int8 = dynamic quantisation of Linear layers (faster on CPU).")
+@click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
+              help="Model weights: int8 = dynamic quantisation of Linear layers (eager only).")
+@_route_option("auto")
 def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sample_rate,
          block_ms, input_device, output_device, duration, report_out, list_devices, seed,
-         weights):
+         weights, route):
     """Play along with a sound device in real time (needs `pip install 'stemstream[live]'`
     and PortAudio)."""
     from stemstream.stream.live import list_devices as devices
@@ -668,7 +682,7 @@ def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sampl
         model=model, instrument=instrument, codec=codec_spec, tf_seconds=tf_seconds,
         chunk_frames=chunk_frames, latency=latency, sample_rate=sample_rate, block_ms=block_ms,
         input_device=device(input_device), output_device=device(output_device),
-        duration=duration, report_out=report_out, seed=seed, weights=weights,
+        duration=duration, report_out=report_out, seed=seed, weights=weights, route=route,
     )
     dev = report["device"]
     click.echo(

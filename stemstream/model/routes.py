@@ -167,8 +167,10 @@ def _compiled(model: torch.nn.Module, quiet: bool) -> RouteInfo:
     weights = {p.dtype for p in model.parameters()}
     if weights != {torch.float32} or not hasattr(model, "no_input"):
         raise RouteError("the compiled route needs a float32 streaming decoder")
-    if any(type(m).__module__.startswith("torch.ao") for m in model.modules()):
-        raise RouteError("the compiled route does not take --weights int8")
+    from stemstream.model.quantize import Int8Linear
+
+    if any(isinstance(m, Int8Linear) for m in model.modules()):
+        raise RouteError("the compiled route does not take int8 weights")
     package = cache_dir() / "compiled" / f"step-{step_key(model)}.pt2"
     compile_s = 0.0
     if not package.exists():

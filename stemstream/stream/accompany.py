@@ -147,6 +147,7 @@ def accompany_file(
     progress: bool = False,
     weights: str = "fp32",
     sample_rate: int | None = None,
+    route: str = "eager",
 ) -> AccompanyResult:
     """Accompany an audio file with ``instrument`` through the real-time engine.
 
@@ -170,6 +171,8 @@ def accompany_file(
         window: KV-cache ring size in positions (default: the model's context).
         progress: show a progress bar on stderr.
         sample_rate: rate of the stem and mix files (default: the input's).
+        route: how the decode step runs (``eager``, ``compiled`` or ``auto``; see
+            :mod:`stemstream.model.routes`).
 
     Raises:
         AudioError: missing, corrupt, empty or non-finite input.
@@ -188,7 +191,7 @@ def accompany_file(
     source = audio.load(input_path, sample_rate=None, channels=None)  # [C, N], native rate
     from stemstream.stream.models import resolve_stream_model
 
-    loaded = resolve_stream_model(model, codec, tf_seconds, chunk_frames, weights)
+    loaded = resolve_stream_model(model, codec, tf_seconds, chunk_frames, weights, route)
     audio.check_duration(source, 1 / loaded.codec.frame_rate, str(input_path))
     config = SessionConfig(
         instrument=inst_id,
@@ -224,7 +227,7 @@ def accompany_file(
         report["input"] = {"path": str(input_path), "sample_rate": source.sample_rate,
                            "channels": int(source.samples.shape[0]), "seconds": source.seconds}
         report["model"] = {"source": loaded.source, "trained": loaded.trained,
-                           "block_seconds": block_seconds}
+                           "block_seconds": block_seconds, "route": loaded.route.describe()}
         report_path = None
         if report_out is not None:
             report_path = write_report(report, report_out)

@@ -296,6 +296,7 @@ def run_bench(
     grid_seconds: float = GRID_SECONDS,
     settle_seconds: float = SETTLE_SECONDS,
     weights: str = "fp32",
+    route: str = "auto",
 ) -> dict[str, Any]:
     """Benchmark a streaming model on this machine (see the module docstring).
 
@@ -313,6 +314,7 @@ def run_bench(
         settle_seconds: feasibility scores chunks playing from then on (see
             :func:`feasibility`; the start is reported apart).
         weights: ``fp32`` or ``int8`` model weights.
+        route: how the decode step runs (:mod:`stemstream.model.routes`).
 
     Returns:
         a JSON-safe dict: ``rtf`` (wall time of the session calls / audio seconds),
@@ -333,7 +335,7 @@ def run_bench(
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "no trained default model yet" is reported below
-            loaded = load_stream_model(model, codec, weights=weights)
+            loaded = load_stream_model(model, codec, weights=weights, route=route)
         base, codec_model = loaded.model, loaded.codec
         cfg = base.config
         rate = codec_model.sample_rate
@@ -346,6 +348,7 @@ def run_bench(
             "format": "stemstream-bench",
             "model": loaded.source,
             "trained": loaded.trained,
+            "route": loaded.route.describe(),
             "codec": type(codec_model).__name__,
             "threads": threads,
             "seconds": seconds,
@@ -417,6 +420,7 @@ def format_bench(result: dict[str, Any]) -> str:
         f"codec {result['codec']}, {result['threads']} thread(s), "
         f"{mem['params'] / 1e6:.1f}M params, KV window {result['kv_window']} positions"
     )
+    lines.append(f"decode step: {result['route']}")
     lines.append(
         f"default config t_f={result['future_frames']} k={result['chunk_frames']}, "
         f"{result['seconds']:g} s of test audio in {BLOCK_SECONDS * 1e3:.0f} ms blocks"

@@ -191,14 +191,16 @@ def run_live(
     duration: float | None = None,
     report_out: str | None = None,
     seed: int = 0,
-    weights: str = "int8",
+    weights: str = "fp32",
+    route: str = "auto",
 ) -> dict[str, Any]:
     """Play along with the input device until Ctrl-C (or ``duration`` seconds); return the
     session report plus device statistics.
 
     ``model="default"`` means the shipped live model (``default-live``: ``t_f < 0``, plays in
     time). ``latency=None`` picks ``L = 0`` (in time) for a model with ``t_f < 0`` and 200 ms
-    otherwise. Weights default to int8 (the model's Linear layers; ~20 % faster here)."""
+    otherwise. The decode step runs compiled where it can (``route="auto"``,
+:mod:`stemstream.model.routes`)."""
     sd = import_sounddevice()
     from stemstream.stream.clock import WallClock
     from stemstream.stream.models import resolve_stream_model
@@ -216,7 +218,8 @@ def run_live(
     rate = int(sample_rate or device_info["default_samplerate"])
     if model == "default":
         model = "default-live"
-    loaded = resolve_stream_model(model, codec, tf_seconds, chunk_frames, weights)
+    loaded = resolve_stream_model(model, codec, tf_seconds, chunk_frames, weights, route)
+    log.info("decode step: %s", loaded.route.describe())
     future_frames = loaded.model.config.future_frames
     if latency is None:
         latency = 0.0 if future_frames < 0 else 0.2

@@ -17,7 +17,8 @@
 
 ``t_f`` and ``k`` may be overridden; a model run at values it was not trained for warns.
 ``weights="int8"`` quantises the model's Linear layers (:mod:`stemstream.model.quantize`; the
-codec stays fp32 so its tokens are the ones the model was trained on).
+codec stays fp32 so its tokens are the ones the model was trained on). ``route`` picks how the
+decode step runs (:mod:`stemstream.model.routes`: ``eager``, ``compiled`` or ``auto``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import torch
 
 from stemstream.codec.base import Codec
 from stemstream.errors import ConfigError
+from stemstream.model.routes import RouteInfo, accelerate
 from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
 from stemstream.model.transformer import TransformerConfig
 
@@ -52,6 +54,7 @@ class StreamModel:
     codec: Codec
     source: str
     trained: bool
+    route: RouteInfo = RouteInfo("eager")
 
 
 def random_model(preset: str, codec: Codec, num_codebooks: int = 4, seed: int = 0,
@@ -83,22 +86,27 @@ def load_stream_model(
     future_frames: int | None = None,
     chunk_frames: int | None = None,
     weights: str = "fp32",
+    route: str = "eager",
 ) -> StreamModel:
-    """Resolve ``spec`` (see the module docstring) and apply ``t_f`` / ``k`` overrides.
+    """Resolve ``spec`` (see the module docstring), apply ``t_f`` / ``k`` overrides and put
+    the decode step on ``route``.
 
     Raises:
         ConfigError / CheckpointError / CodecError: unknown spec, a checkpoint of another
-            family or codec, invalid ``t_f`` / ``k``.
+            family or codec, invalid ``t_f`` / ``k``, a route that cannot run here.
     """
     from stemstream.model.quantize import WEIGHT_MODES, convert_weights
 
     if weights not in WEIGHT_MODES:
         raise ConfigError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
     loaded = _load(str(spec), codec_spec, future_frames, chunk_frames)
-    if weights == "fp32":
-        return loaded
-    model = convert_weights(loaded.model, weights)
-    return StreamModel(model, loaded.codec, f"{loaded.source} ({weights})", loaded.trained)
+    model, source = loaded.model, loaded.source
+    if weights != "fp32":
+        model, source = convert_weights(model, weights), f"{source} ({weights})"
+    chosen = accelerate(model, route)
+    if chosen.note:
+        log.warning("decode step: %s", chosen.describe())
+    return StreamModel(model, loaded.codec, source, loaded.trained, chosen)
 
 
 def _load(spec: str, codec_spec: str | None, future_frames: int | None,
@@ -169,16 +177,16 @@ def frames_from_seconds(seconds: float | None, frame_rate: float, what: str) -> 
 
 def resolve_stream_model(spec: str | Path = "default", codec_spec: str | None = None,
                          tf_seconds: float | None = None, chunk_frames: int | None = None,
-                         weights: str = "fp32") -> StreamModel:
+                         weights: str = "fp32", route: str = "eager") -> StreamModel:
     """:func:`load_stream_model` with ``t_f`` given in seconds (converted with the codec's
     frame rate, known once it is loaded) and ``k`` applied; an untrained model has no trained
     visibility to warn about, so its overrides are silent."""
     from stemstream.stream.session import with_stream_args
 
-    loaded = load_stream_model(spec, codec_spec, weights=weights)
+    loaded = load_stream_model(spec, codec_spec, weights=weights, route=route)
     future_frames = frames_from_seconds(tf_seconds, loaded.codec.frame_rate, "--tf")
     with warnings.catch_warnings():
         if not loaded.trained:
             warnings.simplefilter("ignore")
         model = with_stream_args(loaded.model, future_frames, chunk_frames)
-    return StreamModel(model, loaded.codec, loaded.source, loaded.trained)
+    return StreamModel(model, loaded.codec, loaded.source, loaded.trained, loaded.route)

@@ -1,0 +1,167 @@
+"""The compiled decode step (issue 17): one generation position as a pure tensor function
+equals the eager decoder, uncompiled and compiled with AOTInductor (same greedy tokens,
+logits within 1e-4), for k = 1 and k > 1, t_f in {-3, 0, +2}, across a KV-ring wrap; the
+compiled package is cached on disk and reused.
+
+The compiled tests need a C++ compiler (scripts/setup.sh installs g++); without one they
+fail, they are never skipped."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from stemstream.model import routes, streaming
+from stemstream.model.decode_step import DecodeStep
+from stemstream.model.routes import RouteError, accelerate
+from stemstream.model.sampling import SamplingConfig
+from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
+from stemstream.model.transformer import TransformerConfig
+from stemstream.stream.session import with_stream_args
+
+K, V, D_IN = 4, 32, 16
+STEPS, WINDOW = 40, 12  # the KV ring wraps three times
+LOGITS_ATOL = 1e-4
+
+
+def _model(encoder: str = "conv", seed: int = 0) -> StreamingDecoder:
+    """A tiny decoder trained at t_f = +2 (so the conv encoder has its aligned tap), with
+    every tap and gate made to matter."""
+    torch.manual_seed(seed)
+    cfg = StreamingDecoderConfig(
+        backbone=TransformerConfig.preset("tiny"), num_codebooks=K, codebook_size=V,
+        input_dim=D_IN, future_frames=2, chunk_frames=1, input_encoder=encoder,
+        input_window=4,
+    )
+    model = StreamingDecoder(cfg).eval()
+    with torch.no_grad():
+        model.gate.fill_(0.7)
+        if model.input_encoder is not None:
+            for param in model.input_encoder.parameters():
+                param.normal_(0.0, 0.3)
+    return model
+
+
+def _stream(model: StreamingDecoder, latents: torch.Tensor, forced: list | None = None):
+    """Greedy generation over STEPS steps with a ring cache; returns the tokens per chunk and
+    the logits every sampled position saw. ``forced`` replays another run's tokens so both
+    runs condition on the same history."""
+    seen: list[torch.Tensor] = []
+    original = streaming.sample_tokens
+
+    def recording(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return original(logits, *args, **kwargs)
+
+    streaming.sample_tokens = recording
+    try:
+        state = model.new_state(torch.tensor([3, 9]), window=WINDOW)
+        chunks = []
+        k = model.config.chunk_frames
+        with torch.inference_mode():
+            for index in range(STEPS // k):
+                chunks.append(model.generate_chunk(
+                    state, latents, SamplingConfig(temperature=0),
+                    forced=None if forced is None else forced[index], input_complete=True,
+                ))
+    finally:
+        streaming.sample_tokens = original
+    return chunks, seen
+
+
+def _compare(model: StreamingDecoder, route, t_f: int, k: int) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "run at a t_f it was not trained for"
+        view = with_stream_args(model, t_f, k)
+    latents = torch.randn(2, D_IN, STEPS + 8, generator=torch.Generator().manual_seed(t_f + 10))
+    model.step_route = None
+    eager, eager_logits = _stream(view, latents)
+    model.step_route = route
+    try:
+        routed, routed_logits = _stream(view, latents, forced=eager)
+        free, _ = _stream(view, latents)
+    finally:
+        model.step_route = None
+    assert len(routed_logits) == len(eager_logits) == STEPS // k * k
+    for step, (a, b) in enumerate(zip(eager_logits, routed_logits, strict=True)):
+        assert torch.allclose(a, b, atol=LOGITS_ATOL), (step, (a - b).abs().max())
+    assert torch.equal(torch.cat(free, -1), torch.cat(eager, -1))
+
+
+CASES = [(t_f, k) for t_f in (-3, 0, 2) for k in (1, 3)]
+
+
+@pytest.mark.parametrize("encoder", ["frame", "conv"])
+@pytest.mark.parametrize(("t_f", "k"), CASES)
+def test_decode_step_equals_the_eager_decoder(encoder, t_f, k):
+    model = _model(encoder)
+    _compare(model, DecodeStep(model), t_f, k)
+
+
+def test_decode_step_changes_with_its_inputs():
+    """The comparison above can fail: a step that ignores the input window differs."""
+    model = _model()
+    step = DecodeStep(model)
+
+    def deaf(tokens, inst, window, *rest):
+        return step(tokens, inst, torch.zeros_like(window), *rest)
+
+    with pytest.raises(AssertionError):
+        _compare(model, deaf, 2, 1)
+
+
+@pytest.fixture(scope="module")
+def compiled_cache(tmp_path_factory):
+    """One AOTInductor compile of the tiny conv model, shared by the tests below."""
+    root = tmp_path_factory.mktemp("stemstream-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STEMSTREAM_CACHE_DIR", str(root))
+        info = accelerate(_model(), "compiled", quiet=True)
+    assert info.name == "compiled" and info.compile_s > 0 and info.package.exists()
+    return root
+
+
+@pytest.mark.parametrize(("t_f", "k"), CASES)
+def test_compiled_step_equals_the_eager_decoder(compiled_cache, monkeypatch, t_f, k):
+    monkeypatch.setenv("STEMSTREAM_CACHE_DIR", str(compiled_cache))
+    model = _model()
+    info = accelerate(model, "compiled")
+    assert info.compile_s == 0  # the module fixture's package
+    _compare(model, model.step_route, t_f, k)
+
+
+def test_compiled_package_is_reused_and_keyed_by_the_weights(compiled_cache, monkeypatch):
+    monkeypatch.setenv("STEMSTREAM_CACHE_DIR", str(compiled_cache))
+
+    def no_compile(*args):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(routes, "compile_step", no_compile)
+    assert accelerate(_model(), "auto").name == "compiled"
+    other = _model(seed=1)  # other weights: another package (compiling is refused here)
+    assert routes.step_key(other) != routes.step_key(_model())
+    with pytest.raises(RouteError, match="compiling the decode step failed"):
+        accelerate(other, "compiled", quiet=True)
+
+
+def test_without_a_compiler_auto_falls_back_and_compiled_refuses(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEMSTREAM_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(routes, "compiler", lambda: None)
+    model = _model()
+    info = accelerate(model, "auto")
+    assert info.name == "eager" and "C++ compiler" in info.note and model.step_route is None
+    with pytest.raises(RouteError, match="C\\+\\+ compiler"):
+        accelerate(model, "compiled")
+    with pytest.raises(Exception, match="route must be one of"):
+        accelerate(model, "fast")
+
+
+def test_int8_weights_stay_eager(tmp_path, monkeypatch):
+    from stemstream.model.quantize import convert_weights
+
+    monkeypatch.setenv("STEMSTREAM_CACHE_DIR", str(tmp_path))
+    model = convert_weights(_model(), "int8")
+    info = accelerate(model, "auto")
+    assert info.name == "eager" and "int8" in info.note
