@@ -1,21 +1,22 @@
-"""End-to-end streaming speed at ``k = 1`` against the SPEC section 9 targets.
+"""End-to-end streaming speed at ``k = 1``: the eager path against the compiled route, in one
+run, against the SPEC section 9 targets (issue 17).
 
 Streams ``--seconds`` of generated music-like audio
 (:func:`stemstream.stream.bench.synthetic_music`) in 20 ms blocks through a
-:class:`~stemstream.stream.session.Session` (virtual clock) with the ``default`` model (an
-untrained ``cpu``-preset streaming decoder until a trained one ships: real timings,
-meaningless audio) and the shipped codec, and prints the real-time factor (wall time of the
-session calls / audio seconds) and per-frame compute percentiles next to the targets
-(RTF <= 0.3, p99 per frame < 20 ms on the 2-core machine).
-
-Baselines measured in the same run, same session, same audio:
+:class:`~stemstream.stream.session.Session` (virtual clock) with the ``default`` model and the
+shipped codec, once per route (``eager``: PyTorch op by op; ``compiled``: the decode step and
+the codec's streaming trunks compiled with AOTInductor, :mod:`stemstream.aot`), and prints for
+each the real-time factor (wall time of the session calls / audio seconds), per-frame compute
+percentiles, the codec-in / model / codec-out split and the speed-up over eager, plus:
 
 * ``codec only``: the model replaced by a no-op that emits token 0 on every codebook (pads
   where the delay pattern needs them), so the codec in/out and session bookkeeping remain;
-  ``model share`` = 1 - its RTF / the full RTF.
-* ``model only``: the decoder's ``generate_chunk`` alone on random latents (no codec).
+* ``model only``: the decoder's ``generate_chunk`` alone on random latents (no codec);
+* the weights-read floor: the bytes of the decoder's and the codec's weights over the memory
+  bandwidth measured in the same run (a frame reads each weight once).
 
-    python benchmarks/stream_speed.py [--model default] [--seconds 10] [--threads 1] [--json]
+    python benchmarks/stream_speed.py [--model default] [--seconds 10] [--threads 1]
+        [--routes eager compiled] [--json]
 """
 
 from __future__ import annotations
@@ -30,11 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from stemstream.codec.compiled import accelerate_codec
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder
 from stemstream.stream.bench import bench_session, stream_timing, synthetic_music
 from stemstream.stream.models import load_stream_model
 from stemstream.stream.report import percentiles
+from stemstream.stream.session import DEFAULT_WINDOW
 
 TARGET_RTF = 0.3
 TARGET_P99_FRAME_MS = 20.0
@@ -67,6 +70,7 @@ def measure_stream(model: StreamingDecoder, codec, audio: np.ndarray, seed: int)
     frames = max(1, len(timing.chunk_s) * k)
     return {
         "rtf": timing.wall_seconds / timing.audio_seconds,
+        "mean_ms_per_frame": float(timing.chunk_s.mean() * 1e3 / k),
         "frame_ms": percentiles(timing.chunk_s * 1e3 / k),
         "split_ms_per_frame": {
             "codec_in": float(timing.codec_in_s.sum() * 1e3 / frames),
@@ -81,7 +85,8 @@ def measure_model_only(model: StreamingDecoder, frames: int, seed: int) -> dict[
     gen = torch.Generator().manual_seed(seed)
     horizon = max(1, model.config.future_frames)  # the last frame's chunk hears t_f ahead
     latents = torch.randn(1, model.config.input_dim, frames + horizon, generator=gen)
-    state = model.new_state(torch.tensor([0]), window=model.config.backbone.max_seq_len)
+    # the session's KV ring: the compiled step attends over the whole ring at every step
+    state = model.new_state(torch.tensor([0]), window=DEFAULT_WINDOW)
     sampling = SamplingConfig()
     times = []
     with torch.inference_mode():
@@ -94,11 +99,33 @@ def measure_model_only(model: StreamingDecoder, frames: int, seed: int) -> dict[
     return {"mean_ms_per_frame": float(ms.mean()), "frame_ms": percentiles(ms)}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    torch.set_num_threads(args.threads)
+def weights_read_floor_ms(model: StreamingDecoder, codec, seed: int = 0) -> dict[str, float]:
+    """The time one frame needs just to read every weight once from memory: the bytes the
+    decoder and the codec's two streaming directions hold, at the copy bandwidth this machine
+    reaches now (a 256 MiB buffer summed, best of 5)."""
+    buffer = torch.ones(64 << 20)  # 256 MiB: far past any cache
+    best = float("inf")
+    for _ in range(5):
+        began = time.perf_counter()
+        buffer.sum()
+        best = min(best, time.perf_counter() - began)
+    gb_per_s = buffer.numel() * 4 / best / 1e9
+    model_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    codec_bytes = sum(p.numel() * p.element_size() for p in codec.parameters())
+    return {
+        "bandwidth_gb_per_s": gb_per_s,
+        "model_ms": model_bytes / gb_per_s / 1e6,
+        "codec_ms": codec_bytes / gb_per_s / 1e6,
+        "total_ms": (model_bytes + codec_bytes) / gb_per_s / 1e6,
+    }
+
+
+def measure_route(args: argparse.Namespace, route: str) -> tuple[dict[str, Any], Any]:
+    """Full stream, codec only and model only, with the decode step and codec on ``route``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no trained default model yet" (printed below)
-        loaded = load_stream_model(args.model, args.codec, chunk_frames=1, weights=args.weights)
+        loaded = load_stream_model(args.model, args.codec, chunk_frames=1, weights=args.weights,
+                                   route=route)
     model, codec = loaded.model, loaded.codec
     rate = codec.sample_rate
     audio = synthetic_music(args.seconds, rate, args.seed)
@@ -108,7 +135,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     full = measure_stream(model, codec, audio, args.seed)
     codec_only = measure_stream(noop_model(model), codec, audio, args.seed)
     model_only = measure_model_only(model, int(args.seconds * codec.frame_rate), args.seed)
-    return {
+    result = {
+        "routes": loaded.describe_routes(),
+        "rtf": full["rtf"],
+        "p99_frame_ms": full["frame_ms"]["p99"],
+        "full": full,
+        "codec_only": codec_only,
+        "model_only": model_only,
+        "model_share": 1.0 - codec_only["rtf"] / full["rtf"],
+    }
+    accelerate_codec(codec, model.config.num_codebooks, "eager")  # the codec may be shared
+    return result, loaded
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    routes = {}
+    for route in args.routes:
+        routes[route], loaded = measure_route(args, route)
+    model, codec = loaded.model, loaded.codec
+    best = min(routes, key=lambda name: routes[name]["rtf"])
+    result = {
         "model": loaded.source,
         "trained": loaded.trained,
         "codec": type(codec).__name__,
@@ -117,38 +164,54 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "future_frames": model.config.future_frames,
         "chunk_frames": model.config.chunk_frames,
         "frame_ms": 1e3 / codec.frame_rate,
-        "rtf": full["rtf"],
-        "p99_frame_ms": full["frame_ms"]["p99"],
+        "routes": routes,
+        "fastest": best,
+        "floor": weights_read_floor_ms(model, codec),
+        "rtf": routes[best]["rtf"],
+        "p99_frame_ms": routes[best]["p99_frame_ms"],
         "target_rtf": TARGET_RTF,
         "target_p99_frame_ms": TARGET_P99_FRAME_MS,
-        "meets_targets": full["rtf"] <= TARGET_RTF
-        and full["frame_ms"]["p99"] < TARGET_P99_FRAME_MS,
-        "full": full,
-        "codec_only": codec_only,
-        "model_only": model_only,
-        "model_share": 1.0 - codec_only["rtf"] / full["rtf"],
     }
+    result["meets_targets"] = (result["rtf"] <= TARGET_RTF
+                               and result["p99_frame_ms"] < TARGET_P99_FRAME_MS)
+    if "eager" in routes:
+        result["speedup_over_eager"] = {
+            name: {part: routes["eager"][part]["mean_ms_per_frame"]
+                   / routes[name][part]["mean_ms_per_frame"]
+                   for part in ("full", "codec_only", "model_only")}
+            for name in routes
+        }
+    return result
 
 
 def print_table(result: dict[str, Any]) -> None:
     print(f"model {result['model']} ({'trained' if result['trained'] else 'untrained'}), "
           f"codec {result['codec']}, {result['threads']} thread(s), k=1, "
           f"t_f={result['future_frames']}, {result['seconds']:g} s in 20 ms blocks")
-    header = f"{'pipeline':<12}{'RTF':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
-    header += f"{'in ms':>8}{'model ms':>10}{'out ms':>8}"
+    header = f"{'route / pipeline':<22}{'RTF':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
+    header += f"{'in ms':>8}{'model ms':>10}{'out ms':>8}{'x eager':>9}"
     print(header)
     print("-" * len(header))
-    for name in ("full", "codec_only"):
-        r = result[name]
-        p, s = r["frame_ms"], r["split_ms_per_frame"]
-        print(f"{name.replace('_', ' '):<12}{r['rtf']:>8.3f}{p['p50']:>9.2f}{p['p95']:>9.2f}"
-              f"{p['p99']:>9.2f}{s['codec_in']:>8.2f}{s['model']:>10.2f}{s['codec_out']:>8.2f}")
-    m = result["model_only"]
-    p = m["frame_ms"]
-    print(f"{'model only':<12}{m['mean_ms_per_frame'] / result['frame_ms']:>8.3f}"
-          f"{p['p50']:>9.2f}{p['p95']:>9.2f}{p['p99']:>9.2f}")
-    print(f"model share of the full RTF: {100 * result['model_share']:.0f}%")
+    speedups = result.get("speedup_over_eager", {})
+    for route, r in result["routes"].items():
+        for name in ("full", "codec_only"):
+            row, p, sp = r[name], r[name]["frame_ms"], r[name]["split_ms_per_frame"]
+            ratio = speedups.get(route, {}).get(name)
+            print(f"{route + ' ' + name.replace('_', ' '):<22}{row['rtf']:>8.3f}{p['p50']:>9.2f}"
+                  f"{p['p95']:>9.2f}{p['p99']:>9.2f}{sp['codec_in']:>8.2f}{sp['model']:>10.2f}"
+                  f"{sp['codec_out']:>8.2f}" + (f"{ratio:>9.2f}" if ratio else ""))
+        m, p = r["model_only"], r["model_only"]["frame_ms"]
+        ratio = speedups.get(route, {}).get("model_only")
+        print(f"{route + ' model only':<22}{m['mean_ms_per_frame'] / result['frame_ms']:>8.3f}"
+              f"{p['p50']:>9.2f}{p['p95']:>9.2f}{p['p99']:>9.2f}{'':>26}"
+              + (f"{ratio:>9.2f}" if ratio else ""))
+        print(f"  {route}: {r['routes']}")
+    floor = result["floor"]
+    print(f"weights-read floor per frame at {floor['bandwidth_gb_per_s']:.1f} GB/s measured now: "
+          f"model {floor['model_ms']:.2f} ms + codec {floor['codec_ms']:.2f} ms = "
+          f"{floor['total_ms']:.2f} ms")
     ok = {True: "ok", False: "MISSED"}
+    print(f"fastest route: {result['fastest']}")
     print(f"target RTF <= {result['target_rtf']}: measured {result['rtf']:.3f} "
           f"[{ok[result['rtf'] <= result['target_rtf']]}]")
     print(f"target p99 per frame < {result['target_p99_frame_ms']:g} ms: measured "
@@ -165,6 +228,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--weights", choices=("fp32", "int8"), default="fp32")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--routes", nargs="+", default=["eager", "compiled"],
+                        choices=["eager", "compiled"], help="decode-step routes to compare")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.seconds <= 0 or args.threads < 1:

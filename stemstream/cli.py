@@ -506,7 +506,7 @@ def demo(out_dir, instrument, model, corpus, route):
         plot_out=out_dir / "latency.png", progress=True, route=route,
     )
     click.echo(result.summary())
-    click.echo(f"decode step: {result.report['model']['route']}")
+    click.echo(f"routes: {result.report['model']['route']}")
     from stemstream.stream.picture import picture_of_files
 
     picture = out_dir / "picture.png"

@@ -64,6 +64,8 @@ class EMACodebook(nn.Module):
     def _table(self) -> torch.Tensor:
         """``[codebook_size, D]`` = ``out_proj(codebook)``, rebuilt when any input changed
         (``_version`` counts in-place updates: optimizer steps, EMA, load_state_dict)."""
+        if torch.compiler.is_compiling():  # traced (stemstream.codec.compiled): a constant
+            return self.out_proj(self.codebook.t()[None])[0].t()
         key = (self.codebook._version, self.out_proj.weight._version,
                self.out_proj.bias._version, self.codebook.data_ptr(),
                self.out_proj.weight.data_ptr(), self.codebook.device, self.codebook.dtype)

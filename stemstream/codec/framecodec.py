@@ -168,6 +168,9 @@ class FrameCodec(Codec):
         self.dec_out = PointwiseConv1d(config.channels, 2 * dec_bins)
         for conv in (self.enc_in, self.enc_out, self.dec_in, self.dec_out):
             nn.init.zeros_(conv.bias)
+        # compiled one-frame trunks for the streaming encoder and decoder
+        # (stemstream.codec.compiled); None = eager
+        self.trunk_route = None
 
     # ------------------------------------------------------------------ protocol properties
     sample_rate = property(lambda self: self.config.sample_rate)
@@ -301,6 +304,25 @@ class FrameCodec(Codec):
         return FrameStreamingDecoder(self)
 
 
+def _frame_by_frame(step, inputs: torch.Tensor, histories: list | None, blocks: int,
+                    config: FrameCodecConfig) -> tuple:
+    """Run a compiled one-frame trunk (:mod:`stemstream.codec.compiled`) of ``blocks``
+    convolution blocks over the frames of ``inputs [B, *, T]``: returns its outputs
+    concatenated over frames (one tensor, or a tuple when it has several) and the final
+    histories as a list (``None`` histories start at zero, as in the eager trunk)."""
+    if histories is None:
+        shape = (blocks, inputs.shape[0], config.channels, config.kernel_size - 1)
+        stacked = torch.zeros(shape, device=inputs.device)
+    else:
+        stacked = torch.stack(histories)
+    outputs = []
+    for t in range(inputs.shape[-1]):
+        *out, stacked = step(inputs[..., t : t + 1].contiguous(), stacked)
+        outputs.append(out)
+    joined = [torch.cat(parts, dim=-1) for parts in zip(*outputs, strict=True)]
+    return (joined[0] if len(joined) == 1 else tuple(joined)), list(stacked.unbind(0))
+
+
 class FrameStreamingEncoder(StreamingEncoder):
     """Buffers samples; emits a frame when its last sample arrives."""
 
@@ -332,11 +354,17 @@ class FrameStreamingEncoder(StreamingEncoder):
             if "hist0" in self._state
             else None
         )
-        latent, new = self.codec._encoder_trunk(feats, histories)
+        route = self.codec.trunk_route
+        if route is not None and route.num_codebooks == self.num_codebooks:
+            codes, new = _frame_by_frame(route.encode, feats, histories,
+                                         len(self.codec.enc_blocks), self.codec.config)
+        else:
+            latent, new = self.codec._encoder_trunk(feats, histories)
+            codes = self.codec.quantizer.encode(latent, self.num_codebooks)
         self._state.update({f"hist{i}": h for i, h in enumerate(new)})
         self._state["prev_spec"] = torch.view_as_real(last).contiguous()
         self._state["audio"] = audio[:, used - context :]
-        return self.codec.quantizer.encode(latent, self.num_codebooks)
+        return codes
 
     def _flush(self, batch_size: int) -> torch.Tensor:
         cfg = self.codec.config
@@ -359,13 +387,20 @@ class FrameStreamingDecoder(StreamingDecoder):
     def _step(self, codes: torch.Tensor) -> torch.Tensor:
         if codes.shape[-1] == 0:
             return self.codec.dec_window.new_zeros(codes.shape[0], 1, 0)
-        latent = self.codec.quantizer.embed(codes)
         histories = (
             [self._state[f"hist{i}"] for i in range(len(self.codec.dec_blocks))]
             if "hist0" in self._state
             else None
         )
-        log_mag, dev, new = self.codec._decoder_trunk(latent, histories)
+        route = self.codec.trunk_route
+        if route is not None and route.num_codebooks == codes.shape[1]:
+            (log_mag, dev), new = _frame_by_frame(
+                route.decode, codes.long(), histories, len(self.codec.dec_blocks),
+                self.codec.config,
+            )
+        else:
+            latent = self.codec.quantizer.embed(codes)
+            log_mag, dev, new = self.codec._decoder_trunk(latent, histories)
         audio, phase, tail = self.codec._synthesise(
             log_mag, dev, self._state.get("phase"), self._state.get("tail")
         )

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from stemstream.errors import ConfigError
+from stemstream.model.decode_step import NO_WINDOW, stack_caches
 from stemstream.model.delay import DelayPattern
 from stemstream.model.input_encoder import InputEncoder, check_input_encoder
-from stemstream.model.decode_step import NO_WINDOW, stack_caches
 from stemstream.model.kv_cache import CacheOverflowError, KVCache
 from stemstream.model.layout import Layout, check_stream_args, training_layout
 from stemstream.model.sampling import SamplingConfig, sample_tokens

@@ -227,7 +227,7 @@ def accompany_file(
         report["input"] = {"path": str(input_path), "sample_rate": source.sample_rate,
                            "channels": int(source.samples.shape[0]), "seconds": source.seconds}
         report["model"] = {"source": loaded.source, "trained": loaded.trained,
-                           "block_seconds": block_seconds, "route": loaded.route.describe()}
+                           "block_seconds": block_seconds, "route": loaded.describe_routes()}
         report_path = None
         if report_out is not None:
             report_path = write_report(report, report_out)

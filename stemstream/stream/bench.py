@@ -348,7 +348,7 @@ def run_bench(
             "format": "stemstream-bench",
             "model": loaded.source,
             "trained": loaded.trained,
-            "route": loaded.route.describe(),
+            "route": loaded.describe_routes(),
             "codec": type(codec_model).__name__,
             "threads": threads,
             "seconds": seconds,
@@ -420,7 +420,7 @@ def format_bench(result: dict[str, Any]) -> str:
         f"codec {result['codec']}, {result['threads']} thread(s), "
         f"{mem['params'] / 1e6:.1f}M params, KV window {result['kv_window']} positions"
     )
-    lines.append(f"decode step: {result['route']}")
+    lines.append(f"routes: {result['route']}")
     lines.append(
         f"default config t_f={result['future_frames']} k={result['chunk_frames']}, "
         f"{result['seconds']:g} s of test audio in {BLOCK_SECONDS * 1e3:.0f} ms blocks"

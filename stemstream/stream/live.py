@@ -219,7 +219,7 @@ def run_live(
     if model == "default":
         model = "default-live"
     loaded = resolve_stream_model(model, codec, tf_seconds, chunk_frames, weights, route)
-    log.info("decode step: %s", loaded.route.describe())
+    log.info("routes: %s", loaded.describe_routes())
     future_frames = loaded.model.config.future_frames
     if latency is None:
         latency = 0.0 if future_frames < 0 else 0.2

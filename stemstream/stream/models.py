@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from stemstream.codec.base import Codec
+from stemstream.codec.compiled import accelerate_codec
 from stemstream.errors import ConfigError
 from stemstream.model.routes import RouteInfo, accelerate
 from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
@@ -55,6 +56,11 @@ class StreamModel:
     source: str
     trained: bool
     route: RouteInfo = RouteInfo("eager")
+    codec_route: RouteInfo = RouteInfo("eager")
+
+    def describe_routes(self) -> str:
+        """One line: how the decode step and the codec run."""
+        return f"decode step {self.route.describe()}; codec {self.codec_route.describe()}"
 
 
 def random_model(preset: str, codec: Codec, num_codebooks: int = 4, seed: int = 0,
@@ -106,7 +112,10 @@ def load_stream_model(
     chosen = accelerate(model, route)
     if chosen.note:
         log.warning("decode step: %s", chosen.describe())
-    return StreamModel(model, loaded.codec, source, loaded.trained, chosen)
+    codec_route = accelerate_codec(loaded.codec, model.config.num_codebooks, route)
+    if codec_route.note and route != "auto":
+        log.warning("codec: %s", codec_route.describe())
+    return StreamModel(model, loaded.codec, source, loaded.trained, chosen, codec_route)
 
 
 def _load(spec: str, codec_spec: str | None, future_frames: int | None,
@@ -189,4 +198,5 @@ def resolve_stream_model(spec: str | Path = "default", codec_spec: str | None = 
         if not loaded.trained:
             warnings.simplefilter("ignore")
         model = with_stream_args(loaded.model, future_frames, chunk_frames)
-    return StreamModel(model, loaded.codec, loaded.source, loaded.trained, loaded.route)
+    return StreamModel(model, loaded.codec, loaded.source, loaded.trained, loaded.route,
+                       loaded.codec_route)

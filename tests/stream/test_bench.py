@@ -19,6 +19,7 @@ def result() -> dict:
     return run_bench(
         "random-tiny-mock", seconds=1.5, configs=[(-5, 1), (0, 1), (2, 3)],
         latencies=LATENCIES, warmup_seconds=0.2, grid_seconds=1.2, settle_seconds=0.3,
+        route="eager",  # the compiled route has its own tests (tests/model/test_decode_step.py)
     )
 
 
@@ -86,7 +87,8 @@ def test_best_future_frames_picks_largest_feasible():
 
 def test_cli_bench_json_has_rtf_and_p99():
     out = CliRunner().invoke(
-        cli, ["bench", "--model", "random-tiny-mock", "--seconds", "0.5", "--no-grid", "--json"]
+        cli, ["bench", "--model", "random-tiny-mock", "--seconds", "0.5", "--no-grid", "--json",
+              "--route", "eager"]
     )
     assert out.exit_code == 0, out.output
     result = json.loads(out.output)
@@ -96,7 +98,8 @@ def test_cli_bench_json_has_rtf_and_p99():
 
 def test_cli_bench_prints_tables():
     out = CliRunner().invoke(
-        cli, ["bench", "--model", "random-tiny-mock", "--seconds", "0.5", "--grid-seconds", "0.6"]
+        cli, ["bench", "--model", "random-tiny-mock", "--seconds", "0.5", "--grid-seconds", "0.6",
+              "--route", "eager"]
     )
     assert out.exit_code == 0, out.output
     assert "real-time factor" in out.output and "feasibility" in out.output

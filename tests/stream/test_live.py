@@ -163,7 +163,7 @@ def test_run_live_with_a_fake_device(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "sounddevice", fake)
     with pytest.warns(UserWarning, match="200 ms behind your playing"):
         report = run_live(model="random-tiny-mock", duration=0.3, latency=0.2,
-                          report_out=str(tmp_path / "live.json"))
+                          report_out=str(tmp_path / "live.json"), route="eager")
     assert report["clock"] == "wall"
     assert report["device"]["callbacks"] > 5
     assert report["chunks"] > 0

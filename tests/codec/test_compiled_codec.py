@@ -1,0 +1,56 @@
+"""The FrameCodec's compiled streaming trunks (issue 17) equal the eager ones: the same codes
+and audio within 1e-4 for blocks of one, several and partial frames, batch 2, and therefore
+still the offline codec. Needs a C++ compiler (scripts/setup.sh installs g++); never skipped."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from codec_helpers import make_audio
+from test_framecodec import HOP, tiny_frame_codec
+from test_streaming import stream_decode, stream_encode
+
+from stemstream.aot import RouteError
+from stemstream.codec.compiled import accelerate_codec
+from stemstream.codec.mock import MockCodec, MockCodecConfig
+
+K = 3  # of the tiny preset's 4 levels, as a model over fewer codebooks asks
+SIZES = [HOP, 3 * HOP, 17, HOP - 17, 5 * HOP + 40, 2 * HOP]
+
+
+@pytest.fixture(scope="module")
+def codecs(tmp_path_factory):
+    """The same tiny codec twice: eager and compiled."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("STEMSTREAM_CACHE_DIR", str(tmp_path_factory.mktemp("codec-cache")))
+        compiled = tiny_frame_codec()
+        info = accelerate_codec(compiled, K, "compiled", quiet=True)
+    assert info.name == "compiled" and info.compile_s > 0
+    return tiny_frame_codec(), compiled
+
+
+def test_compiled_trunks_stream_like_the_eager_codec(codecs):
+    eager, compiled = codecs
+    wave = make_audio(samples=sum(SIZES))
+    with torch.inference_mode():
+        codes = stream_encode(eager, wave, SIZES, K)
+        assert torch.equal(stream_encode(compiled, wave, SIZES, K), codes)
+        assert torch.equal(codes, eager.encode(wave, num_codebooks=K))  # still the offline codec
+        frames = [1, 4, 2, 1, 3]
+        audio = stream_decode(eager, codes, frames)
+        routed = stream_decode(compiled, codes, frames)
+    assert torch.allclose(routed, audio, atol=1e-4), (routed - audio).abs().max()
+    assert audio.abs().max() > 1e-3  # the comparison is not between silences
+
+
+def test_other_levels_and_codecs_stay_eager(codecs, tmp_path, monkeypatch):
+    _, compiled = codecs
+    wave = make_audio(samples=4 * HOP)
+    with torch.inference_mode():  # K + 1 levels: not what was compiled, the eager trunk runs
+        assert torch.equal(stream_encode(compiled, wave, [4 * HOP], K + 1),
+                           compiled.encode(wave, num_codebooks=K + 1))
+    monkeypatch.setenv("STEMSTREAM_CACHE_DIR", str(tmp_path))
+    mock = MockCodec(MockCodecConfig())
+    assert accelerate_codec(mock, 4, "auto").name == "eager"
+    with pytest.raises(RouteError, match="FrameCodec"):
+        accelerate_codec(mock, 4, "compiled")
