@@ -1,11 +1,13 @@
-"""End-to-end streaming speed at ``k = 1``: the eager path against the compiled route, in one
+"""End-to-end streaming speed at ``k = 1``: the eager path against the compiled routes, in one
 run, against the SPEC section 9 targets (issue 17).
 
 Streams ``--seconds`` of generated music-like audio
 (:func:`stemstream.stream.bench.synthetic_music`) in 20 ms blocks through a
 :class:`~stemstream.stream.session.Session` (virtual clock) with the ``default`` model and the
 shipped codec, once per route (``eager``: PyTorch op by op; ``compiled``: the decode step and
-the codec's streaming trunks compiled with AOTInductor, :mod:`stemstream.aot`), and prints for
+the codec's streaming trunks compiled with AOTInductor, :mod:`stemstream.aot`; ``onnx``: the
+decode step on ONNX Runtime, the codec compiled; ``onnx-int8``: the same with int8 MatMul
+weights, :mod:`stemstream.model.routes`), and prints for
 each the real-time factor (wall time of the session calls / audio seconds), per-frame compute
 percentiles, the codec-in / model / codec-out split and the speed-up over eager, plus:
 
@@ -16,7 +18,7 @@ percentiles, the codec-in / model / codec-out split and the speed-up over eager,
   bandwidth measured in the same run (a frame reads each weight once).
 
     python benchmarks/stream_speed.py [--model default] [--seconds 10] [--threads 1]
-        [--routes eager compiled] [--json]
+        [--routes eager compiled onnx onnx-int8] [--json]
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from stemstream.stream.models import load_stream_model
 from stemstream.stream.report import percentiles
 from stemstream.stream.session import DEFAULT_WINDOW
 
+ROUTE_CHOICES = ("eager", "compiled", "onnx", "onnx-int8")
 TARGET_RTF = 0.3
 TARGET_P99_FRAME_MS = 20.0
 
@@ -124,8 +127,9 @@ def measure_route(args: argparse.Namespace, route: str) -> tuple[dict[str, Any],
     """Full stream, codec only and model only, with the decode step and codec on ``route``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "no trained default model yet" (printed below)
-        loaded = load_stream_model(args.model, args.codec, chunk_frames=1, weights=args.weights,
-                                   route=route)
+        name, _, weights = route.partition("-")
+        loaded = load_stream_model(args.model, args.codec, chunk_frames=1,
+                                   weights=weights or "fp32", route=name)
     model, codec = loaded.model, loaded.codec
     rate = codec.sample_rate
     audio = synthetic_music(args.seconds, rate, args.seed)
@@ -226,10 +230,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds first")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--weights", choices=("fp32", "int8"), default="fp32")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--routes", nargs="+", default=["eager", "compiled"],
-                        choices=["eager", "compiled"], help="decode-step routes to compare")
+    parser.add_argument("--routes", nargs="+", default=list(ROUTE_CHOICES),
+                        choices=ROUTE_CHOICES,
+                        help="decode-step routes to compare (onnx-int8: int8 weights)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.seconds <= 0 or args.threads < 1:

@@ -31,7 +31,7 @@ import torch
 
 from stemstream.errors import ConfigError
 
-ROUTES = ("auto", "eager", "compiled")
+ROUTES = ("auto", "eager", "compiled", "onnx")
 
 
 class RouteError(ConfigError):
@@ -48,12 +48,13 @@ class RouteInfo:
     compile_s: float = 0.0
     load_s: float = 0.0
     note: str = ""
+    engine: str = "AOTInductor"
 
     def describe(self) -> str:
         if self.name == "eager":
             return "eager" + (f" ({self.note})" if self.note else "")
-        how = f"compiled in {self.compile_s:.0f} s" if self.compile_s else "cached"
-        return f"compiled (AOTInductor, {how}, loaded in {self.load_s:.2f} s)"
+        how = f"built in {self.compile_s:.0f} s" if self.compile_s else "cached"
+        return f"{self.name} ({self.engine}, {how}, loaded in {self.load_s:.2f} s)"
 
 
 def check_route(route: str) -> None:
@@ -110,22 +111,24 @@ def compile_package(step: torch.nn.Module, example: tuple, dynamic: tuple,
 
 
 def load_or_compile(name: str, key: str, build: Callable[[Path], None],
-                    quiet: bool = False) -> tuple[Callable, RouteInfo]:
+                    quiet: bool = False, load: Callable[[Path], Callable] | None = None,
+                    suffix: str = ".pt2", needs_compiler: bool = True,
+                    engine: str = "AOTInductor") -> tuple[Callable, RouteInfo]:
     """The compiled step ``name``-``key`` from the cache, compiling it with ``build(path)``
-    first if it is missing.
+    first if it is missing, loaded with ``load`` (default: an AOTInductor package).
 
     Raises:
         RouteError: no C++ compiler, or compiling / loading failed (a package that does not
             load is removed so the next run rebuilds it).
     """
-    package = cache_dir() / "compiled" / f"{name.replace(' ', '-')}-{key}.pt2"
+    package = cache_dir() / "compiled" / f"{name.replace(' ', '-')}-{key}{suffix}"
     compile_s = 0.0
     if not package.exists():
-        if compiler() is None:
+        if needs_compiler and compiler() is None:
             raise RouteError("the compiled route needs a C++ compiler (g++): "
                              "run scripts/setup.sh or pass --route eager")
         if not quiet:
-            print(f"compiling the {name} once (about a minute; cached in "
+            print(f"building the {name} once (about a minute; cached in "
                   f"{package.parent})", file=sys.stderr, flush=True)
         began = time.perf_counter()
         try:
@@ -138,9 +141,15 @@ def load_or_compile(name: str, key: str, build: Callable[[Path], None],
         compile_s = time.perf_counter() - began
     began = time.perf_counter()
     try:
-        loaded = torch._inductor.aoti_load_package(str(package))
+        loaded = (load or _load_aoti)(package)
     except Exception as error:  # noqa: BLE001 - a stale or truncated package
         package.unlink(missing_ok=True)
         raise RouteError(f"the cached {name} {package} did not load ({error}); it was "
                          "removed, run again to rebuild it") from error
-    return loaded, RouteInfo("compiled", package, compile_s, time.perf_counter() - began)
+    route = "compiled" if engine == "AOTInductor" else "onnx"
+    return loaded, RouteInfo(route, package, compile_s, time.perf_counter() - began,
+                             engine=engine)
+
+
+def _load_aoti(package: Path) -> Callable:
+    return torch._inductor.aoti_load_package(str(package))

@@ -16,9 +16,10 @@
 * a model checkpoint (exported or training) of the ``streaming`` family.
 
 ``t_f`` and ``k`` may be overridden; a model run at values it was not trained for warns.
-``weights="int8"`` quantises the model's Linear layers (:mod:`stemstream.model.quantize`; the
-codec stays fp32 so its tokens are the ones the model was trained on). ``route`` picks how the
-decode step runs (:mod:`stemstream.model.routes`: ``eager``, ``compiled`` or ``auto``).
+``route`` picks how the decode step runs (:mod:`stemstream.model.routes`: ``eager``,
+``compiled`` (AOTInductor), ``onnx`` (ONNX Runtime) or ``auto``); ``weights="int8"`` runs it on
+ONNX Runtime with int8 weights (its dynamic quantisation of every MatMul). The codec stays
+float32 so its tokens are the ones the model was trained on.
 """
 
 from __future__ import annotations
@@ -101,18 +102,21 @@ def load_stream_model(
         ConfigError / CheckpointError / CodecError: unknown spec, a checkpoint of another
             family or codec, invalid ``t_f`` / ``k``, a route that cannot run here.
     """
-    from stemstream.model.quantize import WEIGHT_MODES, convert_weights
+    from stemstream.model.quantize import WEIGHT_MODES
 
     if weights not in WEIGHT_MODES:
         raise ConfigError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
     loaded = _load(str(spec), codec_spec, future_frames, chunk_frames)
     model, source = loaded.model, loaded.source
     if weights != "fp32":
-        model, source = convert_weights(model, weights), f"{source} ({weights})"
-    chosen = accelerate(model, route)
+        source = f"{source} ({weights})"
+    chosen = accelerate(model, route, weights=weights)
     if chosen.note:
         log.warning("decode step: %s", chosen.describe())
-    codec_route = accelerate_codec(loaded.codec, model.config.num_codebooks, route)
+    # the codec stays float32 (its tokens are the ones the model was trained on); on the
+    # onnx route it is compiled where it can be
+    codec_route = accelerate_codec(loaded.codec, model.config.num_codebooks,
+                                   "auto" if route == "onnx" else route)
     if codec_route.note and route != "auto":
         log.warning("codec: %s", codec_route.describe())
     return StreamModel(model, loaded.codec, source, loaded.trained, chosen, codec_route)

@@ -13,6 +13,7 @@ import warnings
 import pytest
 import torch
 
+from stemstream import aot
 from stemstream.model import routes, streaming
 from stemstream.model.decode_step import DecodeStep
 from stemstream.model.routes import RouteError, accelerate
@@ -148,7 +149,7 @@ def test_compiled_package_is_reused_and_keyed_by_the_weights(compiled_cache, mon
 
 def test_without_a_compiler_auto_falls_back_and_compiled_refuses(tmp_path, monkeypatch):
     monkeypatch.setenv("STEMSTREAM_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(routes, "compiler", lambda: None)
+    monkeypatch.setattr(aot, "compiler", lambda: None)
     model = _model()
     info = accelerate(model, "auto")
     assert info.name == "eager" and "C++ compiler" in info.note and model.step_route is None

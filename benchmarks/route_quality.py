@@ -1,0 +1,121 @@
+"""What each decode-step route costs in accuracy: validation loss of the same model streamed
+step by step (teacher-forced: the true target history, the true input) on the eager path,
+the compiled route, and ONNX Runtime with float32 and with int8 weights (issue 17).
+
+Every route runs the same windows through ``generate_chunk`` with the true tokens forced, so
+the logits of every step are comparable: the script prints the cross-entropy per route, its
+change against eager (fp32), the largest logit difference and how often the argmax differs.
+
+    python benchmarks/route_quality.py [--model default] [--dump dumps/synth10h-tracks]
+        [--windows 16] [--seconds 10] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stemstream.data.tokens import TrackCrops, read_track_meta
+from stemstream.model import streaming
+from stemstream.model.routes import accelerate
+from stemstream.model.sampling import SamplingConfig
+from stemstream.stream.models import load_stream_model
+
+ROUTES = (("eager", "fp32"), ("compiled", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
+
+
+def stream_logits(model, latents: torch.Tensor, delayed: torch.Tensor, inst: torch.Tensor
+                  ) -> torch.Tensor:
+    """Logits ``[B, S, K, V]`` of every step of a teacher-forced stream (``k = 1``)."""
+    seen: list[torch.Tensor] = []
+    original = streaming.sample_tokens
+
+    def recording(logits, *args, **kwargs):
+        seen.append(logits.float().clone())
+        return original(logits, *args, **kwargs)
+
+    streaming.sample_tokens = recording
+    try:
+        state = model.new_state(inst, window=delayed.shape[-1] + 1)
+        with torch.inference_mode():
+            for step in range(delayed.shape[-1]):
+                model.generate_chunk(state, latents, SamplingConfig(temperature=0),
+                                     forced=delayed[:, :, step : step + 1],
+                                     input_complete=True)
+    finally:
+        streaming.sample_tokens = original
+    return torch.stack(seen, dim=1)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    torch.set_num_threads(args.threads)
+    loaded = load_stream_model(args.model, chunk_frames=1)
+    model, codec = loaded.model.eval(), loaded.codec
+    cfg = model.config
+    rate = float(read_track_meta(args.dump)["frame_rate_hz"])
+    data = TrackCrops(args.dump, "validation", cfg.num_codebooks, round(args.seconds * rate),
+                      max(0, cfg.future_frames), seed=0)
+    rows = np.linspace(0, len(data) - 1, min(args.windows, len(data))).round().astype(int)
+    examples = [data[int(i)] for i in rows]
+    inputs = torch.stack([torch.as_tensor(e.input_codes) for e in examples]).long()
+    targets = torch.stack([torch.as_tensor(e.target_codes) for e in examples]).long()
+    inst = torch.tensor([int(e.inst_class) for e in examples])
+    latents = codec.embed(inputs).float()
+    delayed = model.delay.apply(targets)
+    valid = (delayed != model.delay.pad_id).transpose(1, 2)  # [B, S, K]
+    results: dict[str, Any] = {}
+    reference = None
+    for route, weights in ROUTES:
+        info = accelerate(model, route, weights=weights)
+        began = time.perf_counter()
+        logits = stream_logits(model, latents, delayed, inst)
+        seconds = time.perf_counter() - began
+        targets_s = delayed.transpose(1, 2)  # [B, S, K]
+        loss = F.cross_entropy(logits[valid], targets_s[valid])
+        row = {"route": info.describe(), "loss": float(loss), "seconds": seconds}
+        if reference is None:
+            reference = logits
+        else:
+            row["loss_change"] = float(loss) - results["eager fp32"]["loss"]
+            row["max_logit_diff"] = float((logits - reference)[valid].abs().max())
+            row["argmax_differs"] = float(
+                (logits.argmax(-1) != reference.argmax(-1))[valid].float().mean())
+        results[f"{route} {weights}"] = row
+    accelerate(model, "eager")
+    return {"model": loaded.source, "windows": len(examples), "seconds": args.seconds,
+            "tokens": int(valid.sum()), "routes": results}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--dump", default="dumps/synth10h-tracks",
+                        help="a whole-track dump (stemstream data dump-tracks)")
+    parser.add_argument("--windows", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    result = run(args)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"model {result['model']}: {result['windows']} validation windows of "
+          f"{result['seconds']:g} s, {result['tokens']} tokens, teacher-forced streaming")
+    print(f"{'route':<16}{'loss':>9}{'vs eager':>10}{'max |dlogit|':>14}{'argmax differs':>16}")
+    for name, row in result["routes"].items():
+        print(f"{name:<16}{row['loss']:>9.4f}{row.get('loss_change', 0.0):>+10.4f}"
+              f"{row.get('max_logit_diff', 0.0):>14.4f}"
+              f"{100 * row.get('argmax_differs', 0.0):>15.2f}%")
+    for name, row in result["routes"].items():
+        print(f"  {name}: {row['route']}")
+
+
+if __name__ == "__main__":
+    main()
