@@ -9,15 +9,15 @@ input latents, batch 1, KV cache, top-k 200 sampling included) in two regimes:
   after ``--warmup-chunks`` chunks, so every timed chunk includes the re-feed of the previous
   chunk's 50 positions (100 positions per chunk).
 
-Weights are ``fp32``, ``bf16`` (parameters cast to bfloat16, inputs and KV cache too) or ``int8``
-(``torch.ao.quantization.quantize_dynamic`` of every ``nn.Linear``, activations fp32).
+Weights are ``fp32`` or ``bf16`` (parameters cast to bfloat16, inputs and KV cache too); int8
+weights run on the onnx route of the decode step (``benchmarks/stream_speed.py``).
 Optionally it also times training at ``--train-preset`` size (forward + backward + AdamW on
 random tensors, batch 16, 10 s = 500 frame windows) and reports tokens/s (frames x K per
 second). The reference numbers are the authors' implementation at ``paper`` size, fp32,
 2 threads, batch 1, measured on the project's dev machine; speed-up = reference / ours.
 
     python benchmarks/generation_speed.py [--preset paper] [--threads 2]
-        [--weights fp32|bf16|int8] [--frames 32] [--warmup 64] [--chunks 3]
+        [--weights fp32|bf16] [--frames 32] [--warmup 64] [--chunks 3]
         [--train-preset cpu | --skip-train] [--json]
 """
 
@@ -33,7 +33,6 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from stemstream.model.quantize import quantize_int8
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import (
     GenerationState,
@@ -45,7 +44,7 @@ from stemstream.model.transformer import TransformerConfig
 REFERENCE_MS_PER_FRAME = 46.0
 REFERENCE_MS_PER_CHUNK_K50 = 3700.0
 REFERENCE_NOTE = "authors' implementation, paper size, fp32, 2 threads, batch 1, this machine"
-WEIGHT_MODES = ("fp32", "bf16", "int8")
+WEIGHT_MODES = ("fp32", "bf16")  # int8: the onnx route, benchmarks/stream_speed.py
 CHUNK_K = 50
 
 
@@ -103,16 +102,13 @@ def convert_weights(model: StreamingDecoder, weights: str) -> tuple[nn.Module, t
         for param in model.parameters():
             param.data = param.data.to(torch.bfloat16)
         return model, torch.bfloat16
-    if weights == "int8":
-        return quantize_int8(model), torch.float32
     raise ValueError(f"unknown weight mode {weights!r}")
 
 
 def new_state(
     model: StreamingDecoder, inst: torch.Tensor, max_steps: int, dtype: torch.dtype
 ) -> GenerationState:
-    """``model.new_state`` without reading ``heads.weight``: after ``quantize_dynamic`` that is
-    a method, not a tensor, so the library call fails for int8 models."""
+    """``model.new_state`` with the caches in the activations' dtype."""
     caches = model.backbone.make_caches(
         inst.shape[0], 2 * max_steps, device=torch.device("cpu"), dtype=dtype
     )
@@ -237,7 +233,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="paper", help="backbone preset: tiny, cpu, paper")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--weights", default="fp32", help="fp32, bf16, int8 or all")
+    parser.add_argument("--weights", default="fp32", help="fp32, bf16 or all")
     parser.add_argument("--frames", type=int, default=32, help="timed k=1 steps (>= 32)")
     parser.add_argument("--warmup", type=int, default=64, help="untimed k=1 steps first")
     parser.add_argument("--chunks", type=int, default=3, help="timed k=50 chunks")

@@ -1,20 +1,29 @@
 """Ahead-of-time compiled steps with an on-disk cache (issue 17).
 
 A step (a module over tensors with static shapes except the dimensions named dynamic) is
-exported with :func:`torch.export.export` and compiled with AOTInductor: frozen weights and a
-C++ wrapper, so a call runs the generated kernels with no Python between them and no guards.
-On a slow CPU a streaming step is dominated by per-operation overhead, which this removes.
+captured whole by :func:`torch.export.export`, so a call runs one graph with no Python
+between its operations. On a slow CPU a streaming step is dominated by per-operation
+overhead, which this removes. Two engines run the graph:
 
-Compiling needs a C++ compiler and takes up to a minute on a slow 2-core machine, so the
-package is cached under :func:`cache_dir`, named by a digest of everything the step depends
-on (:func:`digest`: the source of the modules that define it, the torch version, the
-configuration and the weights). Later runs load it in about a second.
+* **ONNX Runtime** (route ``onnx``, :func:`export_onnx`, :class:`OnnxModule`): the graph
+  exported to ONNX (``torch.onnx.export``, dynamo), optionally with int8 MatMul weights from
+  ONNX Runtime's dynamic quantiser. No compiler needed; measured fastest here.
+* **AOTInductor** (route ``compiled``, :func:`compile_package`): frozen weights and generated
+  C++ kernels; needs a C++ compiler.
+
+Building takes up to a minute on a slow 2-core machine, so the result is cached under
+:func:`cache_dir`, named by a digest of everything the step depends on (:func:`digest`: the
+source of the modules that define it, the torch version, the configuration and the weights).
+Later runs load it in about a second.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
+import logging
 import os
 import shutil
 import sys
@@ -32,6 +41,7 @@ import torch
 from stemstream.errors import ConfigError
 
 ROUTES = ("auto", "eager", "compiled", "onnx")
+OPSET = 23  # RMSNormalization is one ONNX op from opset 23 on
 
 
 class RouteError(ConfigError):
@@ -78,9 +88,10 @@ def compiler() -> str | None:
 
 
 def digest(sources: Iterable[ModuleType], config: Any, module: torch.nn.Module) -> str:
-    """A short digest of the defining modules' source, the torch version, a JSON-able
-    ``config`` and every tensor of ``module``'s state."""
+    """A short digest of this module's and the defining modules' source, the torch version,
+    a JSON-able ``config`` and every tensor of ``module``'s state."""
     sha = hashlib.sha256(torch.__version__.encode())
+    sha.update(Path(__file__).read_bytes())  # how steps are exported and compiled
     for source in sources:
         sha.update(Path(source.__file__).read_bytes())
     sha.update(json.dumps(config, sort_keys=True, default=str).encode())
@@ -108,6 +119,74 @@ def compile_package(step: torch.nn.Module, example: tuple, dynamic: tuple,
                 exported, package_path=str(Path(tmp) / "step.pt2")
             )
         os.replace(built, package)
+
+
+def export_onnx(step: torch.nn.Module, example: tuple, dynamic: tuple, path: Path,
+                input_names: list[str], output_names: list[str], weights: str = "fp32") -> None:
+    """Export ``step`` to ONNX at ``path`` (written atomically) with named inputs and outputs;
+    ``weights="int8"``: then ONNX Runtime's dynamic quantisation (int8 weights of every
+    MatMul, activations quantised on the fly, float32 out)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    quiet_loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "")]
+    levels = [logger.level for logger in quiet_loggers]
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        for logger in quiet_loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            built = Path(tmp) / "step.onnx"
+            with torch.inference_mode():
+                program = torch.onnx.export(
+                    step.eval(), example, dynamic_shapes=dynamic, input_names=input_names,
+                    output_names=output_names, dynamo=True, optimize=True, verbose=False,
+                    opset_version=OPSET,
+                )
+            program.save(str(built))
+            if weights == "int8":
+                quantized = Path(tmp) / "step-int8.onnx"
+                quantize_dynamic(str(built), str(quantized), weight_type=QuantType.QInt8)
+                built = quantized
+            os.replace(built, path)
+        finally:
+            for logger, level in zip(quiet_loggers, levels, strict=True):
+                logger.setLevel(level)
+
+
+class OnnxModule:
+    """An exported step run by ONNX Runtime on the CPU with the calling thread count, called
+    with torch tensors (or lists of them, flattened) in the export's input order and
+    returning torch tensors (numpy views both ways: the inputs, a KV cache included, are not
+    copied)."""
+
+    def __init__(self, path: Path, input_names: list[str], output_names: list[str],
+                 threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(path), options,
+                                            providers=["CPUExecutionProvider"])
+        kept = {item.name for item in self.session.get_inputs()}  # unused inputs are dropped
+        self.input_names = [(name, name in kept) for name in input_names]
+        self.output_names = list(output_names)
+
+    def __call__(self, *args: torch.Tensor | list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        flat = [item for arg in args for item in (arg if isinstance(arg, list) else [arg])]
+        feeds = {name: arg.numpy() for (name, kept), arg
+                 in zip(self.input_names, flat, strict=True) if kept}
+        return tuple(torch.from_numpy(out) for out in self.session.run(self.output_names, feeds))
+
+
+def onnx_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def load_or_compile(name: str, key: str, build: Callable[[Path], None],

@@ -569,7 +569,7 @@ def demo(out_dir, instrument, model, corpus, route):
               help="KV-cache ring size in positions (default: the model's context).")
 @click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
               help="Model weights: int8 = ONNX Runtime with int8 MatMul weights (the onnx "
-                   "route; validation loss +0.004 nats on the default).")
+                   "route; validation loss +0.0007 nats on the default).")
 @click.option("--sample-rate", type=click.IntRange(min=8000, max=384000), default=None,
               help="Rate of the stem and mix files [default: the input's].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -625,7 +625,7 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
               help="Measure the (t_f, k, L) feasibility grid.")
 @click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
               help="Model weights: int8 = ONNX Runtime with int8 MatMul weights (the onnx "
-                   "route; validation loss +0.004 nats on the default).")
+                   "route; validation loss +0.0007 nats on the default).")
 @_route_option("auto")
 def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid, weights, route):
     """Real-time factor, per-frame latency percentiles and which (t_f, k, L) are feasible for
@@ -665,7 +665,7 @@ def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True,
               help="Model weights: int8 = ONNX Runtime with int8 MatMul weights (the onnx "
-                   "route; validation loss +0.004 nats on the default).")
+                   "route; validation loss +0.0007 nats on the default).")
 @_route_option("auto")
 def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sample_rate,
          block_ms, input_device, output_device, duration, report_out, list_devices, seed,

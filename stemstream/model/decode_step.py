@@ -9,11 +9,12 @@ position: token embeddings, the input encoder over its fixed window of raw input
 the fusion, every block with its KV cache and the heads' logits. Sampling, the delay
 pattern's pads and multi-position calls (a ``k > 1`` chunk's re-fed positions) stay eager.
 
-Shapes are static so the graph is captured once: the cache is the whole preallocated
-buffer, ``[layers, 2, B, Hkv, C, Dh]``, whose slots attention masks by the absolute positions
-they hold (as :class:`~stemstream.model.kv_cache.KVCache` does). The step does not write the
-cache; it returns the new keys and values, and the caller stores them (one copy per step),
-so the graph is functional and exportable.
+Shapes are static so the graph is captured once: the cache is each layer's whole
+preallocated keys and values, ``[B, Hkv, C, Dh]`` each (views of one stacked buffer), whose
+slots attention masks by the absolute positions they hold (as
+:class:`~stemstream.model.kv_cache.KVCache` does). The step does not write the cache; it
+returns the new keys and values, and the caller stores them (one copy per step), so the graph
+is functional and exportable.
 
 The KV caches of a :class:`~stemstream.model.streaming.GenerationState` are re-bound to views
 of one stacked buffer (:func:`stack_caches`), with one positions buffer that all layers share
@@ -56,7 +57,7 @@ class DecodeStep(nn.Module):
         slot: torch.Tensor,
         cache_window: torch.Tensor,
         slot_positions: torch.Tensor,
-        kv: torch.Tensor,
+        caches: list[torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One position.
 
@@ -73,7 +74,8 @@ class DecodeStep(nn.Module):
             slot: long ``[]`` the cache slot the new entry will occupy.
             cache_window: long ``[]`` the ring's window (:data:`NO_WINDOW` for a linear cache).
             slot_positions: long ``[C]`` positions the slots hold before this step (-1 empty).
-            kv: ``[layers, 2, B, Hkv, C, Dh]`` cached keys (rotated) and values.
+            caches: per layer its cached keys (rotated) and values, ``[B, Hkv, C, Dh]``
+                each: ``[keys_0, values_0, keys_1, ...]``.
 
         Returns:
             logits ``[B, K, V]`` and the new entries ``[layers, 2, B, Hkv, Dh]``.
@@ -93,7 +95,8 @@ class DecodeStep(nn.Module):
         new = []
         for index, block in enumerate(backbone.layers):
             attended, k, v = self._attend(
-                block.attention, rms_norm(x, block.eps), rotation, kv[index], visible
+                block.attention, rms_norm(x, block.eps), rotation, caches[2 * index],
+                caches[2 * index + 1], visible
             )
             x = x + attended
             x = x + block.feed_forward(rms_norm(x, block.eps))
@@ -134,11 +137,13 @@ class DecodeStep(nn.Module):
         attention: nn.Module,
         h: torch.Tensor,
         rotation: torch.Tensor,
-        cache: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
         visible: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Self-attention of one position over the cache's visible slots plus itself.
-        ``h [B, 1, D]``, ``cache [2, B, Hkv, C, Dh]`` -> ``([B, 1, D], k, v [B, Hkv, Dh])``."""
+        ``h [B, 1, D]``, ``keys``, ``values [B, Hkv, C, Dh]`` ->
+        ``([B, 1, D], k, v [B, Hkv, Dh])``."""
         batch = h.shape[0]
         heads, kv_heads, head_dim = attention.num_heads, attention.num_kv_heads, attention.head_dim
         group = heads // kv_heads
@@ -149,7 +154,6 @@ class DecodeStep(nn.Module):
         q = _rotate(rms_norm(q, attention.eps, attention.q_norm), rotation)
         k = _rotate(rms_norm(k, attention.eps, attention.k_norm), rotation)
         scale = 1.0 / math.sqrt(head_dim)
-        keys, values = cache[0], cache[1]  # [B, Hkv, C, Dh]
         old = torch.matmul(q, keys.transpose(-1, -2)) * scale  # [B, Hkv, G, C]
         old = old.masked_fill(~visible, float("-inf"))
         own = (q * k[:, :, None]).sum(-1, keepdim=True) * scale  # [B, Hkv, G, 1]
@@ -167,14 +171,15 @@ def _rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
     return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
 
 
-def stack_caches(caches: list[KVCache]) -> torch.Tensor:
+def stack_caches(caches: list[KVCache]) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Re-bind ``caches`` (one per layer, same shapes) to views of one stacked buffer
     ``[layers, 2, B, Hkv, C, Dh]`` holding their contents, and to one shared positions
-    buffer; returns the stacked buffer. Idempotent."""
+    buffer; returns the stacked buffer and the step's ``caches`` argument (its views).
+    Idempotent."""
     first = caches[0]
     stacked = getattr(first, "stacked", None)
     if stacked is not None and all(getattr(c, "stacked", None) is stacked for c in caches):
-        return stacked
+        return stacked, first.stacked_views
     stacked = torch.stack([torch.stack([c.keys, c.values]) for c in caches])
     positions, next_position = first.positions, first.next_position
     for index, cache in enumerate(caches):
@@ -183,4 +188,5 @@ def stack_caches(caches: list[KVCache]) -> torch.Tensor:
         cache.keys, cache.values = stacked[index, 0], stacked[index, 1]
         cache.positions, cache.next_position = positions, next_position
         cache.stacked = stacked
-    return stacked
+    first.stacked_views = [view for pair in stacked for view in pair]
+    return stacked, first.stacked_views

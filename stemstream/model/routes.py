@@ -1,46 +1,44 @@
-"""How a streaming decoder runs its per-position step: ``eager`` PyTorch or ``compiled``
-(issue 17).
+"""How a streaming decoder runs its per-position step (issue 17): ``eager`` PyTorch, ``onnx``
+(ONNX Runtime) or ``compiled`` (AOTInductor).
 
-``compiled`` exports :class:`~stemstream.model.decode_step.DecodeStep` with
-:func:`torch.export.export` (batch and cache capacity dynamic) and compiles it ahead of time
-with AOTInductor (frozen weights, a C++ wrapper: no Python between kernels, no guards), so a
-decode step costs little more than reading the weights. Compiling takes about a minute on a
-slow 2-core CPU and needs a C++ compiler; the package is cached on disk, keyed by the
-model's config and weights, the step's source and the torch version, so later runs load it
-in about a second.
+Both non-eager routes capture :class:`~stemstream.model.decode_step.DecodeStep` whole with
+:func:`torch.export.export` (batch and cache capacity dynamic; machinery in
+:mod:`stemstream.aot`), so a decode step runs one graph with no Python between its
+operations. ``onnx`` exports it to ONNX and runs it on ONNX Runtime, with float32 weights or,
+for ``weights="int8"``, int8 MatMul weights from ONNX Runtime's dynamic quantiser (validation
+loss +0.0007 nats on the default: ``benchmarks/route_quality.py``). ``compiled`` compiles it
+with AOTInductor and needs a C++ compiler. Building either takes about a minute on a slow
+2-core CPU; the result is cached on disk, keyed by the model's config and weights, the
+step's source and the library versions.
 
-``auto`` is ``compiled`` where a C++ compiler is installed and the weights are float32, and
-``eager`` otherwise (with one line saying why). The machinery (export, compile, cache) is
-:mod:`stemstream.aot`.
+``auto`` is ``onnx`` (measured the faster of the two on a 2-core CPU,
+``benchmarks/stream_speed.py``), falling back to ``eager`` with one line saying why.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import os
-import tempfile
-import warnings
 from pathlib import Path
 
 import torch
 
 from stemstream.aot import (
+    OnnxModule,
     RouteError,
     RouteInfo,
     check_route,
     compile_package,
     digest,
+    export_onnx,
     load_or_compile,
+    onnx_version,
 )
 from stemstream.errors import ConfigError
 from stemstream.model import decode_step
 from stemstream.model.decode_step import DecodeStep
 from stemstream.model.quantize import WEIGHT_MODES
 
-__all__ = ["OnnxStep", "RouteError", "RouteInfo", "accelerate", "compile_step",
-           "example_inputs", "export_onnx", "step_key"]
+__all__ = ["RouteError", "RouteInfo", "accelerate", "compile_step", "example_inputs",
+           "export_step_onnx", "step_key"]
 
 EXAMPLE_BATCH, EXAMPLE_CAPACITY = 2, 64  # export traces these; both dimensions stay dynamic
 MAX_BATCH, MAX_CAPACITY = 4096, 1 << 22
@@ -71,81 +69,42 @@ def example_inputs(model: torch.nn.Module, batch: int, capacity: int) -> tuple:
         torch.tensor(0, dtype=long),
         torch.tensor(capacity, dtype=long),
         torch.arange(capacity),
-        torch.zeros(backbone.num_layers, 2, batch, backbone.num_kv_heads, capacity,
-                    backbone.head_dim),
+        [torch.zeros(batch, backbone.num_kv_heads, capacity, backbone.head_dim)
+         for _ in range(2 * backbone.num_layers)],
     )
 
 
 STEP_INPUTS = ("tokens", "inst", "window", "frame_valid", "has_input", "rotation", "position",
-               "slot", "cache_window", "slot_positions", "kv")
+               "slot", "cache_window", "slot_positions")
 STEP_OUTPUTS = ("logits", "new_kv")
 
 
-def _dynamic_shapes() -> tuple:
+def step_inputs(model: torch.nn.Module) -> list[str]:
+    """The step's flat input names: :data:`STEP_INPUTS` then each layer's keys and values."""
+    layers = model.backbone.config.num_layers
+    return [*STEP_INPUTS, *(f"{kind}_{i}" for i in range(layers) for kind in ("keys", "values"))]
+
+
+def _dynamic_shapes(model: torch.nn.Module) -> tuple:
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=MAX_BATCH)
     capacity = Dim("capacity", min=2, max=MAX_CAPACITY)
+    caches = [{0: batch, 2: capacity}] * (2 * model.backbone.config.num_layers)
     return ({0: batch}, {0: batch}, {0: batch}, None, None, None, None, None, None,
-            {0: capacity}, {2: batch, 4: capacity})
+            {0: capacity}, caches)
 
 
 def compile_step(model: torch.nn.Module, package: Path) -> None:
     """Export and AOT-compile ``model``'s decode step into ``package``."""
     compile_package(DecodeStep(model), example_inputs(model, EXAMPLE_BATCH, EXAMPLE_CAPACITY),
-                    _dynamic_shapes(), package)
+                    _dynamic_shapes(model), package)
 
 
-def export_onnx(model: torch.nn.Module, path: Path, weights: str = "fp32") -> None:
-    """Export ``model``'s decode step to ONNX (``torch.onnx.export``, dynamo) at ``path``,
-    written atomically; ``weights="int8"``: then ONNX Runtime's dynamic quantisation (int8
-    weights of every MatMul, activations quantised on the fly)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp, warnings.catch_warnings(), \
-            contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-        fp32 = Path(tmp) / "step.onnx"
-        with torch.inference_mode():
-            program = torch.onnx.export(
-                DecodeStep(model).eval(),
-                example_inputs(model, EXAMPLE_BATCH, EXAMPLE_CAPACITY),
-                dynamic_shapes=_dynamic_shapes(), input_names=list(STEP_INPUTS),
-                output_names=list(STEP_OUTPUTS), dynamo=True, optimize=True, verbose=False,
-            )
-        program.save(str(fp32))
-        if weights == "int8":
-            logging.getLogger().setLevel(max(logging.getLogger().level, logging.ERROR))
-            int8 = Path(tmp) / "step-int8.onnx"
-            quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-            fp32 = int8
-        os.replace(fp32, path)
-
-
-class OnnxStep:
-    """A decode step exported to ONNX, run by ONNX Runtime on the CPU with the calling
-    thread count; called like :class:`DecodeStep` (torch tensors in and out, no copies of
-    the cache: ONNX Runtime reads the numpy views of the torch buffers)."""
-
-    def __init__(self, path: Path, threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(path), options,
-                                            providers=["CPUExecutionProvider"])
-        self.inputs = {item.name for item in self.session.get_inputs()}
-
-    def __call__(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feeds = {name: arg.numpy() for name, arg in zip(STEP_INPUTS, args, strict=True)
-                 if name in self.inputs}
-        logits, new = self.session.run(list(STEP_OUTPUTS), feeds)
-        return torch.from_numpy(logits), torch.from_numpy(new)
+def export_step_onnx(model: torch.nn.Module, path: Path, weights: str = "fp32") -> None:
+    """Export ``model``'s decode step to ONNX (:func:`stemstream.aot.export_onnx`)."""
+    export_onnx(DecodeStep(model), example_inputs(model, EXAMPLE_BATCH, EXAMPLE_CAPACITY),
+                _dynamic_shapes(model), path, step_inputs(model), list(STEP_OUTPUTS), weights)
 
 
 def accelerate(model: torch.nn.Module, route: str = "auto", quiet: bool = False,
@@ -153,8 +112,8 @@ def accelerate(model: torch.nn.Module, route: str = "auto", quiet: bool = False,
     """Run ``model``'s single-position generation steps on ``route`` with ``weights``
     (sets ``model.step_route``; ``eager`` clears it). Returns what was chosen.
 
-    ``auto``: ``compiled`` for float32 weights where a C++ compiler is installed, else
-    ``eager``; ``onnx`` for int8 weights. int8 weights run only on ``onnx``.
+    int8 weights run only on ``onnx``; ``auto`` falls back to ``eager`` (float32) where the
+    onnx route cannot be built, with the reason in :attr:`RouteInfo.note`.
 
     Raises:
         RouteError: a route asked for by name that cannot run here.
@@ -163,32 +122,27 @@ def accelerate(model: torch.nn.Module, route: str = "auto", quiet: bool = False,
     if weights not in WEIGHT_MODES:
         raise ConfigError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
     model.step_route = None
-    if weights == "int8":
-        if route not in ("auto", "onnx"):
-            raise RouteError(f"int8 weights run on the onnx route (ONNX Runtime), not "
-                             f"--route {route}")
-        route = "onnx"
+    if weights == "int8" and route not in ("auto", "onnx"):
+        raise RouteError(f"int8 weights run on the onnx route (ONNX Runtime), not "
+                         f"--route {route}")
     if route == "eager":
         return RouteInfo("eager")
-    if {p.dtype for p in model.parameters()} != {torch.float32}:
-        error = RouteError(f"the {route} route needs a float32 model")
-        if route != "auto":
-            raise error
-        return RouteInfo("eager", note=str(error))
-    if route == "onnx":
-        step, info = load_or_compile(
-            f"decode step onnx {weights}", onnx_key(model, weights),
-            lambda path: export_onnx(model, path, weights), quiet, load=OnnxStep,
-            suffix=".onnx", needs_compiler=False, engine=f"ONNX Runtime, {weights}",
-        )
-        model.step_route = step
-        return info
     try:
-        step, info = load_or_compile(
-            "decode step", step_key(model), lambda path: compile_step(model, path), quiet
-        )
-    except RouteError as error:
+        if {p.dtype for p in model.parameters()} != {torch.float32}:
+            raise RouteError(f"the {route} route needs a float32 model")
         if route == "compiled":
+            step, info = load_or_compile(
+                "decode step", step_key(model), lambda path: compile_step(model, path), quiet
+            )
+        else:
+            step, info = load_or_compile(
+                f"decode step onnx {weights}", onnx_key(model, weights),
+                lambda path: export_step_onnx(model, path, weights), quiet,
+                load=lambda path: OnnxModule(path, step_inputs(model), list(STEP_OUTPUTS)),
+                suffix=".onnx", needs_compiler=False, engine=f"ONNX Runtime, {weights}",
+            )
+    except RouteError as error:
+        if route != "auto":
             raise
         return RouteInfo("eager", note=str(error))
     model.step_route = step
@@ -196,6 +150,4 @@ def accelerate(model: torch.nn.Module, route: str = "auto", quiet: bool = False,
 
 
 def onnx_key(model: torch.nn.Module, weights: str) -> str:
-    import onnxruntime
-
-    return step_key(model) + f"-{onnxruntime.__version__}-{weights}".replace(".", "")
+    return step_key(model) + f"-ort{onnx_version()}-{weights}".replace(".", "")

@@ -416,7 +416,7 @@ class StreamingDecoder(nn.Module):
         logits ``[B, K, V]`` and cache contents."""
         batch, device = state.inst.shape[0], state.inst.device
         caches = state.caches
-        kv = stack_caches(caches)
+        kv, views = stack_caches(caches)
         cache = caches[0]
         capacity = cache.capacity
         if cache.window is None and cache.length >= capacity:
@@ -461,7 +461,7 @@ class StreamingDecoder(nn.Module):
             torch.tensor(slot, device=device),
             torch.tensor(cache.window or NO_WINDOW, device=device),
             cache.positions,
-            kv,
+            views,
         )
         kv[:, :, :, :, slot] = new
         cache.positions[slot] = step

@@ -113,10 +113,8 @@ def load_stream_model(
     chosen = accelerate(model, route, weights=weights)
     if chosen.note:
         log.warning("decode step: %s", chosen.describe())
-    # the codec stays float32 (its tokens are the ones the model was trained on); on the
-    # onnx route it is compiled where it can be
-    codec_route = accelerate_codec(loaded.codec, model.config.num_codebooks,
-                                   "auto" if route == "onnx" else route)
+    # the codec stays float32: its tokens are the ones the model was trained on
+    codec_route = accelerate_codec(loaded.codec, model.config.num_codebooks, route)
     if codec_route.note and route != "auto":
         log.warning("codec: %s", codec_route.describe())
     return StreamModel(model, loaded.codec, source, loaded.trained, chosen, codec_route)

@@ -1,6 +1,7 @@
-"""The FrameCodec's compiled streaming trunks (issue 17) equal the eager ones: the same codes
-and audio within 1e-4 for blocks of one, several and partial frames, batch 2, and therefore
-still the offline codec. Needs a C++ compiler (scripts/setup.sh installs g++); never skipped."""
+"""The FrameCodec's compiled streaming trunks (issue 17), on ONNX Runtime and AOTInductor,
+equal the eager ones: the same codes and audio within 1e-4 for blocks of one, several and
+partial frames, batch 2, and therefore still the offline codec. AOTInductor needs a C++
+compiler (scripts/setup.sh installs g++); never skipped."""
 
 from __future__ import annotations
 
@@ -18,14 +19,14 @@ K = 3  # of the tiny preset's 4 levels, as a model over fewer codebooks asks
 SIZES = [HOP, 3 * HOP, 17, HOP - 17, 5 * HOP + 40, 2 * HOP]
 
 
-@pytest.fixture(scope="module")
-def codecs(tmp_path_factory):
-    """The same tiny codec twice: eager and compiled."""
+@pytest.fixture(scope="module", params=["onnx", "compiled"])
+def codecs(request, tmp_path_factory):
+    """The same tiny codec twice: eager and on a route."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("STEMSTREAM_CACHE_DIR", str(tmp_path_factory.mktemp("codec-cache")))
         compiled = tiny_frame_codec()
-        info = accelerate_codec(compiled, K, "compiled", quiet=True)
-    assert info.name == "compiled" and info.compile_s > 0
+        info = accelerate_codec(compiled, K, request.param, quiet=True)
+    assert info.name == request.param and info.compile_s > 0
     return tiny_frame_codec(), compiled
 
 

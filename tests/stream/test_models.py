@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from stemstream.errors import ConfigError
-from stemstream.model.quantize import Int8Linear
 from stemstream.stream.models import load_stream_model
 from stemstream.stream.session import Session, SessionConfig, run_blocks, with_stream_args
 
@@ -27,11 +26,13 @@ def test_unknown_spec_and_weight_mode_are_clear_errors(tmp_path):
         load_stream_model("random-tiny-mock", weights="fp8")
 
 
-def test_int8_weights_run_a_session_and_snapshot(tmp_path):
+def test_int8_weights_run_a_session_and_snapshot(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEMSTREAM_CACHE_DIR", str(tmp_path / "cache"))
     fp32 = load_stream_model("random-tiny-mock")
     int8 = load_stream_model("random-tiny-mock", weights="int8")
     assert int8.source.endswith("(int8)")
-    assert isinstance(int8.model.heads, Int8Linear)
+    assert int8.route.name == "onnx" and "int8" in int8.route.engine
+    assert int8.model.step_route is not None and fp32.model.step_route is None
     audio = 0.1 * np.random.default_rng(0).standard_normal(8000).astype(np.float32)
     config = SessionConfig(instrument="bass", temperature=0.0)
     outs = []
