@@ -281,14 +281,15 @@ def codec() -> None:
 _CODEC_HELP = "default (shipped), mock, a codec .safetensors, a training checkpoint or a DAC .pth"
 
 
-def _route_option(default: str):
-    """``--route``: how the model's decode step runs (stemstream.model.routes)."""
+def _route_option(default: str | None):
+    """``--route``: how the model's decode step runs (stemstream.model.routes); ``None``:
+    eager, or onnx with int8 weights."""
     return click.option(
         "--route", type=click.Choice(["auto", "eager", "compiled", "onnx"]), default=default,
-        show_default=True,
-        help="Decode step: compiled (AOTInductor; needs a C++ compiler, builds once per model "
-             "in about a minute, then cached), onnx (ONNX Runtime), eager, or auto (compiled "
-             "where it can; onnx for --weights int8).")
+        show_default=default or "eager; onnx with --weights int8",
+        help="How the decode step and the codec run: onnx (ONNX Runtime; exported once per "
+             "model in about a minute, then cached), compiled (AOTInductor; needs a C++ "
+             "compiler), eager (PyTorch op by op), or auto (onnx, else eager).")
 
 
 @codec.command("train", context_settings={"ignore_unknown_options": False})
@@ -573,7 +574,7 @@ def demo(out_dir, instrument, model, corpus, route):
 @click.option("--sample-rate", type=click.IntRange(min=8000, max=384000), default=None,
               help="Rate of the stem and mix files [default: the input's].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-@_route_option("eager")
+@_route_option(None)
 def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_frames, latency,
               realtime, mix_out, report_out, plot_out, picture_out, temperature, top_k, seed,
               block_ms, window, weights, sample_rate, progress, route):

@@ -137,7 +137,7 @@ def accelerate_codec(codec: nn.Module, num_codebooks: int, route: str = "auto",
     """Run ``codec``'s streaming encoder and decoder (for ``num_codebooks`` levels) on
     ``route`` (``auto`` = ``onnx``, or ``eager`` where that cannot be built): sets
     ``codec.trunk_route`` (``None`` = eager). Codecs other than
-    :class:`~stemstream.codec.framecodec.FrameCodec` stay eager.
+    :class:`~stemstream.codec.framecodec.FrameCodec` stay eager (said in the note).
 
     Raises:
         RouteError: ``compiled`` asked for where it cannot run.
@@ -147,10 +147,9 @@ def accelerate_codec(codec: nn.Module, num_codebooks: int, route: str = "auto",
         codec.trunk_route = None
     if route == "eager":
         return RouteInfo("eager")
+    if not isinstance(codec, framecodec.FrameCodec):
+        return RouteInfo("eager", note=f"{type(codec).__name__} streams eagerly")
     try:
-        if not isinstance(codec, framecodec.FrameCodec):
-            raise RouteError(f"the {route} route covers the FrameCodec, not "
-                             f"{type(codec).__name__}")
         (encode, decode), info = _load_trunks(codec, num_codebooks, route, quiet)
     except RouteError as error:
         if route != "auto":

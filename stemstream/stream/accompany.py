@@ -147,7 +147,7 @@ def accompany_file(
     progress: bool = False,
     weights: str = "fp32",
     sample_rate: int | None = None,
-    route: str = "eager",
+    route: str | None = None,
 ) -> AccompanyResult:
     """Accompany an audio file with ``instrument`` through the real-time engine.
 
@@ -171,8 +171,8 @@ def accompany_file(
         window: KV-cache ring size in positions (default: the model's context).
         progress: show a progress bar on stderr.
         sample_rate: rate of the stem and mix files (default: the input's).
-        route: how the decode step runs (``eager``, ``compiled`` or ``auto``; see
-            :mod:`stemstream.model.routes`).
+        route: how the decode step runs (``eager``, ``onnx``, ``compiled`` or ``auto``; see
+            :mod:`stemstream.model.routes`); default ``eager``, ``onnx`` for int8 weights.
 
     Raises:
         AudioError: missing, corrupt, empty or non-finite input.

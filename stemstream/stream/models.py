@@ -93,10 +93,10 @@ def load_stream_model(
     future_frames: int | None = None,
     chunk_frames: int | None = None,
     weights: str = "fp32",
-    route: str = "eager",
+    route: str | None = None,
 ) -> StreamModel:
     """Resolve ``spec`` (see the module docstring), apply ``t_f`` / ``k`` overrides and put
-    the decode step on ``route``.
+    the decode step on ``route`` (default: ``eager``, or ``onnx`` for int8 weights).
 
     Raises:
         ConfigError / CheckpointError / CodecError: unknown spec, a checkpoint of another
@@ -106,6 +106,7 @@ def load_stream_model(
 
     if weights not in WEIGHT_MODES:
         raise ConfigError(f"weights must be one of {WEIGHT_MODES}, got {weights!r}")
+    route = route or ("onnx" if weights == "int8" else "eager")
     loaded = _load(str(spec), codec_spec, future_frames, chunk_frames)
     model, source = loaded.model, loaded.source
     if weights != "fp32":
@@ -115,8 +116,8 @@ def load_stream_model(
         log.warning("decode step: %s", chosen.describe())
     # the codec stays float32: its tokens are the ones the model was trained on
     codec_route = accelerate_codec(loaded.codec, model.config.num_codebooks, route)
-    if codec_route.note and route != "auto":
-        log.warning("codec: %s", codec_route.describe())
+    if codec_route.note:
+        log.info("codec: %s", codec_route.describe())
     return StreamModel(model, loaded.codec, source, loaded.trained, chosen, codec_route)
 
 
@@ -188,7 +189,7 @@ def frames_from_seconds(seconds: float | None, frame_rate: float, what: str) -> 
 
 def resolve_stream_model(spec: str | Path = "default", codec_spec: str | None = None,
                          tf_seconds: float | None = None, chunk_frames: int | None = None,
-                         weights: str = "fp32", route: str = "eager") -> StreamModel:
+                         weights: str = "fp32", route: str | None = None) -> StreamModel:
     """:func:`load_stream_model` with ``t_f`` given in seconds (converted with the codec's
     frame rate, known once it is loaded) and ``k`` applied; an untrained model has no trained
     visibility to warn about, so its overrides are silent."""
