@@ -156,17 +156,18 @@ def export_onnx(step: torch.nn.Module, example: tuple, dynamic: tuple, path: Pat
 
 
 class OnnxModule:
-    """An exported step run by ONNX Runtime on the CPU with the calling thread count, called
-    with torch tensors (or lists of them, flattened) in the export's input order and
-    returning torch tensors (numpy views both ways: the inputs, a KV cache included, are not
-    copied)."""
+    """An exported step run by ONNX Runtime on the CPU, called with torch tensors (or lists
+    of them, flattened) in the export's input order and returning torch tensors (numpy views
+    both ways: the inputs, a KV cache included, are not copied). One thread by default: a
+    frame's matrix products are too small for intra-op threads to pay, and a second thread
+    that competes with other work on a 2-core machine costs far more than it gives."""
 
     def __init__(self, path: Path, input_names: list[str], output_names: list[str],
-                 threads: int | None = None) -> None:
+                 threads: int = 1) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or torch.get_num_threads()
+        options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
@@ -192,9 +193,12 @@ def onnx_version() -> str:
 def load_or_compile(name: str, key: str, build: Callable[[Path], None],
                     quiet: bool = False, load: Callable[[Path], Callable] | None = None,
                     suffix: str = ".pt2", needs_compiler: bool = True,
-                    engine: str = "AOTInductor") -> tuple[Callable, RouteInfo]:
+                    engine: str = "AOTInductor",
+                    warmup: tuple | None = None) -> tuple[Callable, RouteInfo]:
     """The compiled step ``name``-``key`` from the cache, compiling it with ``build(path)``
-    first if it is missing, loaded with ``load`` (default: an AOTInductor package).
+    first if it is missing, loaded with ``load`` (default: an AOTInductor package) and, with
+    ``warmup`` inputs, run twice on them (an engine's first calls plan memory and are slow:
+    in a live stream they would be missed deadlines).
 
     Raises:
         RouteError: no C++ compiler, or compiling / loading failed (a package that does not
@@ -221,6 +225,9 @@ def load_or_compile(name: str, key: str, build: Callable[[Path], None],
     began = time.perf_counter()
     try:
         loaded = (load or _load_aoti)(package)
+        with torch.inference_mode():
+            for _ in range(2 if warmup is not None else 0):
+                loaded(*warmup)
     except Exception as error:  # noqa: BLE001 - a stale or truncated package
         package.unlink(missing_ok=True)
         raise RouteError(f"the cached {name} {package} did not load ({error}); it was "

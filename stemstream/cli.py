@@ -495,11 +495,17 @@ def instruments():
 @click.option("--corpus/--no-corpus", default=False, show_default=True,
               help="Also synthesise a 6-track corpus and print its statistics and A.1 report.")
 @_route_option("auto")
-def demo(out_dir, instrument, model, corpus, route):
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Torch threads (the engine is one worker; a frame is too small to split).")
+def demo(out_dir, instrument, model, corpus, route, threads):
     """The README's main job: the shipped model accompanies the bundled example (a band
     without its bass) through the real-time engine; writes the stem, the A.7 mix, the latency
     report and its timeline plot."""
+    import torch
+
     from stemstream.stream.accompany import accompany_file
+
+    torch.set_num_threads(threads)
 
     example = Path(__file__).resolve().parent / "assets" / "examples" / "band_without_bass.flac"
     result = accompany_file(

@@ -111,11 +111,13 @@ def _load_trunks(codec, num_codebooks: int, route: str, quiet: bool) -> tuple:
     for name, export, names in (("encoder", _encoder_export, ENCODE_IO),
                                 ("decoder", _decoder_export, DECODE_IO)):
         module, example, dynamic = export(codec, num_codebooks)
+        warmup = tuple(x[:1] if x.shape[0] == EXAMPLE_BATCH else x[:, :1].contiguous()
+                       for x in example)  # batch 1 (the histories' batch is dim 1)
         if route == "compiled":
             step, info = load_or_compile(
                 f"codec {name}", key,
                 lambda path, m=module, e=example, d=dynamic: compile_package(m, e, d, path),
-                quiet,
+                quiet, warmup=warmup,
             )
         else:
             step, info = load_or_compile(
@@ -124,6 +126,7 @@ def _load_trunks(codec, num_codebooks: int, route: str, quiet: bool) -> tuple:
                     m, e, d, path, n[0], n[1]),
                 quiet, load=lambda path, n=names: OnnxModule(path, n[0], n[1]),
                 suffix=".onnx", needs_compiler=False, engine="ONNX Runtime, fp32",
+                warmup=warmup,
             )
         loaded.append(step)
         infos.append(info)

@@ -42,6 +42,7 @@ __all__ = ["RouteError", "RouteInfo", "accelerate", "compile_step", "example_inp
 
 EXAMPLE_BATCH, EXAMPLE_CAPACITY = 2, 64  # export traces these; both dimensions stay dynamic
 MAX_BATCH, MAX_CAPACITY = 4096, 1 << 22
+WARMUP_CAPACITY = 512  # a session's default KV ring
 
 
 def step_key(model: torch.nn.Module) -> str:
@@ -127,12 +128,14 @@ def accelerate(model: torch.nn.Module, route: str = "auto", quiet: bool = False,
                          f"--route {route}")
     if route == "eager":
         return RouteInfo("eager")
+    warmup = example_inputs(model, 1, WARMUP_CAPACITY)
     try:
         if {p.dtype for p in model.parameters()} != {torch.float32}:
             raise RouteError(f"the {route} route needs a float32 model")
         if route == "compiled":
             step, info = load_or_compile(
-                "decode step", step_key(model), lambda path: compile_step(model, path), quiet
+                "decode step", step_key(model), lambda path: compile_step(model, path), quiet,
+                warmup=warmup,
             )
         else:
             step, info = load_or_compile(
@@ -140,6 +143,7 @@ def accelerate(model: torch.nn.Module, route: str = "auto", quiet: bool = False,
                 lambda path: export_step_onnx(model, path, weights), quiet,
                 load=lambda path: OnnxModule(path, step_inputs(model), list(STEP_OUTPUTS)),
                 suffix=".onnx", needs_compiler=False, engine=f"ONNX Runtime, {weights}",
+                warmup=warmup,
             )
     except RouteError as error:
         if route != "auto":
