@@ -92,10 +92,11 @@ class DecodeStep(nn.Module):
             & (slots != slot)
         )
         backbone = model.backbone
+        pair_rotation = _pair_rotation(rotation)  # once for every layer
         new = []
         for index, block in enumerate(backbone.layers):
             attended, k, v = self._attend(
-                block.attention, rms_norm(x, block.eps), rotation, caches[2 * index],
+                block.attention, rms_norm(x, block.eps), pair_rotation, caches[2 * index],
                 caches[2 * index + 1], visible
             )
             x = x + attended
@@ -136,7 +137,7 @@ class DecodeStep(nn.Module):
     def _attend(
         attention: nn.Module,
         h: torch.Tensor,
-        rotation: torch.Tensor,
+        rotation: tuple[torch.Tensor, torch.Tensor],
         keys: torch.Tensor,
         values: torch.Tensor,
         visible: torch.Tensor,
@@ -162,13 +163,20 @@ class DecodeStep(nn.Module):
         return attention.wo(out.reshape(batch, 1, heads * head_dim)), k, v
 
 
-def _rotate(x: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of ``x [..., Dh]`` over adjacent pairs by ``rotation [Dh/2, 2]``
-    (cos, sin): the real form of :meth:`RotaryEmbedding.apply`."""
+def _rotate(x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotary embedding of ``x [..., Dh]`` over adjacent pairs ``(a, b)``: the real form of
+    :meth:`RotaryEmbedding.apply`, ``(a cos - b sin, b cos + a sin)`` =
+    ``pairs * cos + flip(pairs) * (-sin, sin)`` (few graph nodes), with ``rotation`` from
+    :func:`_pair_rotation`."""
+    cos, signed_sin = rotation
     pairs = x.unflatten(-1, (-1, 2))
-    a, b = pairs[..., 0], pairs[..., 1]
-    cos, sin = rotation[:, 0], rotation[:, 1]
-    return torch.stack([a * cos - b * sin, a * sin + b * cos], dim=-1).flatten(-2)
+    return (pairs * cos + pairs.flip(-1) * signed_sin).flatten(-2)
+
+
+def _pair_rotation(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[Dh/2, 2]`` (cos, sin) -> ``cos [Dh/2, 1]`` and ``(-sin, sin) [Dh/2, 2]``."""
+    sign = torch.tensor([-1.0, 1.0], dtype=rotation.dtype, device=rotation.device)
+    return rotation[:, :1], rotation[:, 1:] * sign
 
 
 def stack_caches(caches: list[KVCache]) -> tuple[torch.Tensor, list[torch.Tensor]]:
