@@ -674,12 +674,18 @@ def bench(model, codec_spec, seconds, grid_seconds, threads, seed, as_json, grid
               help="Model weights: int8 = ONNX Runtime with int8 MatMul weights (the onnx "
                    "route; validation loss +0.0007 nats on the default).")
 @_route_option("auto")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Torch threads (the engine is one worker; a frame is too small to split).")
 def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sample_rate,
          block_ms, input_device, output_device, duration, report_out, list_devices, seed,
-         weights, route):
+         weights, route, threads):
     """Play along with a sound device in real time (needs `pip install 'stemstream[live]'`
     and PortAudio)."""
+    import torch
+
     from stemstream.stream.live import list_devices as devices
+
+    torch.set_num_threads(threads)
     from stemstream.stream.live import run_live
 
     if list_devices:
