@@ -111,8 +111,8 @@ def _load_trunks(codec, num_codebooks: int, route: str, quiet: bool) -> tuple:
     for name, export, names in (("encoder", _encoder_export, ENCODE_IO),
                                 ("decoder", _decoder_export, DECODE_IO)):
         module, example, dynamic = export(codec, num_codebooks)
-        warmup = tuple(x[:1] if x.shape[0] == EXAMPLE_BATCH else x[:, :1].contiguous()
-                       for x in example)  # batch 1 (the histories' batch is dim 1)
+        first, histories = example  # batch 1: dim 0 of the first, dim 1 of the histories
+        warmup = (first[:1], histories[:, :1].contiguous())
         if route == "compiled":
             step, info = load_or_compile(
                 f"codec {name}", key,

@@ -436,9 +436,8 @@ class StreamingDecoder(nn.Module):
         has_input = 0 <= frame < length
         if has_input:
             first = frame - span + 1
-            if max(first, 0) < input_offset:
-                self._heard(input_latents, torch.tensor([frame]), input_offset)  # raises
-            window = input_latents[..., max(first, 0) - input_offset : frame + 1 - input_offset]
+            kept = self._first_needed(frame, input_offset)
+            window = input_latents[..., kept - input_offset : frame + 1 - input_offset]
             window = window.transpose(1, 2)
             missing = span - window.shape[1]
             if missing:
@@ -475,14 +474,20 @@ class StreamingDecoder(nn.Module):
         """:meth:`condition` of stream frames ``min(frames) .. max(frames)`` (``[B, n, D]``),
         computed from the input kept since ``offset`` exactly as over the whole stream."""
         lo, hi = int(frames.min()), int(frames.max())
-        first = max(0, lo - self.input_context)
+        first = self._first_needed(lo, offset)
+        window = input_latents[..., first - offset : hi + 1 - offset].transpose(1, 2)
+        return self.condition(window)[:, lo - first :]
+
+    def _first_needed(self, frame: int, offset: int) -> int:
+        """The first stream frame that hearing ``frame`` reads; an error if the caller dropped
+        it (``offset``: the first frame kept)."""
+        first = max(0, frame - self.input_context)
         if first < offset:
             raise ConfigError(
                 f"input frame {first} was dropped (input_offset = {offset}); the model hears "
                 f"{self.input_context} frames before the newest"
             )
-        window = input_latents[..., first - offset : hi + 1 - offset].transpose(1, 2)
-        return self.condition(window)[:, lo - first :]
+        return first
 
     def _apply_pads(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
         """Codebook ``q`` has no frame before step ``q``: force the pad there."""
