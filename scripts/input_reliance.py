@@ -34,6 +34,7 @@ from stemstream.data.tokens import (
     read_track_meta,
 )
 from stemstream.stream.models import load_stream_model
+from stemstream.train.inputs import BatchInputs
 from stemstream.train.reliance import measure_reliance
 
 
@@ -64,24 +65,23 @@ def main() -> None:
         rows = list(range(min(len(data), args.batches * args.batch_size)))
     examples = [data[i] for i in rows]
     shifted = [data[(i + len(data) // 2) % len(data)] for i in rows]
-    others = [e._replace(input_codes=o.input_codes) for e, o in zip(examples, shifted,
-                                                                     strict=True)]
+    others = [e._replace(input_codes=o.input_codes, input_features=o.input_features)
+              for e, o in zip(examples, shifted, strict=True)]
+    stored = data.feature_names if isinstance(data, TrackCrops) else ()
+    inputs = BatchInputs(codec.embed, model.config.input_features, stored, args.dump)
     size = args.batch_size
     batches = [collate(examples[s : s + size]) for s in range(0, len(examples), size)]
     other_batches = [collate(others[s : s + size]) for s in range(0, len(others), size)]
     with torch.inference_mode():
-        result = measure_reliance(model, lambda c: codec.embed(c).float(), batches,
-                                  other_batches)
+        result = measure_reliance(model, inputs, batches, other_batches)
     result |= {"windows": len(examples), "model": loaded.source}
     segments = {name: torch.zeros(max(len(edges) - 1, 0), 2, dtype=torch.float64)
                 for name in ("true input", "another window's input")}  # [segment, (sum, n)]
     if len(edges) > 1:
         with torch.inference_mode():
             for batch, other in zip(batches, other_batches, strict=True):
-                for name, codes in zip(segments, (batch.input_codes, other.input_codes),
-                                       strict=True):
-                    out = model(codec.embed(codes).float(), batch.target_codes,
-                                batch.inst_class)
+                for name, source in zip(segments, (batch, other), strict=True):
+                    out = model(inputs(source, "cpu"), batch.target_codes, batch.inst_class)
                     _add_segments(segments[name], out, edges, model.delay.pad_id)
     if len(edges) > 1:
         result["by_step"] = {

@@ -239,6 +239,23 @@ def data_dump_tracks(corpus, codec_name, out_dir, targets_per_track, splits, see
     click.echo(summary.format())
 
 
+@data.command("dump-features")
+@click.argument("dump_dir", type=click.Path(path_type=Path))
+@click.option("--corpus", type=click.Path(path_type=Path), default=None,
+              help="The corpus the dump was made from (default: the one its meta.json names).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def data_dump_features(dump_dir, corpus, progress):
+    """Add the musical input features (onset, loudness, chroma, beat) to a track dump made
+    without them (rerun to resume: finished splits are kept)."""
+    from stemstream.data.track_dump import add_features
+
+    done = add_features(dump_dir, corpus, progress=progress)
+    if not done:
+        click.echo(f"{dump_dir}: every split already has its features")
+    for split, rows in done.items():
+        click.echo(f"{split}: features of {rows} rows written")
+
+
 def _training_options(example_config: str):
     """The options every training command shares (config, overrides, resumable limits)."""
 

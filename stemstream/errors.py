@@ -20,3 +20,7 @@ class CorpusError(StemstreamError):
 
 class DependencyError(StemstreamError):
     """An optional system dependency (FluidSynth, a SoundFont, PortAudio...) is missing."""
+
+
+class StreamError(StemstreamError):
+    """Bad input to a session (NaN/Inf, wrong shape) or an unusable session snapshot."""

@@ -26,6 +26,9 @@ TRACK_ARRAYS = ("input_codes.npy", "target_codes.npy", "joint_active.npy", "onse
                 "rows.npy")
 
 
+FEATURES = "input_features.npy"  # optional: float16 [F, N], meta.json's "features" order
+
+
 class DumpError(StemstreamError):
     """A missing, corrupt or incompatible token dump."""
 
@@ -69,35 +72,41 @@ def _valid_meta(meta: Any) -> bool:
 class TokenExample(NamedTuple):
     """One dumped window: ``input_codes`` long ``[K', T_in]``, ``target_codes`` long
     ``[K', T]``, the target's ``inst_class``, the row ``index`` and, where the dump knows
-    them, ``onsets`` bool ``[T]`` (a note of the target starts in the frame)."""
+    them, ``onsets`` bool ``[T]`` (a note of the target starts in the frame) and the input's
+    musical ``input_features`` float32 ``[F, T_in]`` (every feature the dump stores)."""
 
     input_codes: torch.Tensor
     target_codes: torch.Tensor
     inst_class: int
     index: int
     onsets: torch.Tensor | None = None
+    input_features: torch.Tensor | None = None
 
 
 class TokenBatch(NamedTuple):
     """Stacked examples: codes long ``[B, K', T_in]`` / ``[B, K', T]``, ``inst_class`` and
-    ``index`` long ``[B]``, ``onsets`` bool ``[B, T]`` or ``None``."""
+    ``index`` long ``[B]``, ``onsets`` bool ``[B, T]`` or ``None``, ``input_features``
+    float32 ``[B, F, T_in]`` or ``None``."""
 
     input_codes: torch.Tensor
     target_codes: torch.Tensor
     inst_class: torch.Tensor
     index: torch.Tensor
     onsets: torch.Tensor | None = None
+    input_features: torch.Tensor | None = None
 
 
 def collate(examples: Sequence[TokenExample]) -> TokenBatch:
     """Stack :class:`TokenExample` s of one dump split into a :class:`TokenBatch`."""
     onsets = [e.onsets for e in examples]
+    features = [e.input_features for e in examples]
     return TokenBatch(
         input_codes=torch.stack([e.input_codes for e in examples]),
         target_codes=torch.stack([e.target_codes for e in examples]),
         inst_class=torch.tensor([e.inst_class for e in examples], dtype=torch.long),
         index=torch.tensor([e.index for e in examples], dtype=torch.long),
         onsets=None if any(o is None for o in onsets) else torch.stack(onsets),
+        input_features=None if any(f is None for f in features) else torch.stack(features),
     )
 
 
@@ -180,6 +189,13 @@ class TrackCrops(Dataset):
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__ | {"_arrays": None}
 
+    @property
+    def feature_names(self) -> tuple[str, ...]:
+        """The input features the dump stores (empty for a dump made without them)."""
+        if FEATURES not in self._open():
+            return ()
+        return tuple(self.meta.get("features", ()))
+
     def __len__(self) -> int:
         return len(self.rows)
 
@@ -211,6 +227,10 @@ class TrackCrops(Dataset):
         first, _, inst = (int(v) for v in arrays["rows.npy"][row])
         lo = first + self.start(index)
         k, t = self.num_codebooks, self.window_frames
+        features = arrays.get(FEATURES)
+        if features is not None:
+            features = torch.from_numpy(
+                features[:, lo : lo + self.input_frames].astype(np.float32))
         return TokenExample(
             input_codes=torch.from_numpy(
                 arrays["input_codes.npy"][:k, lo : lo + self.input_frames].astype(np.int64)),
@@ -219,6 +239,7 @@ class TrackCrops(Dataset):
             inst_class=inst,
             index=row,
             onsets=torch.from_numpy(np.array(arrays["onsets.npy"][lo : lo + t], dtype=bool)),
+            input_features=features,
         )
 
     def _open(self) -> dict[str, np.ndarray]:
@@ -233,8 +254,15 @@ class TrackCrops(Dataset):
                     arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
                 except (OSError, ValueError) as err:
                     raise DumpError(f"{path}: corrupt ({err})") from err
+            if (folder / FEATURES).is_file():  # dumps made before features lack them
+                try:
+                    arrays[FEATURES] = np.load(folder / FEATURES, mmap_mode="r",
+                                               allow_pickle=False)
+                except (OSError, ValueError) as err:
+                    raise DumpError(f"{folder / FEATURES}: corrupt ({err})") from err
             frames = arrays["target_codes.npy"].shape[-1]
-            if any(arrays[n].shape[-1] != frames for n in TRACK_ARRAYS[:4]):
+            if any(arrays[n].shape[-1] != frames for n in [*TRACK_ARRAYS[:4], *arrays]
+                   if n != "rows.npy"):
                 raise DumpError(f"{folder}: arrays of different lengths")
             self._arrays = arrays
         return self._arrays

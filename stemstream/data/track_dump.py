@@ -10,11 +10,15 @@ Layout (``K`` codebooks, ``N`` frames of all rows of a split laid end to end)::
     DUMP/<split>/joint_active.npy    bool [N] input and target both sound (A.1 activity)
     DUMP/<split>/onsets.npy          bool [N] a note of the target starts in the frame (MIDI)
     DUMP/<split>/rows.npy            int64 [M, 3] (first frame, frames, instrument class)
+    DUMP/<split>/input_features.npy  float16 [F, N] musical features of the input mixture
+                                     (:mod:`stemstream.features`, all of them, in the order
+                                     meta.json's ``features`` names)
     DUMP/<split>/provenance.jsonl    one JSON object per row (track, target stem, input stems)
 
 Input and target of a row share the gain of :func:`~stemstream.data.windows.mix_pair`, as
 window dumps do. A split is written in ``DUMP/.<split>.partial`` and renamed when complete, so
-an interrupted dump is redone split by split by rerunning the same command.
+an interrupted dump is redone split by split by rerunning the same command. A dump made before
+features existed gains them with :func:`add_features` (``stemstream data dump-features``).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from stemstream.data.dump import code_dtype
 from stemstream.data.instruments import NEVER_TARGET
 from stemstream.data.slakh import SlakhCorpus, TrackInfo
 from stemstream.data.tokens import (
+    FEATURES,
     PROVENANCE,
     TRACK_ARRAYS,
     TRACK_FORMAT,
@@ -47,6 +52,7 @@ from stemstream.data.tokens import (
 )
 from stemstream.data.windows import active_frames, mix_pair, track_rng
 from stemstream.errors import ConfigError
+from stemstream.features import FEATURE_NAMES, feature_dim, features
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +141,7 @@ def dump_tracks(
         "targets_per_track": targets_per_track,
         "silence_db": silence_db,
         "seed": seed,
+        "features": list(FEATURE_NAMES),
         "splits": {},
     })
     skipped = []
@@ -147,6 +154,7 @@ def dump_tracks(
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         columns: dict[str, list[np.ndarray]] = {name: [] for name in TRACK_ARRAYS[:4]}
+        columns[FEATURES] = []
         rows: list[tuple[int, int, int]] = []
         frames_total = 0
         with open(partial / PROVENANCE, "w", encoding="utf-8") as prov:
@@ -163,6 +171,9 @@ def dump_tracks(
         for name, parts in columns.items():
             if name.endswith("codes.npy"):
                 empty = np.zeros((codec.num_codebooks, 0), dtype)
+                joined = np.concatenate(parts, axis=-1) if parts else empty
+            elif name == FEATURES:
+                empty = np.zeros((feature_dim(FEATURE_NAMES), 0), np.float16)
                 joined = np.concatenate(parts, axis=-1) if parts else empty
             else:
                 joined = np.concatenate(parts) if parts else np.zeros(0, bool)
@@ -207,11 +218,71 @@ def _track_rows(track: TrackInfo, codec: Codec, targets_per_track: int, silence_
             "target_codes.npy": codes[1].astype(dtype),
             "joint_active.npy": joint,
             "onsets.npy": onset_frames(track, target.stem_id, codec.frame_rate, frames),
+            FEATURES: mixture_features(mixture, frames, rate, hop),
         }
         record = {"track": track.name, "split": track.split, "target_stem": target.stem_id,
                   "inst_class": target.inst_class, "frames": frames,
                   "input_stems": [s.stem_id for s in track.stems if s is not target]}
         yield arrays, record
+
+
+def mixture_features(mixture: np.ndarray, frames: int, sample_rate: int, hop: int) -> np.ndarray:
+    """``float16 [F, frames]``: all :mod:`stemstream.features` of the input mixture's first
+    ``frames`` whole frames, as a stream of it would compute them."""
+    out = features(mixture[: frames * hop], sample_rate, hop, FEATURE_NAMES)
+    return out.astype(np.float16)
+
+
+def add_features(dump_dir: str | Path, corpus: str | Path | None = None,
+                 progress: bool = True) -> dict[str, int]:
+    """Compute ``input_features.npy`` for every split of a track dump made without them.
+
+    Each row's input mixture is rebuilt from the corpus exactly as :func:`dump_tracks` built
+    it (its provenance names the track and target stem). Splits that have the features are
+    skipped; a split is written to a temporary file and renamed, so an interrupted run is
+    redone by rerunning it. Returns the rows processed per split.
+
+    Args:
+        dump_dir: the track dump.
+        corpus: the corpus it was made from (default: the path in its ``meta.json``).
+        progress: a tqdm bar over rows.
+    """
+    from tqdm import tqdm
+
+    dump_dir = Path(dump_dir)
+    meta = read_track_meta(dump_dir)
+    reader = SlakhCorpus(corpus or meta["corpus"])
+    rate, hop = int(meta["sample_rate"]), int(round(meta["sample_rate"] / meta["frame_rate_hz"]))
+    done: dict[str, int] = {}
+    for split in meta["splits"]:
+        folder = dump_dir / split
+        if (folder / FEATURES).is_file():
+            continue
+        rows = np.load(folder / "rows.npy")
+        records = [json.loads(line) for line in
+                   (folder / PROVENANCE).read_text(encoding="utf-8").splitlines()]
+        tracks = {t.name: t for t in reader.tracks(split)}
+        out = np.zeros((feature_dim(FEATURE_NAMES), int(rows[:, 1].sum()) if len(rows) else 0),
+                       np.float16)
+        loaded: tuple[str, dict[str, np.ndarray]] | None = None
+        for (first, frames, _), record in tqdm(list(zip(rows, records, strict=True)),
+                                               desc=f"features {split}", unit="row",
+                                               disable=not progress):
+            track = tracks.get(record["track"])
+            if track is None:
+                raise DumpError(f"{reader.root}: has no track {record['track']!r} in split "
+                                f"{split!r}; pass the corpus the dump was made from")
+            if loaded is None or loaded[0] != track.name:
+                loaded = (track.name, track.load_stems(rate))
+            mixture, _ = mix_pair(loaded[1], record["target_stem"])
+            out[:, first : first + frames] = mixture_features(mixture, int(frames), rate, hop)
+        tmp = folder / f".{FEATURES}.partial.npy"
+        np.save(tmp, out)
+        os.replace(tmp, folder / FEATURES)
+        done[split] = len(rows)
+    meta["features"] = list(FEATURE_NAMES)
+    _write_json(dump_dir / "meta.json", meta)
+    return done
 
 
 def _open(out_dir: Path, fresh: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ import numpy as np
 from stemstream import audio
 from stemstream.errors import ConfigError
 from stemstream.outputs import prepare_output_dir
+from stemstream.stream.inputs import model_input
 
 log = logging.getLogger(__name__)
 
@@ -316,7 +317,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
             gen = torch.Generator().manual_seed(config.seed * 1000 + n * 10 + k)
             with torch.inference_mode():
                 x = torch.from_numpy(input_audio)[None, None]
-                latents = codec.input_latents(x, system.model.config.num_codebooks)
+                latents = model_input(codec, system.model.config, x)
                 codes = generate_codes(system.model, latents,
                                        torch.tensor([example.inst_class]), sampling, gen,
                                        num_frames=frames)

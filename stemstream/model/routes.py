@@ -62,7 +62,7 @@ def example_inputs(model: torch.nn.Module, batch: int, capacity: int) -> tuple:
     return (
         torch.zeros(batch, cfg.num_codebooks, dtype=long),
         torch.zeros(batch, dtype=long),
-        torch.zeros(batch, frames, cfg.input_dim),
+        torch.zeros(batch, frames, cfg.input_channels),
         torch.ones(frames, dtype=torch.bool),
         torch.tensor(True),
         torch.zeros(backbone.head_dim // 2, 2),

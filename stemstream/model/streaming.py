@@ -6,7 +6,9 @@ does: ``LN(LN(proj(x)) + g * LN(emb(y)))`` with a zero-initialised gate ``g``; t
 class token starts the sequence. ``input_encoder = "conv"`` replaces ``proj(x)`` of the newest
 visible frame by a causal summary of the visible input window
 (:mod:`stemstream.model.input_encoder`): the frame aligned with the predicted one when
-``t_f > 1``, and the latest onsets and harmony.
+``t_f > 1``, and the latest onsets and harmony. ``input_features`` adds musically explicit
+features of the input audio (:mod:`stemstream.features`: onsets, loudness, chroma, beat
+phase) as extra channels of every input frame, heard through the same projections.
 
 Training can corrupt the target history so the model must listen
 (:meth:`StreamingDecoder.corrupt_history`): whole-window dropout, random token replacement
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stemstream.errors import ConfigError
+from stemstream.features import check_features, feature_dim
 from stemstream.model.decode_step import NO_WINDOW, stack_caches
 from stemstream.model.delay import DelayPattern
 from stemstream.model.input_encoder import InputEncoder, check_input_encoder
@@ -56,6 +59,9 @@ class StreamingDecoderConfig:
     # (a causal summary of the visible window, input_window frames of recent context)
     input_encoder: str = "frame"
     input_window: int = 8
+    # musical features of the input audio (stemstream.features) heard beside the latents:
+    # the input stream then has input_dim + their channels, features last
+    input_features: tuple[str, ...] = ()
     # training only, forcing the input path: the probability that a window's whole target
     # history is hidden (its token embeddings zeroed; the instrument token stays), the
     # fraction of history tokens replaced by random codes, and the fraction of history steps
@@ -71,6 +77,7 @@ class StreamingDecoderConfig:
     def __post_init__(self):
         check_stream_args(self.future_frames, self.chunk_frames)
         check_input_encoder(self.input_encoder, self.input_window)
+        object.__setattr__(self, "input_features", check_features(self.input_features))
         for name in ("history_dropout", "history_noise", "history_span"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
@@ -83,8 +90,13 @@ class StreamingDecoderConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 
+    @property
+    def input_channels(self) -> int:
+        """``D_in`` plus the feature channels: the width of the input stream a caller passes."""
+        return self.input_dim + feature_dim(self.input_features)
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self) | {"input_features": list(self.input_features)}
 
 
 class StreamOutput(NamedTuple):
@@ -101,7 +113,9 @@ class StreamOutput(NamedTuple):
 
 class StreamingDecoder(nn.Module):
     """See the module docstring. Shapes: ``B`` batch, ``K`` codebooks, ``T`` frames, ``S``
-    delayed steps (``T + K - 1``), ``D`` model width, ``D_in`` input-latent width."""
+    delayed steps (``T + K - 1``), ``D`` model width, ``D_in`` input width
+    (:attr:`StreamingDecoderConfig.input_channels`: the codec latents, then the input features
+    when the config names some)."""
 
     def __init__(self, config: StreamingDecoderConfig, device=None, dtype=None):
         super().__init__()
@@ -113,11 +127,11 @@ class StreamingDecoder(nn.Module):
             [nn.Embedding(self.delay.vocab_size, dim, **kw) for _ in range(config.num_codebooks)]
         )
         self.inst_emb = nn.Embedding(config.num_classes, dim, **kw)
-        self.in_proj = nn.Linear(config.input_dim, dim, **kw)
+        self.in_proj = nn.Linear(config.input_channels, dim, **kw)
         self.input_encoder = None
         if config.input_encoder == "conv":
             self.input_encoder = InputEncoder(
-                config.input_dim, dim, config.input_window, config.future_frames, **kw
+                config.input_channels, dim, config.input_window, config.future_frames, **kw
             )
         self.no_input = nn.Parameter(torch.zeros(dim, **kw))
         self.norm_x = nn.LayerNorm(dim, **kw)
@@ -444,7 +458,7 @@ class StreamingDecoder(nn.Module):
                 window = F.pad(window, (0, 0, missing, 0))
             valid = torch.arange(first, frame + 1, device=device) >= 0
         else:
-            window = input_latents.new_zeros(batch, span, self.config.input_dim)
+            window = input_latents.new_zeros(batch, span, self.config.input_channels)
             valid = torch.zeros(span, dtype=torch.bool, device=device)
         position = torch.tensor(step, device=device)
         rotation = torch.view_as_real(self.backbone.rope.rotations(position[None]))[0]

@@ -214,7 +214,7 @@ def full_window_model_ms(model: Any, window: int, frames: int = 50, seed: int = 
         state.step, state.token_base = window, window - 1
         newest = window + model.config.future_frames - 1  # first step's newest input frame
         offset = max(0, newest - model.input_context)  # and the frames it also hears
-        latents = torch.randn(1, model.config.input_dim, newest - offset + frames + 1,
+        latents = torch.randn(1, model.config.input_channels, newest - offset + frames + 1,
                               generator=gen)
         times = []
         for _ in range(frames):

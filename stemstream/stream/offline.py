@@ -23,6 +23,7 @@ from stemstream.errors import ConfigError
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder
 from stemstream.outputs import all_or_nothing, check_outputs
+from stemstream.stream.inputs import model_input
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def generate_file(
     sampling = SamplingConfig(temperature=temperature, top_k=top_k)
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
-        latents = codec.input_latents(wave, model.config.num_codebooks)
+        latents = model_input(codec, model.config, wave)
         codes = generate_codes(model, latents, torch.tensor([inst_id]), sampling, generator,
                                progress=progress)
         stem = codec.decode(codes)[0, :, : wave.shape[-1]].numpy()

@@ -45,10 +45,11 @@ import torch
 from stemstream import __version__
 from stemstream.codec.base import Codec
 from stemstream.data.instruments import class_from_name, class_name
-from stemstream.errors import ConfigError, StemstreamError
+from stemstream.errors import ConfigError, StemstreamError, StreamError
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import GenerationState, StreamingDecoder
 from stemstream.stream.clock import Clock, VirtualClock
+from stemstream.stream.inputs import InputStream
 from stemstream.stream.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,6 @@ POLICIES = ("silence", "late")
 # a longer ring costs attention time and shows the model distances it never saw.
 DEFAULT_WINDOW = 512
 SESSION_FORMAT = "stemstream-session"
-
-
-class StreamError(StemstreamError):
-    """Bad input to a session (NaN/Inf, wrong shape) or an unusable session snapshot."""
 
 
 @dataclass(frozen=True)
@@ -253,14 +250,13 @@ class Session:
         """Start a fresh stream (same model, codec and config)."""
         self.resampler = StreamResampler(self.config.input_sample_rate, self.sample_rate)
         self.out_resampler = StreamResampler(self.sample_rate, self.out_rate)
-        self.encoder = self.codec.streaming_encoder(self.model.config.num_codebooks)
+        self.inputs = InputStream(self.codec, self.model.config)
         self.decoder = self.codec.streaming_decoder()
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.state: GenerationState = self.model.new_state(
             torch.tensor([self.inst_id]), window=self.window
         )
-        dim = self.codec.latent_dim
-        self.latents = torch.zeros(1, dim, 0)  # heard input latents from frame latent_offset
+        self.latents = torch.zeros(1, self.inputs.channels, 0)  # heard input from latent_offset
         self.latent_offset = 0
         self.frame_ready: list[float] = []  # ready time of frames latent_offset.. (same window)
         self.delayed = torch.zeros(1, self.model.config.num_codebooks, 0, dtype=torch.long)
@@ -369,12 +365,7 @@ class Session:
         self.codec_samples_in += wave.shape[-1]
 
         def encode() -> torch.Tensor:
-            codes = self.encoder.step(wave)
-            if final:
-                codes = torch.cat([codes, self.encoder.flush()], dim=-1)
-            if codes.shape[-1] == 0:
-                return self.latents.new_zeros(1, self.latents.shape[1], 0)
-            return self.codec.embed(codes).float()  # the encoder emits the model's K levels
+            return self.inputs.step(wave, final)
 
         new_latents, enc_start, enc_end = self.clock.run(arrival, encode)
         self.stats.codec_in_s += enc_end - enc_start
@@ -543,7 +534,7 @@ class Session:
         for prefix, part in (
             ("resampler", self.resampler),
             ("out_resampler", self.out_resampler),
-            ("encoder", self.encoder),
+            ("inputs", self.inputs),
             ("decoder", self.decoder),
         ):
             for key, value in part.state_dict().items():
@@ -600,7 +591,7 @@ class Session:
             self.frame_ready = tensors["frame_ready"].tolist()
             self.resampler.load_state_dict(part("resampler"))
             self.out_resampler.load_state_dict(part("out_resampler"))
-            self.encoder.load_state_dict(part("encoder"))
+            self.inputs.load_state_dict(part("inputs"))
             self.decoder.load_state_dict(part("decoder"))
             for i, cache in enumerate(self.state.caches):
                 cache.set_state(part(f"cache.{i}"))

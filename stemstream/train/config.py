@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from stemstream.errors import ConfigError
+from stemstream.features import check_features
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,9 @@ class ModelSpec:
             input frame) or ``conv`` (a causal summary of the visible input window, see
             :mod:`stemstream.model.input_encoder`).
         input_window: frames of recent input the ``conv`` encoder summarises.
+        input_features: streaming only: musical features of the input audio heard beside the
+            latents (names from :data:`stemstream.features.FEATURE_NAMES`; needs a track dump
+            that stores them, see ``stemstream data dump-features``).
         history_dropout: streaming family only: the probability that a training window hides
             its whole target history from the model, which must then predict from the input
             and the instrument alone (an input-forcing regulariser; 0 = off).
@@ -50,6 +54,7 @@ class ModelSpec:
     chunk_frames: int = 1
     input_encoder: str = "frame"
     input_window: int = 8
+    input_features: tuple[str, ...] = ()
     history_dropout: float = 0.0
     history_noise: float = 0.0
     history_span: float = 0.0
@@ -69,6 +74,10 @@ class ModelSpec:
             raise ConfigError("give model.future_frames or model.future_seconds, not both")
         if self.future_seconds is not None and not math.isfinite(self.future_seconds):
             raise ConfigError(f"model.future_seconds must be finite, got {self.future_seconds}")
+        try:
+            check_features(self.input_features)
+        except ConfigError as err:
+            raise ConfigError(f"model.input_features: {err}") from None
 
 
 @dataclass(frozen=True)

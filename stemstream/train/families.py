@@ -66,6 +66,7 @@ def _streaming() -> Family:
             chunk_frames=spec.chunk_frames,
             input_encoder=spec.input_encoder,
             input_window=spec.input_window,
+            input_features=spec.input_features,
             history_dropout=spec.history_dropout,
             history_noise=spec.history_noise,
             history_span=spec.history_span,
@@ -93,6 +94,8 @@ def _offline(module: str, config_name: str, model_name: str) -> Callable[[], Fam
                     raise ConfigError(f"model.{name} applies to the streaming family only")
             if spec.input_encoder != "frame":
                 raise ConfigError("model.input_encoder applies to the streaming family only")
+            if spec.input_features:
+                raise ConfigError("model.input_features applies to the streaming family only")
             return config_class(
                 backbone=_backbone(spec),
                 num_codebooks=spec.num_codebooks,

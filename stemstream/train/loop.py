@@ -44,6 +44,7 @@ from stemstream.model.streaming import StreamingDecoder
 from stemstream.outputs import prepare_output_dir
 from stemstream.train.config import ModelTrainConfig, resolve_future_frames, warmup_cosine
 from stemstream.train.families import DumpFacts, get_family
+from stemstream.train.inputs import BatchInputs
 from stemstream.train.reliance import measure_reliance
 
 log = logging.getLogger(__name__)
@@ -128,7 +129,9 @@ def warm_start(model: nn.Module, path: str | Path, family: str,
     visibility and chunk size may differ (they are not weights). With ``shared``, the source
     may be of another family: only the tensors both models have (by name and shape) are
     loaded, the others keep their initialisation. With ``codec`` (an identity), the checkpoint
-    must have been trained on that codec's tokens.
+    must have been trained on that codec's tokens. A model that hears more input channels than
+    the checkpoint (input features added) loads the checkpoint's input projections into its
+    first columns and zeroes the rest (:data:`INPUT_PROJECTIONS`).
 
     Returns:
         The names of the model's tensors that were *not* loaded (empty unless ``shared``).
@@ -164,6 +167,12 @@ def warm_start(model: nn.Module, path: str | Path, family: str,
                     f"init_layers names {len(layers)} blocks; the model has more ({name})"
                 )
             key = f"{match.group(1)}{layers[index]}{match.group(3)}"
+        if name in INPUT_PROJECTIONS and key in source and _widens(source[key], like):
+            # the model hears more input channels (features) than its warm start: the old
+            # columns load, the new ones start at zero, so step 0 is the warm start's function
+            state[name] = torch.zeros_like(like)
+            state[name][:, : source[key].shape[1]] = source[key].to(like.dtype)
+            continue
         if key not in source or source[key].shape != like.shape:
             if shared and not (match and layers is not None):
                 skipped.append(name)
@@ -193,6 +202,15 @@ def warm_start(model: nn.Module, path: str | Path, family: str,
         raise checkpoint.CheckpointError(f"{path}: no backbone tensor in common with the model")
     model.load_state_dict(state, strict=not shared)
     return skipped
+
+
+INPUT_PROJECTIONS = ("in_proj.weight", "input_encoder.aligned.weight")
+"""Weights over the input channels, which a warm start may widen (see :func:`warm_start`)."""
+
+
+def _widens(source: torch.Tensor, like: torch.Tensor) -> bool:
+    return (source.dim() == like.dim() == 2 and source.shape[0] == like.shape[0]
+            and source.shape[1] < like.shape[1])
 
 
 class _Dist(NamedTuple):
@@ -274,6 +292,10 @@ class ModelTrainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
+        stored = getattr(self.train_data, "feature_names", ())
+        self.inputs = BatchInputs(self.codec.embed,
+                                  getattr(self.model_config, "input_features", ()), stored,
+                                  str(config.dump_dir))
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=config.lr,
@@ -349,7 +371,7 @@ class ModelTrainer:
                 rows = np.linspace(0, len(data) - 1, count).round().astype(int).tolist()
             examples = [data[i] for i in rows]
             shifted = examples[count // 2 :] + examples[: count // 2]
-            others = [e._replace(input_codes=o.input_codes)
+            others = [e._replace(input_codes=o.input_codes, input_features=o.input_features)
                       for e, o in zip(examples, shifted, strict=True)]
             self._valid = tuple(
                 [collate(items[s : s + cfg.batch_size]) for s in range(0, count, cfg.batch_size)]
@@ -364,9 +386,7 @@ class ModelTrainer:
         return nullcontext()
 
     def _loss(self, net: nn.Module, batch: TokenBatch) -> torch.Tensor:
-        inputs = batch.input_codes.to(self.device)
-        with torch.no_grad():
-            latents = self.codec.embed(inputs)  # [B, D_in, T_in]
+        latents = self.inputs(batch, self.device)  # [B, D_in, T_in]
         kwargs = {}
         if batch.onsets is not None and getattr(self.model, "onset_head", None) is not None:
             kwargs["onsets"] = batch.onsets.to(self.device)
@@ -407,7 +427,7 @@ class ModelTrainer:
             return {}
         if isinstance(self.model, StreamingDecoder):
             with self._autocast():
-                return measure_reliance(self.model, self.codec.embed, batches, others)
+                return measure_reliance(self.model, self.inputs, batches, others)
         self.model.eval()
         losses = [float(self._loss(self.model, batch)) for batch in batches]
         return {"loss/valid": sum(losses) / len(losses)}

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ class _Sums:
 @torch.no_grad()
 def measure_reliance(
     model: torch.nn.Module,
-    embed: Callable[[torch.Tensor], torch.Tensor],
+    inputs: Callable[[Any, torch.device], torch.Tensor],
     batches: Sequence,
     others: Sequence,
 ) -> dict[str, float]:
@@ -68,7 +69,8 @@ def measure_reliance(
 
     Args:
         model: a :class:`~stemstream.model.streaming.StreamingDecoder` (run in eval mode).
-        embed: input codes ``[B, K, T_in]`` -> input latents ``[B, D_in, T_in]``.
+        inputs: ``(batch, device)`` -> the model's input ``[B, D_in, T_in]`` (a
+            :class:`~stemstream.train.inputs.BatchInputs`).
         batches: :class:`~stemstream.data.tokens.TokenBatch` es with the true input.
         others: batches of the same shapes whose inputs come from other tracks.
 
@@ -88,8 +90,8 @@ def measure_reliance(
         onsets = None
         if batch.onsets is not None:
             onsets = onset_window(batch.onsets.to(device))
-        for name, codes in (("true", batch.input_codes), ("other", other.input_codes)):
-            latents = embed(codes.to(device))
+        for name, source in (("true", batch), ("other", other)):
+            latents = inputs(source, device)
             for hidden in (False, True):
                 out = model(latents, target, inst, hide_history=hidden)
                 losses, valid, frame = token_losses(out, pad_id)

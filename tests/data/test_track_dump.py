@@ -141,3 +141,37 @@ def test_cli_targets_per_track(corpus_root, tmp_path):
     _, provenance = _rows(tmp_path / "d", "train")
     tracks = [p["track"] for p in provenance]
     assert len(tracks) == len(set(tracks)) > 0
+
+
+def test_input_features_are_the_mixtures_and_can_be_added_later(dumped, corpus_root, tmp_path):
+    import shutil
+
+    from stemstream.features import FEATURE_NAMES, feature_dim, features
+
+    out, _ = dumped
+    codec = MockCodec().eval()
+    stored = np.load(out / "train" / "input_features.npy")
+    rows, provenance = _rows(out, "train")
+    assert stored.dtype == np.float16
+    assert stored.shape == (feature_dim(FEATURE_NAMES), int(rows[:, 1].sum()))
+    assert json.loads((out / "meta.json").read_text())["features"] == list(FEATURE_NAMES)
+    corpus = SlakhCorpus(corpus_root)
+    first, frames, _ = rows[0]
+    track = next(t for t in corpus.tracks("train") if t.name == provenance[0]["track"])
+    mixture, _ = mix_pair(track.load_stems(codec.sample_rate), provenance[0]["target_stem"])
+    want = features(mixture[: frames * codec.hop_length], codec.sample_rate, codec.hop_length)
+    np.testing.assert_array_equal(stored[:, first : first + frames], want.astype(np.float16))
+    crop = TrackCrops(out, "train", window_frames=20, future_frames=3)[0]
+    assert crop.input_features.shape == (stored.shape[0], 23)
+    # a dump made before features gains them, identical, from the CLI; a rerun skips
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    for split in ("train", "validation"):
+        (copy / split / "input_features.npy").unlink()
+    assert TrackCrops(copy, "train", window_frames=20)[0].input_features is None
+    result = CliRunner().invoke(cli, ["data", "dump-features", str(copy), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "train: features of" in result.output
+    np.testing.assert_array_equal(np.load(copy / "train" / "input_features.npy"), stored)
+    again = CliRunner().invoke(cli, ["data", "dump-features", str(copy), "--no-progress"])
+    assert "already has its features" in again.output

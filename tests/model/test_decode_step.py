@@ -28,14 +28,15 @@ STEPS, WINDOW = 40, 12  # the KV ring wraps three times
 LOGITS_ATOL = 1e-4
 
 
-def _model(encoder: str = "conv", seed: int = 0) -> StreamingDecoder:
+def _model(encoder: str = "conv+features", seed: int = 0) -> StreamingDecoder:
     """A tiny decoder trained at t_f = +2 (so the conv encoder has its aligned tap), with
-    every tap and gate made to matter."""
+    every tap and gate made to matter; ``+features``: hearing onset and beat features too."""
     torch.manual_seed(seed)
+    encoder, _, extra = encoder.partition("+")
     cfg = StreamingDecoderConfig(
         backbone=TransformerConfig.preset("tiny"), num_codebooks=K, codebook_size=V,
         input_dim=D_IN, future_frames=2, chunk_frames=1, input_encoder=encoder,
-        input_window=4,
+        input_window=4, input_features=("onset", "beat") if extra else (),
     )
     model = StreamingDecoder(cfg).eval()
     with torch.no_grad():
@@ -77,7 +78,8 @@ def _compare(model: StreamingDecoder, route, t_f: int, k: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "run at a t_f it was not trained for"
         view = with_stream_args(model, t_f, k)
-    latents = torch.randn(2, D_IN, STEPS + 8, generator=torch.Generator().manual_seed(t_f + 10))
+    latents = torch.randn(2, model.config.input_channels, STEPS + 8,
+                          generator=torch.Generator().manual_seed(t_f + 10))
     view.step_route = None  # the view may be a copy of the model, or the model itself
     eager, eager_logits = _stream(view, latents)
     view.step_route = route
@@ -95,7 +97,7 @@ def _compare(model: StreamingDecoder, route, t_f: int, k: int) -> None:
 CASES = [(t_f, k) for t_f in (-3, 0, 2) for k in (1, 3)]
 
 
-@pytest.mark.parametrize("encoder", ["frame", "conv"])
+@pytest.mark.parametrize("encoder", ["frame", "conv", "conv+features"])
 @pytest.mark.parametrize(("t_f", "k"), CASES)
 def test_decode_step_equals_the_eager_decoder(encoder, t_f, k):
     model = _model(encoder)
@@ -161,7 +163,8 @@ def test_onnx_int8_step_stays_close_to_float32(onnx_cache, monkeypatch):
     int8 = model.step_route
     with pytest.raises(AssertionError):  # int8 is not float32 ...
         _compare(model, int8, 0, 1)
-    latents = torch.randn(2, D_IN, STEPS + 8, generator=torch.Generator().manual_seed(5))
+    latents = torch.randn(2, model.config.input_channels, STEPS + 8,
+                          generator=torch.Generator().manual_seed(5))
     model.step_route = None
     eager, eager_logits = _stream(model, latents)
     model.step_route = int8

@@ -17,7 +17,10 @@ K, V, D_IN, T = 4, 32, 16, 12
 
 
 def _model(t_f: int, k: int, seed: int = 0, encoder: str = "frame") -> StreamingDecoder:
+    """``encoder``: ``frame``, ``conv``, or ``conv+features`` (conv, hearing onset and beat
+    features as 5 more input channels)."""
     torch.manual_seed(seed)
+    encoder, _, extra = encoder.partition("+")
     cfg = StreamingDecoderConfig(
         backbone=TransformerConfig.preset("tiny"),
         num_codebooks=K,
@@ -27,6 +30,7 @@ def _model(t_f: int, k: int, seed: int = 0, encoder: str = "frame") -> Streaming
         chunk_frames=k,
         input_encoder=encoder,
         input_window=4,
+        input_features=("onset", "beat") if extra else (),
     )
     model = StreamingDecoder(cfg).eval()
     with torch.no_grad():
@@ -37,12 +41,12 @@ def _model(t_f: int, k: int, seed: int = 0, encoder: str = "frame") -> Streaming
     return model
 
 
-ENCODERS = ["frame", "conv"]
+ENCODERS = ["frame", "conv", "conv+features"]
 
 
-def _batch(t_f: int, seed: int = 1):
+def _batch(t_f: int, seed: int = 1, channels: int = D_IN):
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, D_IN, T + max(t_f, 0), generator=gen)
+    x = torch.randn(2, channels, T + max(t_f, 0), generator=gen)
     y = torch.randint(0, V, (2, K, T), generator=gen)
     return x, y, torch.tensor([3, 14])
 
@@ -52,7 +56,7 @@ def _batch(t_f: int, seed: int = 1):
 @pytest.mark.parametrize("k", [2, 5])
 def test_all_chunks_in_one_pass_equal_the_one_chunk_formulation(t_f, k, encoder):
     model = _model(t_f, k, encoder=encoder)
-    x, y, inst = _batch(t_f)
+    x, y, inst = _batch(t_f, channels=model.config.input_channels)
     with torch.no_grad():
         full = model(x, y, inst)
         delayed = model.delay.apply(y)
@@ -77,7 +81,7 @@ def test_all_chunks_in_one_pass_equal_the_one_chunk_formulation(t_f, k, encoder)
 @pytest.mark.parametrize("k", [1, 3, 4])
 def test_cached_generation_equals_full_recompute(t_f, k, encoder):
     model = _model(t_f, k, encoder=encoder)
-    x, y, inst = _batch(t_f)
+    x, y, inst = _batch(t_f, channels=model.config.input_channels)
     delayed = model.delay.apply(y)
     captured = []
     original = model.logits
@@ -103,7 +107,7 @@ def test_cached_generation_equals_full_recompute(t_f, k, encoder):
 @pytest.mark.parametrize("k", [1, 4])
 def test_visibility_by_gradients(t_f, k, encoder):
     model = _model(t_f, k, encoder=encoder)
-    x, y, inst = _batch(t_f)
+    x, y, inst = _batch(t_f, channels=model.config.input_channels)
     x.requires_grad_(True)
     logits = model(x, y, inst).logits  # [B, S, K, V], position = delayed step
     for step in range(logits.shape[1]):
@@ -113,6 +117,8 @@ def test_visibility_by_gradients(t_f, k, encoder):
         assert float(per_frame[max(horizon, 0) :].sum()) == 0.0, (step, horizon)
         if horizon > 0:
             assert float(per_frame[:horizon].sum()) > 0.0
+            # every channel is heard, the features (after D_in) included
+            assert bool((grad[..., :horizon].abs().sum(dim=(0, 2)) > 0).all())
 
 
 @pytest.mark.parametrize("t_f", [-2, 0, 4])

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from stemstream.codec.mock import MockCodec, MockCodecConfig
+from stemstream.features import FEATURE_NAMES, features
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
 from stemstream.model.transformer import TransformerConfig
@@ -38,7 +39,10 @@ def make_model(
     t_f: int, k: int, seed: int = 0, backbone: TransformerConfig | None = None,
     encoder: str = "frame",
 ) -> StreamingDecoder:
+    """``encoder``: ``frame``, ``conv`` or ``conv+features`` (conv, hearing every input
+    feature of :mod:`stemstream.features` too)."""
     torch.manual_seed(seed)
+    encoder, _, extra = encoder.partition("+")
     config = StreamingDecoderConfig(
         backbone=backbone or TransformerConfig.preset("tiny"),
         num_codebooks=K,
@@ -48,6 +52,7 @@ def make_model(
         chunk_frames=k,
         input_encoder=encoder,
         input_window=6,
+        input_features=FEATURE_NAMES if extra else (),
     )
     model = StreamingDecoder(config).eval()
     with torch.no_grad():
@@ -111,6 +116,10 @@ def offline_reference(model: StreamingDecoder, codec: MockCodec, wave: np.ndarra
     with torch.inference_mode():
         w = torch.from_numpy(wave)[None, None]
         latents = codec.embed(codec.encode(w)[:, :K])
+        if model.config.input_features:  # computed offline, in one piece
+            extra = features(wave, codec.sample_rate, codec.hop_length,
+                             model.config.input_features)
+            latents = torch.cat([latents, torch.from_numpy(extra)[None]], dim=1)
         codes = generate_codes(
             model,
             latents,
@@ -121,7 +130,7 @@ def offline_reference(model: StreamingDecoder, codec: MockCodec, wave: np.ndarra
         return codec.decode(codes)[0, 0, : wave.shape[0]].numpy()
 
 
-@pytest.mark.parametrize("encoder", ["frame", "conv"])
+@pytest.mark.parametrize("encoder", ["frame", "conv", "conv+features"])
 @pytest.mark.parametrize("t_f", [-3, 0, 2])
 @pytest.mark.parametrize("k", [1, 4])
 def test_greedy_session_equals_offline_generation(t_f, k, encoder):
@@ -185,6 +194,7 @@ SNAPSHOT_CASES = [
     pytest.param(0, 4, SR, None, 16, "frame", id="k4-ring-wraps"),
     pytest.param(0, 1, 44100, 48000, None, "frame", id="k1-44k1-in-48k-out"),
     pytest.param(3, 2, SR, None, 16, "conv", id="k2-tf3-conv-input-ring-wraps"),
+    pytest.param(2, 1, 44100, None, None, "conv+features", id="k1-tf2-features-44k1-in"),
 ]
 
 

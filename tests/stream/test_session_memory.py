@@ -49,7 +49,7 @@ def buffer_sizes(session: Session) -> dict[str, int]:
             for c in caches
         ),
         "cache_cached": max(c.num_cached for c in caches),
-        "encoder_state": sum(tensor_bytes(v) for v in session.encoder.state_dict().values()),
+        "encoder_state": sum(tensor_bytes(v) for v in session.inputs.state_dict().values()),
         "decoder_state": sum(tensor_bytes(v) for v in session.decoder.state_dict().values()),
         "resampler_buffer": session.resampler.state_dict()["buffer"].numel(),
         "snapshot_bytes": sum(tensor_bytes(v) for v in session.state_dict()[0].values()),

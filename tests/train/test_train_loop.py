@@ -337,6 +337,42 @@ def test_track_dump_trains_on_fresh_crops_and_logs_reliance(track_dump, tmp_path
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
+def test_input_features_train_warm_start_exactly_and_are_required_of_the_dump(
+        track_dump, tmp_path):
+    """A model hearing input features trains on a dump that stores them; warm-started from a
+    model without them it starts as that model's exact function (the new input columns are
+    zero); a dump without them is refused in one line."""
+    from stemstream.data.tokens import DumpError, TrackCrops, collate
+    from stemstream.train.inputs import BatchInputs
+
+    common = ("crop_seconds=1.0", "batch_size=2", "valid_every=4", "checkpoint_every=100",
+              "model.future_frames=3", "model.input_encoder=conv")
+    plain = _train(track_dump, tmp_path / "plain", "steps=2", *common)
+    path = plain.export(tmp_path / "plain.safetensors")
+    features = "model.input_features=[onset,chroma,beat]"
+    hearing = ModelTrainer(_config(track_dump, tmp_path / "feat", "steps=4", *common, features,
+                                   f"init_from={path}"))
+    assert hearing.model.in_proj.weight.shape[1] == 16 + 1 + 12 + 4  # MockCodec D = 16
+    crops = TrackCrops(track_dump, "validation", 4, 50, 3)
+    batch = collate([crops[i] for i in range(2)])
+    assert batch.input_features.shape == (2, 18, 53)
+    assert batch.input_features.abs().sum() > 0
+    with torch.no_grad():
+        heard = hearing.inputs(batch, "cpu")
+        plain_in = plain.inputs(batch, "cpu")
+        assert heard.shape == (2, 16 + 17, 53)
+        torch.testing.assert_close(heard[:, :16], plain_in)
+        a = hearing.model.eval()(heard, batch.target_codes, batch.inst_class).logits
+        b = plain.model.eval()(plain_in, batch.target_codes, batch.inst_class).logits
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    hearing.run(progress=False)
+    assert float(hearing.model.in_proj.weight.detach()[:, 16:].abs().sum()) > 0  # they learn
+    valid = [m for m in _metrics(tmp_path / "feat") if "reliance/all" in m]
+    assert valid
+    with pytest.raises(DumpError, match="dump-features"):
+        BatchInputs(lambda c: c, ("onset",), (), "DUMP")
+
+
 def test_reliance_is_zero_for_the_same_input_and_positive_for_a_listening_model():
     from stemstream.data.tokens import TokenBatch
     from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
@@ -356,7 +392,10 @@ def test_reliance_is_zero_for_the_same_input_and_positive_for_a_listening_model(
     onsets[:, ::10] = True
     batch = TokenBatch(codes, codes, torch.tensor([1, 2, 3, 4]), torch.arange(4), onsets)
     other = batch._replace(input_codes=codes.roll(1, dims=0))
-    same = measure_reliance(model, embed, [batch], [batch])
+    def inputs(batch, device):
+        return embed(batch.input_codes.to(device))
+
+    same = measure_reliance(model, inputs, [batch], [batch])
     assert same["reliance/all"] == 0.0 and same["reliance/onsets"] == 0.0
     # a few steps of a copy task (target = input): the model learns to listen
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -365,7 +404,7 @@ def test_reliance_is_zero_for_the_same_input_and_positive_for_a_listening_model(
         opt.zero_grad()
         loss.backward()
         opt.step()
-    result = measure_reliance(model, embed, [batch], [other])
+    result = measure_reliance(model, inputs, [batch], [other])
     assert model.training  # restored
     assert result["reliance/all"] > 0.5 and result["reliance/hidden"] > 0.5
     assert result["reliance/onsets"] > 0.5
