@@ -463,7 +463,10 @@ def _chosen_model(model: str | None, alias: str | None, required: bool = True) -
 @click.option("--instrument", required=True, help="Class to play, e.g. Bass, Piano, Drums.")
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
 @click.option("--mix", "mix_out", type=click.Path(path_type=Path), default=None,
-              help="Also write input + stem.")
+              help="Also write the appendix-A.7 mix of input and stem.")
+@click.option("--mix-channels", type=click.Choice(["input", "mono"]), default="input",
+              show_default=True,
+              help="Channels of the mix: the input's layout (the stem in the centre) or mono.")
 @click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
 @click.option("--top-k", type=click.IntRange(min=1), default=200, show_default=True)
@@ -476,8 +479,9 @@ def _chosen_model(model: str | None, alias: str | None, required: bool = True) -
 @click.option("--sample-rate", type=click.IntRange(min=8000, max=384000), default=None,
               help="Rate of the stem and mix files [default: the input's].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def generate(model, checkpoint_alias, input_path, instrument, out, mix_out, codec_spec,
-             temperature, top_k, seed, tf_seconds, chunk_frames, sample_rate, progress):
+def generate(model, checkpoint_alias, input_path, instrument, out, mix_out, mix_channels,
+             codec_spec, temperature, top_k, seed, tf_seconds, chunk_frames, sample_rate,
+             progress):
     """Generate an accompaniment stem for a whole file (streaming families run their
     streaming loop over it)."""
     from stemstream.stream.offline import generate_file
@@ -485,7 +489,8 @@ def generate(model, checkpoint_alias, input_path, instrument, out, mix_out, code
     result = generate_file(_chosen_model(model, checkpoint_alias), input_path, instrument, out,
                            codec_spec, temperature, top_k, seed, mix_out,
                            tf_seconds=tf_seconds, chunk_frames=chunk_frames,
-                           progress=progress, sample_rate=sample_rate)
+                           progress=progress, sample_rate=sample_rate,
+                           mix_channels=mix_channels)
     click.echo(f"wrote {result.stem_path} ({result.seconds:.2f} s of {result.instrument}, "
                f"{result.family} model)" + (f" and {result.mix_path}" if result.mix_path else ""))
 
@@ -577,6 +582,9 @@ def demo(out_dir, instrument, model, corpus, route, threads):
                    "of a virtual clock (deterministic stem, measured timings).")
 @click.option("--mix", "mix_out", type=click.Path(path_type=Path), default=None,
               help="Also write the appendix-A.7 mix of input and stem.")
+@click.option("--mix-channels", type=click.Choice(["input", "mono"]), default="input",
+              show_default=True,
+              help="Channels of the mix: the input's layout (the stem in the centre) or mono.")
 @click.option("--report", "report_out", type=click.Path(path_type=Path), default=None,
               help="Also write the latency report (JSON).")
 @click.option("--plot", "plot_out", type=click.Path(path_type=Path), default=None,
@@ -599,8 +607,8 @@ def demo(out_dir, instrument, model, corpus, route, threads):
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_route_option(None)
 def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_frames, latency,
-              realtime, mix_out, report_out, plot_out, picture_out, temperature, top_k, seed,
-              block_ms, window, weights, sample_rate, progress, route):
+              realtime, mix_out, mix_channels, report_out, plot_out, picture_out, temperature,
+              top_k, seed, block_ms, window, weights, sample_rate, progress, route):
     """Accompany an audio file through the real-time engine: write the stem (and optionally
     the mix, a latency report and its plot, a picture) and print RTF and deadline misses."""
     from stemstream.outputs import check_outputs
@@ -615,7 +623,7 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
         chunk_frames=chunk_frames, latency=latency, realtime=realtime, mix_out=mix_out,
         report_out=report_out, plot_out=plot_out, block_seconds=block_ms / 1000,
         temperature=temperature, top_k=top_k, seed=seed, window=window, progress=progress,
-        weights=weights, sample_rate=sample_rate, route=route,
+        weights=weights, sample_rate=sample_rate, route=route, mix_channels=mix_channels,
     )
     click.echo(result.summary())
     for path in (result.mix_path, result.report_path, result.plot_path):

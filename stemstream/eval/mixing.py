@@ -99,3 +99,40 @@ def mix_a7(
     return normalize_loudness(mix, sample_rate, target_lufs, peak_limit=peak_limit).astype(
         np.float32
     )
+
+
+def mix_a7_channels(
+    inputs: np.ndarray,
+    stem: np.ndarray,
+    sample_rate: int,
+    stem_gain_db: float = STEM_GAIN_DB,
+    target_lufs: float = TARGET_LUFS,
+    peak_limit: float = PEAK_LIMIT,
+) -> np.ndarray:
+    """:func:`mix_a7` of a premixed input that keeps the input's channel layout: the input
+    ``[C, N]`` (its multichannel BS.1770 loudness ``stem_gain_db`` below the stem's), the stem
+    placed in the centre (added to every channel), the result normalised to ``target_lufs``
+    and peak-safe. For ``C = 1`` this is :func:`mix_a7` of the one track.
+
+    Returns:
+        ``float32 [C, N]``.
+    """
+    inputs = np.asarray(inputs, dtype=np.float64)
+    if inputs.ndim != 2 or inputs.shape[0] < 1:
+        raise AudioError(f"the input must be [C, N] audio, got shape {inputs.shape}")
+    stem = np.asarray(stem, dtype=np.float64)
+    if stem.ndim != 1 or stem.shape[0] != inputs.shape[1]:
+        raise AudioError(f"the stem must be mono [N] as long as the input ({inputs.shape[1]} "
+                         f"samples), got shape {stem.shape}")
+    check_audio(stem, "stem to mix")
+    check_audio(inputs, "input to mix")
+    if not 0 < peak_limit:
+        raise AudioError(f"peak_limit must be > 0, got {peak_limit}")
+    mix = (_at_loudness(inputs, sample_rate, target_lufs - stem_gain_db)
+           + _at_loudness(stem, sample_rate, target_lufs)[None])
+    if loudness(mix, sample_rate) <= SILENCE_LUFS:
+        peak = float(np.max(np.abs(mix)))
+        return (mix * min(1.0, peak_limit / peak) if peak > 0 else mix).astype(np.float32)
+    return normalize_loudness(mix, sample_rate, target_lufs, peak_limit=peak_limit).astype(
+        np.float32
+    )

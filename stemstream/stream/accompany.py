@@ -126,6 +126,30 @@ def stream_file(session, samples: np.ndarray, sample_rate: int, block_seconds: f
     return np.concatenate(outputs)[: session.output_length]
 
 
+MIX_CHANNELS = ("input", "mono")
+
+
+def check_mix_channels(mix_channels: str) -> None:
+    if mix_channels not in MIX_CHANNELS:
+        raise ConfigError(f"mix channels must be one of {', '.join(MIX_CHANNELS)}, got "
+                          f"{mix_channels!r}")
+
+
+def mix_with_input(source: audio.Audio, stem: np.ndarray, rate: int,
+                   mix_channels: str = "input") -> np.ndarray:
+    """The appendix-A.7 mix of an input file's audio and a stem ``[N]`` at ``rate``:
+    ``[C, N]`` in the input's channel layout (the stem in the centre), or ``[N]`` mono."""
+    from stemstream.eval.mixing import mix_a7, mix_a7_channels
+
+    check_mix_channels(mix_channels)
+    samples = source.samples if mix_channels == "input" else audio.to_mono(source.samples)
+    resampled = audio.resample(samples, source.sample_rate, rate)[:, : stem.shape[0]]
+    resampled = np.pad(resampled, ((0, 0), (0, stem.shape[0] - resampled.shape[1])))
+    if mix_channels == "mono":
+        return mix_a7(resampled[0], stem, rate)
+    return mix_a7_channels(resampled, stem, rate)
+
+
 def accompany_file(
     input_path: str | Path,
     instrument: str,
@@ -148,6 +172,7 @@ def accompany_file(
     weights: str = "fp32",
     sample_rate: int | None = None,
     route: str | None = None,
+    mix_channels: str = "input",
 ) -> AccompanyResult:
     """Accompany an audio file with ``instrument`` through the real-time engine.
 
@@ -163,7 +188,7 @@ def accompany_file(
         chunk_frames: chunk size ``k``; default: the model's.
         latency: output delay ``L`` in seconds that deadlines are measured against.
         realtime: pace the input in real time with a wall clock (see the module docstring).
-        mix_out: also write the A.7 mix of the (mono, codec-rate) input and the stem.
+        mix_out: also write the A.7 mix of the input and the stem.
         report_out: also write the session report (JSON).
         plot_out: also write the slack timeline (PNG).
         block_seconds: size of the pushed input blocks.
@@ -173,6 +198,8 @@ def accompany_file(
         sample_rate: rate of the stem and mix files (default: the input's).
         route: how the decode step runs (``eager``, ``onnx``, ``compiled`` or ``auto``; see
             :mod:`stemstream.model.routes`); default ``eager``, ``onnx`` for int8 weights.
+        mix_channels: ``input`` (the mix keeps the input's channels, the stem in the centre)
+            or ``mono``.
 
     Raises:
         AudioError: missing, corrupt, empty or non-finite input.
@@ -185,6 +212,7 @@ def accompany_file(
 
     if not block_seconds > 0:
         raise ConfigError(f"block size must be > 0 seconds, got {block_seconds}")
+    check_mix_channels(mix_channels)
     inst_id = playable_class(instrument)  # fail fast, before loading anything heavy
     check_outputs([input_path], audio={"-o": out, "--mix": mix_out},
                   json={"--report": report_out}, plots={"--plot": plot_out})
@@ -217,11 +245,8 @@ def accompany_file(
         written.append(stem_path)
         mix_path = None
         if mix_out is not None:
-            from stemstream.eval.mixing import mix_a7
-
-            mono = audio.resample(audio.to_mono(source.samples)[0], source.sample_rate, rate)
-            mono = np.pad(mono[: stem.shape[0]], (0, max(0, stem.shape[0] - mono.shape[0])))
-            mix_path = audio.save(mix_out, mix_a7(mono, stem, rate), rate)
+            mix = mix_with_input(source, stem, rate, mix_channels)
+            mix_path = audio.save(mix_out, mix, rate)
             written.append(mix_path)
         report = session.report()
         report["input"] = {"path": str(input_path), "sample_rate": source.sample_rate,

@@ -115,16 +115,20 @@ def generate_file(
     chunk_frames: int | None = None,
     progress: bool = False,
     sample_rate: int | None = None,
+    mix_channels: str = "input",
 ) -> GenerateResult:
     """Accompany ``input_path`` (any rate/channels) with ``instrument``; write the stem (and
-    optionally the input + stem mix) at ``sample_rate`` (default: the input's). A streaming
-    model may run at another ``t_f`` (seconds) / ``k`` than trained (with a warning); other
-    families refuse them."""
+    optionally the appendix-A.7 mix of input and stem, in the input's channel layout or mono
+    by ``mix_channels``) at ``sample_rate`` (default: the input's). A streaming model may run
+    at another ``t_f`` (seconds) / ``k`` than trained (with a warning); other families refuse
+    them."""
+    from stemstream.stream.accompany import check_mix_channels, mix_with_input
     from stemstream.stream.models import frames_from_seconds
     from stemstream.stream.session import with_stream_args
     from stemstream.train.loop import load_model
 
     check_outputs([input_path], audio={"-o": out, "--mix": mix_out})  # before the model loads
+    check_mix_channels(mix_channels)
     from stemstream.stream.models import shipped_path
 
     loaded = load_model(shipped_path(checkpoint))
@@ -162,9 +166,9 @@ def generate_file(
         written.append(out)
         mix_path = None
         if mix_out is not None:
-            mix = audio.resample(native.samples, native.sample_rate, rate)[:, :length] + stem
-            peak = float(np.abs(mix).max())
-            mix_path = audio.save(mix_out, mix / max(1.0, peak / 0.99), rate)
+            source = audio.load(input_path, sample_rate=None, channels=None)
+            mix_path = audio.save(mix_out, mix_with_input(source, stem[0], rate, mix_channels),
+                                  rate)
     log.info("generated %s for %s with a %s model", class_name(inst_id), input_path, loaded.family)
     return GenerateResult(
         out, mix_path, stem.shape[-1] / rate, loaded.family, class_name(inst_id)

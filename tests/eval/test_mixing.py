@@ -76,3 +76,21 @@ def test_bad_inputs_raise_one_clear_error():
         mix_a7(x, np.stack([x, x]), SR)
     with pytest.raises(AudioError, match="at least one"):
         mix_a7([], x, SR)
+
+
+def test_mix_in_the_inputs_channel_layout():
+    from stemstream.eval.mixing import mix_a7_channels
+
+    left, right, stem = _noise(1, scale=0.4), _noise(2, scale=0.05), _noise(3, scale=0.2)
+    mono = mix_a7_channels(left[None], stem, SR)
+    np.testing.assert_array_equal(mono[0], mix_a7(left, stem, SR))  # C = 1 is mix_a7
+    mix = mix_a7_channels(np.stack([left, right]), stem, SR)
+    assert mix.shape == (2, 3 * SR) and mix.dtype == np.float32
+    assert loudness(mix, SR) == pytest.approx(-18.0, abs=0.05)
+    assert np.abs(mix).max() <= 0.99 + 1e-6
+    # one input gain for both channels (the layout is kept), the stem equal in both
+    cl, csl = _coefficients(mix[0], left, stem)
+    cr, csr = _coefficients(mix[1], right, stem)
+    assert cl == pytest.approx(cr, rel=1e-4) and csl == pytest.approx(csr, rel=1e-4)
+    with pytest.raises(AudioError, match="as long as the input"):
+        mix_a7_channels(np.stack([left, right]), stem[:-1], SR)

@@ -70,9 +70,16 @@ def test_cli_writes_stem_mix_report_and_plot(tmp_path):
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     mix, rate = sf.read(str(tmp_path / "mix.wav"))
     stem, _ = sf.read(str(tmp_path / "stem.wav"))
-    assert rate == 44100 and mix.shape == stem.shape  # the input's rate
+    assert rate == 44100 and mix.shape == (stem.shape[0], 2)  # the input's rate and channels
     assert np.abs(mix).max() <= 1.0
-    assert audio.loudness(mix, rate) == pytest.approx(-18.0, abs=0.5)
+    assert audio.loudness(mix.T, rate) == pytest.approx(-18.0, abs=0.5)
+    res = _invoke(str(src), "--instrument", "Drums", "-o", str(tmp_path / "stem2.wav"),
+                  "--mix", str(tmp_path / "mono.wav"), "--mix-channels", "mono",
+                  "--top-k", "5")
+    assert res.exit_code == 0, res.output
+    mono, _ = sf.read(str(tmp_path / "mono.wav"))
+    assert mono.shape == stem.shape
+    assert audio.loudness(mono, rate) == pytest.approx(-18.0, abs=0.5)
 
 
 def test_virtual_clock_stems_are_bit_identical_across_runs(tmp_path):
