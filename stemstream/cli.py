@@ -343,11 +343,12 @@ def codec_export(checkpoint_path, out):
 )
 @click.option("--codec", "codec_spec", default="default", show_default=True, help=_CODEC_HELP)
 @click.option("--num-codebooks", type=click.IntRange(min=1), default=None)
-def codec_encode(audio_path, out, codec_spec, num_codebooks):
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def codec_encode(audio_path, out, codec_spec, num_codebooks, progress):
     """Encode an audio file (any rate/channels) to codes."""
     from stemstream.codec.tokens import encode_file
 
-    result = encode_file(audio_path, out, codec_spec, num_codebooks)
+    result = encode_file(audio_path, out, codec_spec, num_codebooks, progress=progress)
     click.echo(
         f"wrote {out}: {result.num_codebooks} codebooks x {result.frames} frames "
         f"({result.seconds:.2f} s at {result.frame_rate:g} Hz)"
@@ -358,11 +359,12 @@ def codec_encode(audio_path, out, codec_spec, num_codebooks):
 @click.argument("codes_path", type=click.Path(path_type=Path))
 @click.option("-o", "--out", type=click.Path(path_type=Path), required=True)
 @click.option("--codec", "codec_spec", default="default", show_default=True, help=_CODEC_HELP)
-def codec_decode(codes_path, out, codec_spec):
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def codec_decode(codes_path, out, codec_spec, progress):
     """Decode a codes .npz (from `codec encode`) to audio."""
     from stemstream.codec.tokens import decode_file
 
-    seconds = decode_file(codes_path, out, codec_spec)
+    seconds = decode_file(codes_path, out, codec_spec, progress=progress)
     click.echo(f"wrote {out} ({seconds:.2f} s)")
 
 
