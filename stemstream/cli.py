@@ -459,7 +459,7 @@ def _chosen_model(model: str | None, alias: str | None, required: bool = True) -
 
 @cli.command("generate")
 @_model_option("default (the shipped file model), default-live, or a model checkpoint "
-               "(training or exported) of any family.")
+               "(training or exported) of any family [default: default].")
 @click.option("--input", "input_path", type=click.Path(path_type=Path), required=True,
               help="The input mix (any format, rate and channel count).")
 @click.option("--instrument", required=True, help="Class to play, e.g. Bass, Piano, Drums.")
@@ -488,7 +488,8 @@ def generate(model, checkpoint_alias, input_path, instrument, out, mix_out, mix_
     streaming loop over it)."""
     from stemstream.stream.offline import generate_file
 
-    result = generate_file(_chosen_model(model, checkpoint_alias), input_path, instrument, out,
+    chosen = _chosen_model(model, checkpoint_alias, required=False) or "default"
+    result = generate_file(chosen, input_path, instrument, out,
                            codec_spec, temperature, top_k, seed, mix_out,
                            tf_seconds=tf_seconds, chunk_frames=chunk_frames,
                            progress=progress, sample_rate=sample_rate,

@@ -87,10 +87,12 @@ def check_distinct(paths: Iterable[str | Path | None]) -> None:
         seen[key] = Path(path)
 
 
-def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
+def prepare_output_dir(path: str | Path, what: str = "output folder",
+                       create: bool = True) -> Path:
     """Create the folder ``path`` (and its parents) for a command's outputs, or raise
     :class:`OutputError` in one line: an existing file of that name, no permission, a full
-    or read-only disk."""
+    or read-only disk. ``create=False`` only checks (a command that validates its inputs
+    next creates the folder once they are known to be good)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise OutputError(f"{what} {path}: exists and is not a directory")
@@ -99,6 +101,8 @@ def prepare_output_dir(path: str | Path, what: str = "output folder") -> Path:
         raise OutputError(f"{what} {path}: {folder} is not a directory")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputError(f"{what} {path}: {folder} is not writable")
+    if not create:
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -236,7 +236,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
 
         resolve_tracker(config.beat_tracker)
     out = Path(config.out)
-    prepare_output_dir(out, "--out")
+    prepare_output_dir(out, "--out", create=False)  # created once every input checks out
     systems = [_load_system(n, s, config.codec, config.stemgen_steps)
                for n, s in config.systems.items()]
     _check_cached_systems(out, systems)
@@ -262,6 +262,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
             f"{config.corpus}: {len(dataset)} usable window(s) in split {config.split!r}; the "
             "random-pairing anchor needs at least two (a bigger corpus or another split)"
         )
+    prepare_output_dir(out, "--out")
     count = min(config.num_examples, len(dataset))
     if count < config.num_examples:
         log.warning("only %d windows in %s; evaluating all of them", count, config.split)
