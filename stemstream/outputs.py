@@ -12,6 +12,7 @@ import contextlib
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from stemstream.errors import StemstreamError
 
@@ -182,3 +183,17 @@ def _existing_ancestor(folder: Path) -> Path:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     return folder
+
+
+def write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_output`)."""
+    with atomic_output(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | Path, newline: str | None = None) -> Iterator[Any]:
+    """``open(path, "w")`` whose file appears, complete, only when the block succeeds."""
+    with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8", newline=newline) as handle:
+        yield handle

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from stemstream.errors import ConfigError
+from stemstream.outputs import write_text
 
 
 def find_clips(run_dir: str | Path) -> dict[str, dict[str, Path]]:
@@ -88,7 +89,7 @@ def make_ab_page(source: str | Path | Mapping[str, Mapping[str, str | Path]],
         raise ConfigError("no pairs to compare: every example needs two or more systems")
     page = _PAGE.replace("__TRIALS__", _script_json(trials)).replace(
         "__MAP__", _script_json(mapping)).replace("__COUNT__", str(len(trials)))
-    (out / "index.html").write_text(page)
+    write_text(out / "index.html", page)
     return out / "index.html"
 
 

@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from stemstream.errors import ConfigError
+from stemstream.outputs import write_text
 
 PAIRED_METRICS = ("cocola_harmonic", "cocola_percussive", "cocola_both", "beat_f")
 
@@ -198,6 +199,6 @@ def write_claims(run: str | Path, out: str | Path | None = None, alpha: float = 
     folder = Path(out) if out is not None else Path(run)
     folder.mkdir(parents=True, exist_ok=True)
     md, js = folder / "claims.md", folder / "claims.json"
-    md.write_text(claims_markdown(comparisons, alpha))
-    js.write_text(json.dumps([asdict(c) for c in comparisons], indent=1))
+    write_text(md, claims_markdown(comparisons, alpha))
+    write_text(js, json.dumps([asdict(c) for c in comparisons], indent=1))
     return md, js

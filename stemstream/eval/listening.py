@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from stemstream.errors import ConfigError
+from stemstream.outputs import open_atomic, write_text
 
 COLUMNS = ("rater", "example", "system_a", "system_b", "preferred")
 UNITS = ("rater", "example")
@@ -223,14 +224,14 @@ def write_study(prefs: str | Path, out_dir: str | Path, alpha: float = 0.05,
     result = analyse(read_judgements(prefs), alpha, order, by)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "table.md").write_text(result.table_markdown())
-    (out / "table.tex").write_text(result.table_latex())
-    with open(out / "win_rates.csv", "w", newline="") as handle:
+    write_text(out / "table.md", result.table_markdown())
+    write_text(out / "table.tex", result.table_latex())
+    with open_atomic(out / "win_rates.csv", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([result.unit, *result.systems])
         for rater, row in zip(result.raters, result.win_rates, strict=True):
             writer.writerow([rater, *row])
-    with open(out / "pairwise.csv", "w", newline="") as handle:
+    with open_atomic(out / "pairwise.csv", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["system_a", "system_b", "p_wilcoxon", "threshold", "significant"])
         for (a, b), p in result.pair_p.items():

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from stemstream.errors import ConfigError
+from stemstream.outputs import open_atomic
 
 ANCHOR_STYLE = {"ground_truth": "black", "codec_reconstruction": "tab:gray",
                 "random_pairing": "tab:red"}
@@ -67,7 +68,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]
     written = []
     for metric in sorted({r["metric"] for r in rows}):
         selected = [r for r in rows if r["metric"] == metric]
-        with open(out / f"{metric}.csv", "w", newline="") as handle:
+        with open_atomic(out / f"{metric}.csv", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(selected[0]))
             writer.writeheader()
             writer.writerows(selected)

@@ -36,7 +36,7 @@ import numpy as np
 
 from stemstream import audio
 from stemstream.errors import ConfigError
-from stemstream.outputs import prepare_output_dir
+from stemstream.outputs import open_atomic, prepare_output_dir, write_text
 from stemstream.stream.inputs import model_input
 
 log = logging.getLogger(__name__)
@@ -291,7 +291,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         meta = json.loads(json.dumps(meta))  # as it reads back from the file
         meta_path = folder / "meta.json"
         if not meta_path.exists():
-            meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+            write_text(meta_path, json.dumps(meta, indent=1) + "\n")
         elif json.loads(meta_path.read_text()) != meta:
             raise ConfigError(
                 f"{folder} holds another window than this run selects (other corpus, split, "
@@ -346,7 +346,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         from stemstream.eval.beats import resolve_tracker
 
         tracker = resolve_tracker(config.beat_tracker)
-    (out / "run.json").write_text(json.dumps({
+    write_text(out / "run.json", json.dumps({
         "config": {k: str(v) if isinstance(v, Path) else v
                    for k, v in config.__dict__.items()},
         "beat_tracker": tracker,  # what `auto` resolved to
@@ -425,7 +425,7 @@ def _score(examples, names, config: EvalConfig, rate: int, progress: bool) -> li
             changed = True
         if changed:
             partial = cache_path.with_suffix(".json.partial")
-            partial.write_text(json.dumps(cache, indent=1) + "\n")
+            write_text(partial, json.dumps(cache, indent=1) + "\n")
             partial.replace(cache_path)
     return rows
 
@@ -455,15 +455,15 @@ def _aggregate(rows, names, config: EvalConfig, examples, rate, rng, progress):
 
 
 def _write_tables(out: Path, rows, metrics, ci, names) -> None:
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    (out / "metrics_ci.json").write_text(json.dumps(ci, indent=1) + "\n")
+    write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
+    write_text(out / "metrics_ci.json", json.dumps(ci, indent=1) + "\n")
     if rows:
-        with open(out / "per_example.csv", "w", newline="") as handle:
+        with open_atomic(out / "per_example.csv", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
     keys = sorted({k for m in metrics.values() for k in m})
-    with open(out / "summary.csv", "w", newline="") as handle:
+    with open_atomic(out / "summary.csv", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["system", *keys])
         for name in names:
@@ -477,4 +477,4 @@ def _write_tables(out: Path, rows, metrics, ci, names) -> None:
             cells.append(f"{value:.3f}" + (f" [{low_high[0]:.3f}, {low_high[1]:.3f}]"
                                            if low_high and np.isfinite(low_high[0]) else ""))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    write_text(out / "summary.md", "\n".join(lines) + "\n")

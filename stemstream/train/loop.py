@@ -41,7 +41,7 @@ from stemstream.data.tokens import (
 from stemstream.errors import ConfigError
 from stemstream.metrics import MetricsLogger
 from stemstream.model.streaming import StreamingDecoder
-from stemstream.outputs import prepare_output_dir
+from stemstream.outputs import prepare_output_dir, write_text
 from stemstream.train.config import ModelTrainConfig, resolve_future_frames, warmup_cosine
 from stemstream.train.families import DumpFacts, get_family
 from stemstream.train.inputs import BatchInputs
@@ -543,7 +543,7 @@ class ModelTrainer:
             self.load_checkpoint(existing[-1])
             log.info("resumed from %s (step %d)", existing[-1], self.step)
         if self.is_main:
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg)))
+            write_text(self.out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg)))
         end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
         bar = tqdm(
             total=end, initial=self.step, desc="train", unit="step",
