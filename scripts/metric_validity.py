@@ -29,9 +29,9 @@ def main() -> None:
     parser.add_argument("--skip-cocola", action="store_true")
     args = parser.parse_args()
 
+    from stemstream.beats import beat_f_measure
     from stemstream.data.dataset import WindowDataset
     from stemstream.data.windows import WindowConfig
-    from stemstream.eval.beats import beat_f_measure
     from stemstream.eval.fad import fad, get_embedder
 
     began = time.perf_counter()

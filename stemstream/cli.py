@@ -196,8 +196,8 @@ def data_dump(
 ):
     """Encode A.1 windows of a corpus with a codec into a token dump (codes, provenance,
     audio of validation/test windows)."""
+    from stemstream.codec.dump import dump_corpus
     from stemstream.codec.registry import get_codec
-    from stemstream.data.dump import dump_corpus
     from stemstream.data.windows import WindowConfig
 
     config = WindowConfig(window_seconds=seconds, future_seconds=future_seconds)
@@ -232,7 +232,7 @@ def data_dump_tracks(corpus, codec_name, out_dir, targets_per_track, splits, see
     """Encode whole tracks, one row per (track, target stem), for training on windows drawn
     at random at every step (rerun to resume: finished splits are kept)."""
     from stemstream.codec.registry import get_codec
-    from stemstream.data.track_dump import dump_tracks
+    from stemstream.codec.track_dump import dump_tracks
 
     summary = dump_tracks(corpus, get_codec(codec_name), out_dir, splits=splits or None,
                           targets_per_track=targets_per_track, seed=seed, progress=progress)
@@ -247,7 +247,7 @@ def data_dump_tracks(corpus, codec_name, out_dir, targets_per_track, splits, see
 def data_dump_features(dump_dir, corpus, progress):
     """Add the musical input features (onset, loudness, chroma, beat) to a track dump made
     without them (rerun to resume: finished splits are kept)."""
-    from stemstream.data.track_dump import add_features
+    from stemstream.codec.track_dump import add_features
 
     done = add_features(dump_dir, corpus, progress=progress)
     if not done:

@@ -98,8 +98,8 @@ def clip_metrics(ref: np.ndarray, est: np.ndarray, sample_rate: int) -> dict[str
     import librosa
     import mir_eval
 
+    from stemstream.beats import track_beats
     from stemstream.codec.losses import MultiResolutionSTFTLoss, si_sdr
-    from stemstream.eval.beats import track_beats
 
     n = min(len(ref), len(est))
     ref, est = ref[:n], est[:n]

@@ -33,7 +33,7 @@ from stemstream.data.crops import CropConfig, CropSampler
 from stemstream.errors import ConfigError
 from stemstream.metrics import MetricsLogger
 from stemstream.outputs import prepare_output_dir
-from stemstream.train.config import warmup_cosine
+from stemstream.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 

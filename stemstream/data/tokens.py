@@ -1,5 +1,5 @@
-"""Reading token dumps (written by :mod:`stemstream.data.dump`): memory-mapped arrays, no
-pickle, one :class:`TokenExample` per row. See :mod:`stemstream.data.dump` for the layout.
+"""Reading token dumps (written by :mod:`stemstream.codec.dump`): memory-mapped arrays, no
+pickle, one :class:`TokenExample` per row. See :mod:`stemstream.codec.dump` for the layout.
 """
 
 from __future__ import annotations
@@ -111,7 +111,7 @@ def collate(examples: Sequence[TokenExample]) -> TokenBatch:
 
 
 def read_track_meta(dump_dir: str | Path) -> dict[str, Any]:
-    """``meta.json`` of a whole-track dump (:mod:`stemstream.data.track_dump`), checked."""
+    """``meta.json`` of a whole-track dump (:mod:`stemstream.codec.track_dump`), checked."""
     path = Path(dump_dir) / META
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))

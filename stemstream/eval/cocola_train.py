@@ -34,7 +34,7 @@ from stemstream.eval.cocola import (
     features,
     save_cocola,
 )
-from stemstream.train.config import warmup_cosine
+from stemstream.schedule import warmup_cosine
 
 log = logging.getLogger(__name__)
 TRAIN_KIND = "cocola-train"

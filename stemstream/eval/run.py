@@ -61,7 +61,7 @@ class EvalConfig:
         metrics: subset of :data:`METRICS`.
         cocola: COCOLA checkpoint (``None`` = shipped).
         fad_embedding: ``cocola`` or ``codec`` (see :mod:`stemstream.eval.fad`).
-        beat_tracker: see :func:`stemstream.eval.beats.beat_f_measure`.
+        beat_tracker: see :func:`stemstream.beats.beat_f_measure`.
         temperature, top_k: sampling.
         codec: codec spec for the anchors (default: the first system's, else ``default``).
         look_ahead_seconds: future input every window keeps beyond its end, for systems with
@@ -226,13 +226,13 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     from stemstream.codec.registry import get_codec
     from stemstream.data.dataset import WindowDataset
     from stemstream.data.windows import WindowConfig
-    from stemstream.eval.mixing import mix_a7
+    from stemstream.mixing import mix_a7
     from stemstream.model.sampling import SamplingConfig
     from stemstream.stream.offline import generate_codes
 
     began = time.perf_counter()
     if "beat" in config.metrics:  # a typo must not cost a whole generation pass
-        from stemstream.eval.beats import resolve_tracker
+        from stemstream.beats import resolve_tracker
 
         resolve_tracker(config.beat_tracker)
     out = Path(config.out)
@@ -343,7 +343,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     seconds = time.perf_counter() - began
     tracker = None
     if "beat" in config.metrics:
-        from stemstream.eval.beats import resolve_tracker
+        from stemstream.beats import resolve_tracker
 
         tracker = resolve_tracker(config.beat_tracker)
     write_text(out / "run.json", json.dumps({
@@ -391,7 +391,7 @@ def _score(examples, names, config: EvalConfig, rate: int, progress: bool) -> li
 
         cocola = load_cocola(config.cocola)
     if "beat" in config.metrics:
-        from stemstream.eval.beats import beat_f_measure, track_beats
+        from stemstream.beats import beat_f_measure, track_beats
     settings = {"metrics": sorted(set(config.metrics) - {"fad"}),
                 "cocola": str(config.cocola), "beat_tracker": config.beat_tracker}
     for n, example in enumerate(tqdm(examples, desc="score", disable=not progress)):

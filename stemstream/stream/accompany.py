@@ -139,7 +139,7 @@ def mix_with_input(source: audio.Audio, stem: np.ndarray, rate: int,
                    mix_channels: str = "input") -> np.ndarray:
     """The appendix-A.7 mix of an input file's audio and a stem ``[N]`` at ``rate``:
     ``[C, N]`` in the input's channel layout (the stem in the centre), or ``[N]`` mono."""
-    from stemstream.eval.mixing import mix_a7, mix_a7_channels
+    from stemstream.mixing import mix_a7, mix_a7_channels
 
     check_mix_channels(mix_channels)
     samples = source.samples if mix_channels == "input" else audio.to_mono(source.samples)

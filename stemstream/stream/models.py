@@ -11,8 +11,9 @@
   ``t_f = -120 ms``, so it can play in time with the musician, fast enough for a laptop
   CPU). ``stemstream live`` resolves ``default`` to it. Falls back to ``default`` (with a
   warning) where it is not shipped.
-* ``random-cpu`` / ``random-tiny`` — untrained decoders of that preset over the shipped codec
-  (``random-tiny-mock``: over :class:`~stemstream.codec.mock.MockCodec`, for tests);
+* ``random-cpu`` / ``random-tiny`` / ``random-paper`` — untrained decoders of that preset over
+  the shipped codec (``random-tiny-mock``: over :class:`~stemstream.codec.mock.MockCodec`, for
+  tests; ``random-paper``: the paper's 218M-parameter backbone, for speed measurements);
 * a model checkpoint (exported or training) of the ``streaming`` family.
 
 ``t_f`` and ``k`` may be overridden; a model run at values it was not trained for warns.
@@ -45,7 +46,7 @@ MODEL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 DEFAULT_MODEL = MODEL_ASSETS / "streaming-listen.safetensors"
 PREVIOUS_DEFAULT = MODEL_ASSETS / "streaming-cpu.safetensors"
 LIVE_MODEL = MODEL_ASSETS / "streaming-live.safetensors"
-RANDOM_SPECS = ("random-cpu", "random-tiny", "random-tiny-mock")
+RANDOM_SPECS = ("random-cpu", "random-tiny", "random-tiny-mock", "random-paper")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """A picture of an accompaniment: input and output log-mel spectrograms with their beat grids.
 
-Beats come from :mod:`stemstream.eval.beats` with the librosa tracker (fast to load; the first
+Beats come from :mod:`stemstream.beats` with the librosa tracker (fast to load; the first
 call compiles numba code, a few seconds); the title carries the evaluation suite's ``beat_f``
 (+-70 ms) of the stem against the input.
 """
@@ -23,7 +23,7 @@ def accompaniment_figure(input_audio: np.ndarray, stem: np.ndarray, sample_rate:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from stemstream.eval.beats import beat_f_measure, track_beats
+    from stemstream.beats import beat_f_measure, track_beats
 
     beats_in = track_beats(input_audio, sample_rate, "librosa")
     beats_out = track_beats(stem, sample_rate, "librosa")

@@ -42,7 +42,8 @@ from stemstream.errors import ConfigError
 from stemstream.metrics import MetricsLogger
 from stemstream.model.streaming import StreamingDecoder
 from stemstream.outputs import prepare_output_dir, write_text
-from stemstream.train.config import ModelTrainConfig, resolve_future_frames, warmup_cosine
+from stemstream.schedule import warmup_cosine
+from stemstream.train.config import ModelTrainConfig, resolve_future_frames
 from stemstream.train.families import DumpFacts, get_family
 from stemstream.train.inputs import BatchInputs
 from stemstream.train.reliance import measure_reliance

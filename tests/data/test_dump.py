@@ -17,8 +17,8 @@ from torch.utils.data import DataLoader
 
 from stemstream import audio
 from stemstream.cli import cli
+from stemstream.codec.dump import DumpError, TokenDataset, collate, dump_corpus
 from stemstream.codec.mock import MockCodec, MockCodecConfig
-from stemstream.data.dump import DumpError, TokenDataset, collate, dump_corpus
 from stemstream.data.slakh import SlakhCorpus
 from stemstream.data.windows import (
     REASON_NO_TARGET,
@@ -209,7 +209,7 @@ def test_rerun_skips_complete_splits(corpus, codec, tmp_path, caplog):
     out = tmp_path / "d"
     dump_corpus(corpus, codec, out, WINDOW, splits=["train"], progress=False)
     stamp = (out / "train" / "input_codes.npy").stat().st_mtime_ns
-    with caplog.at_level("INFO", logger="stemstream.data.dump"):
+    with caplog.at_level("INFO", logger="stemstream.codec.dump"):
         summary = dump_corpus(corpus, codec, out, WINDOW, splits=["train", "test"], progress=False)
     assert summary.splits["train"].skipped and not summary.splits["test"].skipped
     assert summary.splits["train"].rows == 2 and "skipped" in summary.format()

@@ -16,9 +16,9 @@ from slakh_fixture import write_fake_slakh
 
 from stemstream.cli import cli
 from stemstream.codec.mock import MockCodec
+from stemstream.codec.track_dump import dump_tracks
 from stemstream.data.slakh import SlakhCorpus
 from stemstream.data.tokens import DumpError, TrackCrops, collate, is_track_dump
-from stemstream.data.track_dump import dump_tracks
 from stemstream.data.windows import mix_pair
 
 

@@ -40,13 +40,13 @@ def fake_metrics(monkeypatch):
     cocola = types.ModuleType("stemstream.eval.cocola")
     cocola.load_cocola = lambda path=None: "model"
     cocola.cocola_score = cocola_score
-    beats = types.ModuleType("stemstream.eval.beats")
+    beats = types.ModuleType("stemstream.beats")
     beats.beat_f_measure = beat_f_measure
     beats.track_beats = track_beats
     beats.resolve_tracker = lambda tracker: "fake" if tracker == "auto" else tracker
     fad_mod = types.ModuleType("stemstream.eval.fad")
     fad_mod.get_embedder = lambda name, path=None: Embedder()
     fad_mod.fad = fad
-    for name, module in (("cocola", cocola), ("beats", beats), ("fad", fad_mod)):
-        monkeypatch.setitem(sys.modules, f"stemstream.eval.{name}", module)
+    for module in (cocola, beats, fad_mod):
+        monkeypatch.setitem(sys.modules, module.__name__, module)
     return calls

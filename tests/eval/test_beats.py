@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stemstream.beats import beat_f_measure, resolve_tracker, track_beats
 from stemstream.errors import ConfigError
-from stemstream.eval.beats import beat_f_measure, resolve_tracker, track_beats
 
 SR = 16000
 HAS_MADMOM = resolve_tracker("auto") == "madmom"

@@ -14,10 +14,10 @@ import pytest
 import soundfile as sf
 import torch
 
+from stemstream.codec.dump import dump_corpus
 from stemstream.codec.mock import MockCodec
+from stemstream.codec.track_dump import dump_tracks
 from stemstream.config import load_config
-from stemstream.data.dump import dump_corpus
-from stemstream.data.track_dump import dump_tracks
 from stemstream.data.windows import WindowConfig
 from stemstream.eval.run import EvalConfig, run_eval
 from stemstream.features import features

@@ -7,7 +7,7 @@ import pytest
 
 from stemstream.audio import loudness
 from stemstream.errors import AudioError
-from stemstream.eval.mixing import mix_a7
+from stemstream.mixing import mix_a7
 
 SR = 16000
 
@@ -79,7 +79,7 @@ def test_bad_inputs_raise_one_clear_error():
 
 
 def test_mix_in_the_inputs_channel_layout():
-    from stemstream.eval.mixing import mix_a7_channels
+    from stemstream.mixing import mix_a7_channels
 
     left, right, stem = _noise(1, scale=0.4), _noise(2, scale=0.05), _noise(3, scale=0.2)
     mono = mix_a7_channels(left[None], stem, SR)

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from stemstream.codec.dump import dump_corpus
 from stemstream.codec.mock import MockCodec
 from stemstream.config import load_config
-from stemstream.data.dump import dump_corpus
 from stemstream.data.windows import WindowConfig
 from stemstream.errors import ConfigError
 from stemstream.eval.plots import plot_runs

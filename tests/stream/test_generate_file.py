@@ -11,9 +11,9 @@ import soundfile as sf
 from click.testing import CliRunner
 
 from stemstream.cli import cli
+from stemstream.codec.dump import dump_corpus
 from stemstream.codec.mock import MockCodec
 from stemstream.config import load_config
-from stemstream.data.dump import dump_corpus
 from stemstream.data.windows import WindowConfig
 from stemstream.train import ModelTrainConfig, ModelTrainer
 

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 
 from stemstream import checkpoint
 from stemstream.cli import cli
+from stemstream.codec.dump import dump_corpus
 from stemstream.codec.mock import MockCodec
 from stemstream.config import load_config
-from stemstream.data.dump import dump_corpus
 from stemstream.data.windows import WindowConfig
 from stemstream.errors import ConfigError
 from stemstream.train import ModelTrainConfig, ModelTrainer, load_model
@@ -307,7 +307,7 @@ def test_offline_families_train_export_and_reload(dump, tmp_path, family):
 @pytest.fixture(scope="module")
 def track_dump(tmp_path_factory) -> Path:
     """Whole tracks of the fake corpus (3 s each), MockCodec: crops drawn at every step."""
-    from stemstream.data.track_dump import dump_tracks
+    from stemstream.codec.track_dump import dump_tracks
 
     root = tmp_path_factory.mktemp("tracks")
     dump_tracks(write_fake_slakh(root / "slakh"), MockCodec().eval(), root / "dump",

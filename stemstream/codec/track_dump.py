@@ -38,7 +38,7 @@ import torch
 
 from stemstream import __version__
 from stemstream.codec.base import Codec, same_tokens
-from stemstream.data.dump import code_dtype
+from stemstream.codec.dump import code_dtype
 from stemstream.data.instruments import NEVER_TARGET
 from stemstream.data.slakh import SlakhCorpus, TrackInfo
 from stemstream.data.tokens import (
