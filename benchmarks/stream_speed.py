@@ -87,7 +87,7 @@ def measure_model_only(model: StreamingDecoder, frames: int, seed: int) -> dict[
     """``generate_chunk`` alone, one frame per call, on random latents (ms per frame)."""
     gen = torch.Generator().manual_seed(seed)
     horizon = max(1, model.config.future_frames)  # the last frame's chunk hears t_f ahead
-    latents = torch.randn(1, model.config.input_dim, frames + horizon, generator=gen)
+    latents = torch.randn(1, model.config.input_channels, frames + horizon, generator=gen)
     # the session's KV ring: the compiled step attends over the whole ring at every step
     state = model.new_state(torch.tensor([0]), window=DEFAULT_WINDOW)
     sampling = SamplingConfig()
