@@ -8,8 +8,10 @@ renamed into place, so a process killed mid-write leaves the previous checkpoint
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -141,3 +143,37 @@ def restore_rng(
             torch.cuda.set_rng_state_all(states)
     if numpy_rng is not None and "numpy" in meta:
         numpy_rng.bit_generator.state = meta["numpy"]
+
+
+def weights_hash(module: torch.nn.Module) -> str:
+    """A short, stable hash of a module's state dict (names, dtypes, shapes and values; int8
+    dynamically quantised layers included): any model, codec or language model."""
+    return hash_state(sorted(module.state_dict().items()))
+
+
+def hash_state(items: Iterable[tuple[str, Any]]) -> str:
+    """A short, stable hash of named tensors (and values) in the order given."""
+    digest = hashlib.sha256()
+    for name, value in items:
+        _hash_value(digest, name, value)
+    return digest.hexdigest()[:16]
+
+
+def _hash_value(digest: Any, name: str, value: Any) -> None:
+    if isinstance(value, (tuple, list)):  # packed params of quantised layers
+        for i, item in enumerate(value):
+            _hash_value(digest, f"{name}.{i}", item)
+        return
+    if not isinstance(value, torch.Tensor):
+        digest.update(f"{name}|{value!r}|".encode())
+        return
+    tensor = value.detach().cpu()
+    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+    if tensor.is_quantized:
+        if tensor.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+            digest.update(f"{tensor.q_scale()}|{tensor.q_zero_point()}|".encode())
+        else:
+            _hash_value(digest, f"{name}.scales", tensor.q_per_channel_scales())
+            _hash_value(digest, f"{name}.zero_points", tensor.q_per_channel_zero_points())
+        tensor = tensor.int_repr()
+    digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import click
 
+from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.errors import StemstreamError
 
 
@@ -470,8 +471,9 @@ def _chosen_model(model: str | None, alias: str | None, required: bool = True) -
               show_default=True,
               help="Channels of the mix: the input's layout (the stem in the centre) or mono.")
 @click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=DEFAULT_TEMPERATURE,
+              show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--tf", "tf_seconds", type=float, default=None,
               help="Streaming family: run at this future visibility (seconds) instead of the "
@@ -595,8 +597,9 @@ def demo(out_dir, instrument, model, corpus, route, threads):
 @click.option("--picture", "picture_out", type=click.Path(path_type=Path), default=None,
               help="Also write spectrograms of input and stem with their beat grids (PNG) "
                    "and print both tempi and the beat F-measure.")
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=DEFAULT_TEMPERATURE,
+              show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--block-ms", type=click.FloatRange(min=0.1), default=20.0, show_default=True,
               help="Input block size pushed per step, in milliseconds.")
@@ -775,8 +778,9 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
 @click.option("--beat-tracker", default="auto", show_default=True,
               help="auto, librosa, madmom or beat_this:CHECKPOINT.")
 @click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=1.0, show_default=True)
-@click.option("--top-k", type=click.IntRange(min=1), default=200, show_default=True)
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=DEFAULT_TEMPERATURE,
+              show_default=True)
+@click.option("--top-k", type=click.IntRange(min=1), default=DEFAULT_TOP_K, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--look-ahead", "look_ahead", type=click.FloatRange(min=0.0), default=1.0,
               show_default=True,

@@ -20,6 +20,10 @@ import yaml
 
 from stemstream.errors import ConfigError
 
+# Sampling defaults, the paper's (A.5): every command, config and function defaults to these.
+DEFAULT_TEMPERATURE = 1.0
+DEFAULT_TOP_K = 200
+
 T = TypeVar("T")
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}

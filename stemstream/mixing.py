@@ -47,7 +47,7 @@ def _at_loudness(samples: np.ndarray, sample_rate: int, lufs: float) -> np.ndarr
     return normalize_loudness(samples, sample_rate, lufs, peak_limit=None).astype(np.float64)
 
 
-def mix_a7(
+def mix_stem(
     inputs: Sequence[np.ndarray] | np.ndarray,
     stem: np.ndarray,
     sample_rate: int,
@@ -101,7 +101,7 @@ def mix_a7(
     )
 
 
-def mix_a7_channels(
+def mix_stem_channels(
     inputs: np.ndarray,
     stem: np.ndarray,
     sample_rate: int,
@@ -109,10 +109,10 @@ def mix_a7_channels(
     target_lufs: float = TARGET_LUFS,
     peak_limit: float = PEAK_LIMIT,
 ) -> np.ndarray:
-    """:func:`mix_a7` of a premixed input that keeps the input's channel layout: the input
+    """:func:`mix_stem` of a premixed input that keeps the input's channel layout: the input
     ``[C, N]`` (its multichannel BS.1770 loudness ``stem_gain_db`` below the stem's), the stem
     placed in the centre (added to every channel), the result normalised to ``target_lufs``
-    and peak-safe. For ``C = 1`` this is :func:`mix_a7` of the one track.
+    and peak-safe. For ``C = 1`` this is :func:`mix_stem` of the one track.
 
     Returns:
         ``float32 [C, N]``.

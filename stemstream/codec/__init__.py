@@ -2,7 +2,7 @@
 (causal or not, parameter-compatible with descript-audio-codec), and a MockCodec for tests.
 """
 
-from stemstream.codec.base import Codec, CodecError, StreamingDecoder, StreamingEncoder
+from stemstream.codec.base import AudioStreamDecoder, AudioStreamEncoder, Codec, CodecError
 from stemstream.codec.checkpoint import load_codec, load_dac_checkpoint, save_codec
 from stemstream.codec.dac import DAC, DAC_PRESETS, DACConfig
 from stemstream.codec.mock import MockCodec, MockCodecConfig
@@ -15,8 +15,8 @@ __all__ = [
     "DACConfig",
     "MockCodec",
     "MockCodecConfig",
-    "StreamingDecoder",
-    "StreamingEncoder",
+    "AudioStreamDecoder",
+    "AudioStreamEncoder",
     "load_codec",
     "load_dac_checkpoint",
     "save_codec",

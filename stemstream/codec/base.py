@@ -2,9 +2,9 @@
 
 A codec turns mono audio into ``K`` parallel streams of discrete codes at a fixed frame rate
 and back. Shapes (SPEC.md section 1): ``B`` batch, ``K`` codebooks, ``T`` frames, ``N``
-samples, ``D`` latent dim. Offline calls take whole signals; :class:`StreamingEncoder` and
-:class:`StreamingDecoder` take them block by block and produce the same numbers. Their state
-is explicit (:meth:`StreamingEncoder.state_dict`), so a stream can be saved and resumed.
+samples, ``D`` latent dim. Offline calls take whole signals; :class:`AudioStreamEncoder` and
+:class:`AudioStreamDecoder` take them block by block and produce the same numbers. Their state
+is explicit (:meth:`AudioStreamEncoder.state_dict`), so a stream can be saved and resumed.
 
 The public methods validate their inputs and raise :class:`CodecError` with a one-line
 message; subclasses implement the underscored hooks on already-validated tensors.
@@ -12,7 +12,6 @@ message; subclasses implement the underscored hooks on already-validated tensors
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABCMeta, abstractmethod
 from collections.abc import Mapping
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stemstream.checkpoint import hash_state, weights_hash
 from stemstream.errors import StemstreamError
 
 StreamState = dict[str, torch.Tensor]
@@ -29,24 +29,13 @@ class CodecError(StemstreamError):
     """Bad input to a codec (shape, range, rate, NaN) or an unusable codec checkpoint."""
 
 
-def weights_hash(module: nn.Module) -> str:
-    """A short, stable hash of a module's state dict (names, dtypes, shapes and values; int8
-    dynamically quantised layers included)."""
-    digest = hashlib.sha256()
-    for name, value in sorted(module.state_dict().items()):
-        _hash_value(digest, name, value)
-    return digest.hexdigest()[:16]
-
-
 def tokens_hash(codec: Codec) -> str:
     """A short hash of what decides a codec's tokens: the state of
     :meth:`Codec.token_modules` (encoder and quantizer). Fine-tuning only the decoder keeps
     it, so token dumps and language models made with the codec stay valid."""
-    digest = hashlib.sha256()
-    for i, module in enumerate(codec.token_modules()):
-        for name, value in sorted(module.state_dict().items()):
-            _hash_value(digest, f"{i}.{name}", value)
-    return digest.hexdigest()[:16]
+    return hash_state((f"{i}.{name}", value)
+                      for i, module in enumerate(codec.token_modules())
+                      for name, value in sorted(module.state_dict().items()))
 
 
 def same_tokens(recorded: Mapping[str, Any], identity: Mapping[str, Any]) -> bool:
@@ -63,26 +52,6 @@ def describe_identity(identity: Mapping[str, Any]) -> str:
     tokens = identity.get("tokens_hash")
     extra = f", tokens {tokens}" if tokens else ""
     return f"{identity.get('class')} (weights {identity.get('weights_hash')}{extra})"
-
-
-def _hash_value(digest: Any, name: str, value: Any) -> None:
-    if isinstance(value, (tuple, list)):  # packed params of quantised layers
-        for i, item in enumerate(value):
-            _hash_value(digest, f"{name}.{i}", item)
-        return
-    if not isinstance(value, torch.Tensor):
-        digest.update(f"{name}|{value!r}|".encode())
-        return
-    tensor = value.detach().cpu()
-    digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-    if tensor.is_quantized:
-        if tensor.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
-            digest.update(f"{tensor.q_scale()}|{tensor.q_zero_point()}|".encode())
-        else:
-            _hash_value(digest, f"{name}.scales", tensor.q_per_channel_scales())
-            _hash_value(digest, f"{name}.zero_points", tensor.q_per_channel_zero_points())
-        tensor = tensor.int_repr()
-    digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
 
 
 class Codec(nn.Module, metaclass=ABCMeta):
@@ -198,13 +167,13 @@ class Codec(nn.Module, metaclass=ABCMeta):
     # --------------------------------------------------------------------------- streaming
 
     @abstractmethod
-    def streaming_encoder(self, num_codebooks: int | None = None) -> StreamingEncoder:
+    def streaming_encoder(self, num_codebooks: int | None = None) -> AudioStreamEncoder:
         """A fresh stateful encoder whose concatenated outputs equal :meth:`encode` with the
         same ``num_codebooks`` (the first ``K'`` levels only, default all: a stream that needs
         fewer levels skips the quantiser's remaining stages)."""
 
     @abstractmethod
-    def streaming_decoder(self) -> StreamingDecoder:
+    def streaming_decoder(self) -> AudioStreamDecoder:
         """A fresh stateful decoder whose concatenated outputs equal :meth:`decode`."""
 
     # ---------------------------------------------------------------------------- identity
@@ -373,7 +342,7 @@ class _Stream:
         return batch
 
 
-class StreamingEncoder(_Stream, metaclass=ABCMeta):
+class AudioStreamEncoder(_Stream, metaclass=ABCMeta):
     """Audio blocks of any length in, codes out as soon as each frame is final.
 
     Concatenating the outputs of every :meth:`step` and the final :meth:`flush` along the
@@ -416,7 +385,7 @@ class StreamingEncoder(_Stream, metaclass=ABCMeta):
     def _flush(self, batch_size: int) -> torch.Tensor: ...
 
 
-class StreamingDecoder(_Stream, metaclass=ABCMeta):
+class AudioStreamDecoder(_Stream, metaclass=ABCMeta):
     """Codes in frame by frame, audio out as soon as it is final.
 
     Concatenating the outputs of every :meth:`step` and the final :meth:`flush` equals

@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from stemstream.codec.base import Codec, CodecError, weights_hash
+from stemstream.checkpoint import weights_hash
+from stemstream.codec.base import Codec, CodecError
 from stemstream.codec.dac import DAC, DACConfig
 from stemstream.codec.framecodec import FrameCodec, FrameCodecConfig
 from stemstream.codec.mock import MockCodec, MockCodecConfig

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from stemstream.codec.base import Codec, CodecError, StreamingDecoder, StreamingEncoder
+from stemstream.codec.base import AudioStreamDecoder, AudioStreamEncoder, Codec, CodecError
 from stemstream.codec.networks import Decoder, Encoder
 from stemstream.codec.quantize import ResidualVectorQuantize
 from stemstream.config import from_dict, to_dict
@@ -276,7 +276,7 @@ class DAC(Codec):
         return DACStreamingDecoder(self)
 
 
-class DACStreamingEncoder(StreamingEncoder):
+class DACStreamingEncoder(AudioStreamEncoder):
     """Causal DAC encoder, block by block; frame ``t`` is emitted with sample ``t * hop``.
 
     State: per causal conv its pending input samples (``encoder.<module path>``), per
@@ -302,7 +302,7 @@ class DACStreamingEncoder(StreamingEncoder):
         )
 
 
-class DACStreamingDecoder(StreamingDecoder):
+class DACStreamingDecoder(AudioStreamDecoder):
     """Causal DAC decoder, frame by frame, overlap-adding its transposed convolutions.
 
     Emits ``t * hop - offset`` samples for the first ``t`` frames (``offset = hop - 1``

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stemstream.codec.base import Codec, CodecError, StreamingDecoder, StreamingEncoder
+from stemstream.codec.base import AudioStreamDecoder, AudioStreamEncoder, Codec, CodecError
 from stemstream.codec.ema_rvq import EMAResidualVQ
 from stemstream.codec.layers import PointwiseConv1d
 
@@ -323,7 +323,7 @@ def _frame_by_frame(step, inputs: torch.Tensor, histories: list | None, blocks: 
     return (joined[0] if len(joined) == 1 else tuple(joined)), list(stacked.unbind(0))
 
 
-class FrameStreamingEncoder(StreamingEncoder):
+class FrameStreamingEncoder(AudioStreamEncoder):
     """Buffers samples; emits a frame when its last sample arrives."""
 
     codec: FrameCodec
@@ -376,7 +376,7 @@ class FrameStreamingEncoder(StreamingEncoder):
         return self._step(audio.new_zeros(batch_size, 1, cfg.hop_length - pending))
 
 
-class FrameStreamingDecoder(StreamingDecoder):
+class FrameStreamingDecoder(AudioStreamDecoder):
     """Decodes frames as they come; each frame's audio is final at once."""
 
     codec: FrameCodec

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from stemstream.codec.base import Codec, StreamingDecoder, StreamingEncoder
+from stemstream.codec.base import AudioStreamDecoder, AudioStreamEncoder, Codec
 from stemstream.config import from_dict, to_dict
 from stemstream.errors import ConfigError
 
@@ -161,7 +161,7 @@ class MockCodec(Codec):
         return MockStreamingDecoder(self)
 
 
-class MockStreamingEncoder(StreamingEncoder):
+class MockStreamingEncoder(AudioStreamEncoder):
     """Buffers samples until a frame is complete; ``flush`` zero-pads the last one.
 
     State: ``buffer`` (samples of the unfinished frame, ``[B, 1, r]``), ``meta.batch_size``.
@@ -192,7 +192,7 @@ class MockStreamingEncoder(StreamingEncoder):
         return self.codec._encode(rest, self.num_codebooks)
 
 
-class MockStreamingDecoder(StreamingDecoder):
+class MockStreamingDecoder(AudioStreamDecoder):
     """Synthesises each frame as it arrives (no latency). State: ``meta.frames_in``."""
 
     codec: MockCodec

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from stemstream import audio
+from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.errors import ConfigError
 from stemstream.outputs import open_atomic, prepare_output_dir, write_text
 from stemstream.stream.inputs import model_input
@@ -83,8 +84,8 @@ class EvalConfig:
     cocola: str | None = None
     fad_embedding: str = "cocola"
     beat_tracker: str = "auto"
-    temperature: float = 1.0
-    top_k: int = 200
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = DEFAULT_TOP_K
     codec: str | None = None
     look_ahead_seconds: float = 1.0
     stemgen_steps: tuple[int, ...] | None = None
@@ -226,7 +227,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     from stemstream.codec.registry import get_codec
     from stemstream.data.dataset import WindowDataset
     from stemstream.data.windows import WindowConfig
-    from stemstream.mixing import mix_a7
+    from stemstream.mixing import mix_stem
     from stemstream.model.sampling import SamplingConfig
     from stemstream.stream.offline import generate_codes
 
@@ -330,7 +331,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         mix_input = input_audio[:length]
         for name in names:
             _cached(folder / f"{name}_mix.wav",
-                    lambda s=stems[name]: mix_a7([mix_input], s, rate), rate)
+                    lambda s=stems[name]: mix_stem([mix_input], s, rate), rate)
         return {"folder": folder, "input": mix_input, "stems": stems, "meta": meta}
 
     bar = tqdm(chosen, desc="generate", disable=not progress)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.errors import ConfigError
 
 __all__ = [
@@ -36,8 +37,8 @@ class SamplingConfig:
         top_k: Number of most likely codec ids kept per codebook (clamped to V).
     """
 
-    temperature: float = 1.0
-    top_k: int = 200
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = DEFAULT_TOP_K
 
     def __post_init__(self) -> None:
         _check_temperature(self.temperature)
@@ -79,8 +80,8 @@ def masked_logits(logits: torch.Tensor, valid_vocab: int) -> torch.Tensor:
 
 def sample_tokens(
     logits: torch.Tensor,
-    temperature: float = 1.0,
-    top_k: int = 200,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_k: int = DEFAULT_TOP_K,
     generator: torch.Generator | None = None,
     *,
     valid_vocab: int,

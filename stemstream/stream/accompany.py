@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from stemstream import audio
+from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import class_name, playable_class
 from stemstream.errors import ConfigError
 from stemstream.outputs import all_or_nothing, check_outputs
@@ -139,15 +140,15 @@ def mix_with_input(source: audio.Audio, stem: np.ndarray, rate: int,
                    mix_channels: str = "input") -> np.ndarray:
     """The appendix-A.7 mix of an input file's audio and a stem ``[N]`` at ``rate``:
     ``[C, N]`` in the input's channel layout (the stem in the centre), or ``[N]`` mono."""
-    from stemstream.mixing import mix_a7, mix_a7_channels
+    from stemstream.mixing import mix_stem, mix_stem_channels
 
     check_mix_channels(mix_channels)
     samples = source.samples if mix_channels == "input" else audio.to_mono(source.samples)
     resampled = audio.resample(samples, source.sample_rate, rate)[:, : stem.shape[0]]
     resampled = np.pad(resampled, ((0, 0), (0, stem.shape[0] - resampled.shape[1])))
     if mix_channels == "mono":
-        return mix_a7(resampled[0], stem, rate)
-    return mix_a7_channels(resampled, stem, rate)
+        return mix_stem(resampled[0], stem, rate)
+    return mix_stem_channels(resampled, stem, rate)
 
 
 def accompany_file(
@@ -164,8 +165,8 @@ def accompany_file(
     report_out: str | Path | None = None,
     plot_out: str | Path | None = None,
     block_seconds: float = 0.02,
-    temperature: float = 1.0,
-    top_k: int = 200,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_k: int = DEFAULT_TOP_K,
     seed: int = 0,
     window: int | None = None,
     progress: bool = False,

@@ -18,6 +18,7 @@ import torch
 
 from stemstream import audio
 from stemstream.codec.base import Codec, CodecError, describe_identity, same_tokens
+from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import class_name, playable_class
 from stemstream.errors import ConfigError
 from stemstream.model.sampling import SamplingConfig
@@ -107,8 +108,8 @@ def generate_file(
     instrument: str,
     out: str | Path,
     codec_spec: str | None = None,
-    temperature: float = 1.0,
-    top_k: int = 200,
+    temperature: float = DEFAULT_TEMPERATURE,
+    top_k: int = DEFAULT_TOP_K,
     seed: int = 0,
     mix_out: str | Path | None = None,
     tf_seconds: float | None = None,

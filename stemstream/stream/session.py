@@ -44,6 +44,7 @@ import torch
 
 from stemstream import __version__
 from stemstream.codec.base import Codec
+from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import class_from_name, class_name
 from stemstream.errors import ConfigError, StemstreamError, StreamError
 from stemstream.model.sampling import SamplingConfig
@@ -82,8 +83,8 @@ class SessionConfig:
     instrument: str | int = "bass"
     input_sample_rate: int = 16000
     latency: float = 0.2
-    temperature: float = 1.0
-    top_k: int = 200
+    temperature: float = DEFAULT_TEMPERATURE
+    top_k: int = DEFAULT_TOP_K
     seed: int = 0
     window: int | None = None
     policy: str | None = None
@@ -615,7 +616,7 @@ class Session:
         self.clock.load_state(meta.get("clock", {}))
 
     def _model_identity(self) -> dict[str, Any]:
-        from stemstream.codec.base import weights_hash
+        from stemstream.checkpoint import weights_hash
 
         if self._model_hash is None:
             self._model_hash = weights_hash(self.model)
