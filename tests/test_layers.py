@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stemstream"
 # lowest first; a module may import from its own layer and the layers before it
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"__init__", "errors", "config", "outputs", "checkpoint", "metrics", "schedule",
-              "aot"}),
+              "training", "aot"}),
     ("audio", {"audio", "features", "beats", "mixing"}),
     ("data", {"data"}),
     ("codec", {"codec"}),

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -24,16 +23,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-import yaml
 
 from stemstream import checkpoint
 from stemstream.codec.base import Codec
 from stemstream.config import to_dict
 from stemstream.data.crops import CropConfig, CropSampler
 from stemstream.errors import ConfigError
-from stemstream.metrics import MetricsLogger
-from stemstream.outputs import prepare_output_dir
 from stemstream.schedule import warmup_cosine
+from stemstream.training import TrainLoop
 
 log = logging.getLogger(__name__)
 
@@ -185,8 +182,11 @@ def _lr_factor(step: int, config: CodecTrainConfig) -> float:
     return warmup_cosine(step, config.warmup_steps, config.steps, config.min_lr_ratio)
 
 
-class CodecTrainer:
-    """Holds the run's state; :meth:`run` trains to ``config.steps`` (resuming if possible)."""
+class CodecTrainer(TrainLoop):
+    """Holds the run's state; :meth:`run` trains to ``config.steps`` (resuming if possible;
+    the loop is :class:`~stemstream.training.TrainLoop`'s)."""
+
+    bar_label = "codec"
 
     def __init__(self, config: CodecTrainConfig):
         from stemstream.codec.losses import (
@@ -229,10 +229,9 @@ class CodecTrainer:
             self.disc_optimizer = torch.optim.AdamW(
                 self.disc.parameters(), lr=gan.lr, betas=tuple(config.betas)
             )
-        self.step = 0
-        self.out_dir = Path(config.out_dir)
+        self.setup_loop(config, config.out_dir, config.keep_checkpoints)
         self._train = self._valid = None
-        self._metrics = MetricsLogger(self.out_dir)
+        self._seen = 0  # training samples since this run started
 
     # ----------------------------------------------------------------- data (lazy)
     @property
@@ -371,10 +370,7 @@ class CodecTrainer:
         return sums
 
     # ---------------------------------------------------------------- checkpoints
-    def checkpoint_paths(self) -> list[Path]:
-        return sorted((self.out_dir / "checkpoints").glob("step_*.safetensors"))
-
-    def save_checkpoint(self) -> Path:
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors = {f"codec/{k}": v for k, v in self.codec.state_dict().items()}
         opt_t, opt_m = checkpoint.flatten_optimizer(self.optimizer, "optim")
         rng_t, rng_m = checkpoint.rng_state(self.rng)
@@ -393,11 +389,7 @@ class CodecTrainer:
             d_t, d_m = checkpoint.flatten_optimizer(self.disc_optimizer, "disc_optim")
             tensors |= d_t
             meta["disc_optim"] = d_m
-        path = self.out_dir / "checkpoints" / f"step_{self.step:07d}.safetensors"
-        checkpoint.save(path, tensors, meta)
-        for old in self.checkpoint_paths()[: -self.config.keep_checkpoints]:
-            old.unlink()
-        return path
+        return tensors, meta
 
     def load_checkpoint(self, path: Path) -> None:
         tensors, meta = checkpoint.load(path, map_location=self.device)
@@ -421,67 +413,28 @@ class CodecTrainer:
         self.step = int(meta["step"])
 
     # ----------------------------------------------------------------------- loop
-    def _log(self, metrics: dict[str, float]) -> None:
-        self._metrics.log(self.step, metrics)
-
-    def run(
-        self,
-        progress: bool = True,
-        stop_after: int | None = None,
-        time_limit_s: float | None = None,
-    ) -> dict[str, float]:
-        """Train until ``config.steps`` (or ``stop_after`` more steps, or ``time_limit_s``
-        seconds, whichever comes first, then checkpoint); resume if a checkpoint exists.
-        Returns the last validation metrics."""
-        from tqdm import tqdm
-
-        prepare_output_dir(self.out_dir, "out_dir")
-        existing = self.checkpoint_paths()
-        if existing:
-            self.load_checkpoint(existing[-1])
-            log.info("resumed from %s (step %d)", existing[-1], self.step)
-        elif self.config.init_from is not None:
+    def on_fresh_start(self) -> None:
+        if self.config.init_from is not None:
             from stemstream.codec.registry import get_codec
 
             self.codec.load_state_dict(get_codec(self.config.init_from).state_dict())
             log.info("initialised codec weights from %s", self.config.init_from)
-        (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config)))
-        end = (
-            self.config.steps
-            if stop_after is None
-            else min(self.config.steps, self.step + stop_after)
-        )
-        bar = tqdm(total=end, initial=self.step, desc="codec", unit="step", disable=not progress)
-        last_valid: dict[str, float] = {}
-        t0, seen = time.perf_counter(), 0
-        while self.step < end:
-            if time_limit_s is not None and time.perf_counter() - t0 > time_limit_s:
-                log.info("time limit reached at step %d", self.step)
-                last_valid = self.validate()
-                self._log(last_valid)
-                self.save_checkpoint()
-                break
-            wave = self.train_data.batch(self.config.batch_size, self.rng).to(self.device)
-            metrics = self.train_step(wave)
-            self.step += 1
-            seen += wave.shape[0] * wave.shape[-1]
-            if self.step % self.config.log_every == 0:
-                elapsed = time.perf_counter() - t0
-                metrics["speed/x_realtime"] = seen / self.codec.sample_rate / max(elapsed, 1e-9)
-                usage, _ = codebook_stats(self._last_codes, self.codec.codebook_size)
-                metrics["codebook/train_usage_min"] = min(usage)
-                self._log(metrics)
-                bar.set_postfix(
-                    mel=f"{metrics['loss/mel']:.3f}", xrt=f"{metrics['speed/x_realtime']:.0f}"
-                )
-            if self.step % self.config.valid_every == 0 or self.step == end:
-                last_valid = self.validate()
-                self._log(last_valid)
-                if self.config.stop_on_collapse and last_valid["codebook/collapsed"]:
-                    self.save_checkpoint()
-                    raise RuntimeError(f"codebook collapse at step {self.step}")
-            if self.step % self.config.checkpoint_every == 0 or self.step == end:
-                self.save_checkpoint()
-            bar.update()
-        bar.close()
-        return last_valid
+
+    def advance(self) -> dict[str, float]:
+        wave = self.train_data.batch(self.config.batch_size, self.rng).to(self.device)
+        metrics = self.train_step(wave)
+        self._seen += wave.shape[0] * wave.shape[-1]
+        if (self.step + 1) % self.config.log_every == 0:
+            seconds = self._seen / self.codec.sample_rate
+            metrics["speed/x_realtime"] = seconds / max(self.elapsed, 1e-9)
+            usage, _ = codebook_stats(self._last_codes, self.codec.codebook_size)
+            metrics["codebook/train_usage_min"] = min(usage)
+        return metrics
+
+    def bar_postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"mel": f"{metrics['loss/mel']:.3f}", "xrt": f"{metrics['speed/x_realtime']:.0f}"}
+
+    def after_validation(self, metrics: dict[str, float]) -> None:
+        if self.config.stop_on_collapse and metrics["codebook/collapsed"]:
+            self.save_checkpoint()
+            raise RuntimeError(f"codebook collapse at step {self.step}")

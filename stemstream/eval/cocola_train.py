@@ -14,7 +14,6 @@ windows whose real partner scores above a random other window's submix, per mode
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from stemstream.eval.cocola import (
     save_cocola,
 )
 from stemstream.schedule import warmup_cosine
+from stemstream.training import TrainLoop
 
 log = logging.getLogger(__name__)
 TRAIN_KIND = "cocola-train"
@@ -225,96 +225,72 @@ def pair_accuracy(model: CocolaModel, feats: torch.Tensor, seed: int = 0
     return out
 
 
-class CocolaTrainer:
+class CocolaTrainer(TrainLoop):
+    """Contrastive training of :class:`CocolaModel` on cached pair features; the loop is
+    :class:`~stemstream.training.TrainLoop`'s."""
+
+    bar_label = "cocola"
+
     def __init__(self, config: CocolaTrainConfig) -> None:
-        self.config = config
-        self.out = Path(config.out_dir)
         torch.manual_seed(config.seed)
         self.model = CocolaModel(config.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=config.lr,
                                            weight_decay=config.weight_decay)
-        self.step = 0
         self.rng = np.random.default_rng(config.seed)
+        self.setup_loop(config, config.out_dir, keep_checkpoints=3)
+        self._train_feats = self._valid_feats = None
 
     def lr_at(self, step: int) -> float:
         cfg = self.config
         return cfg.lr * warmup_cosine(step, cfg.warmup_steps, cfg.steps, 0.0)
 
-    def _checkpoints(self) -> list[Path]:
-        return sorted((self.out / "checkpoints").glob("step_*.safetensors"))
-
-    def save(self) -> Path:
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
         tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         opt_tensors, opt_meta = checkpoint.flatten_optimizer(self.optimizer, "optim")
         rng_tensors, rng_meta = checkpoint.rng_state(self.rng)
         meta = {"kind": TRAIN_KIND, "config": self.config.model.to_dict(), "step": self.step,
                 "optimizer": opt_meta, "rng": rng_meta}
-        path = self.out / "checkpoints" / f"step_{self.step:07d}.safetensors"
-        checkpoint.save(path, {**tensors, **opt_tensors, **rng_tensors}, meta)
-        for old in self._checkpoints()[:-3]:
-            old.unlink()
-        return path
+        return {**tensors, **opt_tensors, **rng_tensors}, meta
 
-    def resume(self) -> bool:
-        found = self._checkpoints()
-        if not found:
-            return False
-        tensors, meta = checkpoint.load(found[-1])
+    def load_checkpoint(self, path: Path) -> None:
+        tensors, meta = checkpoint.load(path)
         if meta.get("kind") != TRAIN_KIND:
-            raise ConfigError(f"{found[-1]}: not a COCOLA training checkpoint")
+            raise ConfigError(f"{path}: not a COCOLA training checkpoint")
         self.model.load_state_dict({k[6:]: v for k, v in tensors.items()
                                     if k.startswith("model/")})
         checkpoint.restore_optimizer(self.optimizer, tensors, meta["optimizer"], "optim")
         checkpoint.restore_rng(tensors, meta["rng"], self.rng)
         self.step = meta["step"]
-        log.info("resumed COCOLA training at step %d from %s", self.step, found[-1])
-        return True
+
+    def advance(self) -> dict[str, float]:
+        cfg, train = self.config, self._train_feats
+        index = torch.from_numpy(self.rng.choice(len(train), cfg.batch_size, replace=False))
+        batch = train[index].float()
+        mode = MODES[int(self.rng.integers(0, 3))]  # random channel dropout
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr_at(self.step)
+        loss = contrastive_loss(self.model, batch[:, 0], batch[:, 1], mode)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {"loss/train": loss.item(), "lr": self.lr_at(self.step + 1)}
+
+    def validate(self) -> dict[str, float]:
+        accuracy = pair_accuracy(self.model, self._valid_feats)
+        return {f"valid/pair_accuracy_{m}": v for m, v in accuracy.items()}
 
     def run(self, progress: bool = True, stop_after: int | None = None,
             time_limit_s: float | None = None) -> dict[str, Any]:
-        """Train to ``config.steps`` (resuming); returns the last validation accuracies."""
-        from tqdm import tqdm
-
-        from stemstream.metrics import MetricsLogger
-
+        """Train to ``config.steps`` (resuming); returns the last validation accuracies per
+        mode (``both``, ``harmonic``, ``percussive``)."""
         cfg = self.config
-        train = cached_features(cfg, "train", cfg.train_pairs, cfg.seed, progress)
-        valid = cached_features(cfg, "validation", cfg.valid_pairs, cfg.seed + 1, progress)
-        self.resume()
-        metrics = MetricsLogger(self.out)
-        began = time.monotonic()
-        last: dict[str, Any] = {}
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="cocola", disable=not progress)
-        done_here = 0
+        self._train_feats = cached_features(cfg, "train", cfg.train_pairs, cfg.seed, progress)
+        self._valid_feats = cached_features(cfg, "validation", cfg.valid_pairs, cfg.seed + 1,
+                                            progress)
         self.model.train()
-        while self.step < cfg.steps:
-            index = torch.from_numpy(self.rng.choice(len(train), cfg.batch_size, replace=False))
-            batch = train[index].float()
-            mode = MODES[int(self.rng.integers(0, 3))]  # random channel dropout
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.lr_at(self.step)
-            loss = contrastive_loss(self.model, batch[:, 0], batch[:, 1], mode)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.step += 1
-            done_here += 1
-            bar.update(1)
-            if self.step % cfg.log_every == 0:
-                metrics.log(self.step, {"loss/train": loss.item(), "lr": self.lr_at(self.step)})
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-            if self.step % cfg.valid_every == 0 or self.step == cfg.steps:
-                last = pair_accuracy(self.model, valid)
-                metrics.log(self.step, {f"valid/pair_accuracy_{m}": v for m, v in last.items()})
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
-                self.save()
-            out_of_time = time_limit_s is not None and time.monotonic() - began > time_limit_s
-            if (stop_after is not None and done_here >= stop_after) or out_of_time:
-                self.save()
-                break
-        bar.close()
-        metrics.flush()
-        return last
+        last = super().run(progress, stop_after, time_limit_s)
+        prefix = "valid/pair_accuracy_"
+        return {k[len(prefix):]: v for k, v in last.items() if k.startswith(prefix)}
 
     def export(self, path: str | Path) -> Path:
         """The model as a standalone checkpoint; ``mode_norm`` statistics are calibrated on

@@ -23,7 +23,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
 from stemstream import __version__, checkpoint
@@ -39,14 +38,13 @@ from stemstream.data.tokens import (
     read_track_meta,
 )
 from stemstream.errors import ConfigError
-from stemstream.metrics import MetricsLogger
 from stemstream.model.streaming import StreamingDecoder
-from stemstream.outputs import prepare_output_dir, write_text
 from stemstream.schedule import warmup_cosine
 from stemstream.train.config import ModelTrainConfig, resolve_future_frames
 from stemstream.train.families import DumpFacts, get_family
 from stemstream.train.inputs import BatchInputs
 from stemstream.train.reliance import measure_reliance
+from stemstream.training import TrainLoop
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +231,7 @@ def _init_distributed(device: str) -> _Dist:
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ["LOCAL_RANK"]), owned)
 
 
-class ModelTrainer:
+class ModelTrainer(TrainLoop):
     """Holds the run's state; :meth:`run` trains to ``config.steps`` (resuming if possible)."""
 
     def __init__(self, config: ModelTrainConfig):
@@ -250,7 +248,6 @@ class ModelTrainer:
         if device == "cuda" and self.dist.world > 1:
             device = f"cuda:{self.dist.local_rank}"
         self.device = torch.device(device)
-        self.is_main = self.dist.rank == 0
 
         self.track_dump = is_track_dump(config.dump_dir)
         self.dump_meta = (read_track_meta if self.track_dump else read_meta)(config.dump_dir)
@@ -303,13 +300,13 @@ class ModelTrainer:
             betas=tuple(config.betas),
             weight_decay=config.weight_decay,
         )
-        self.step = 0
+        self.setup_loop(config, config.out_dir, config.keep_checkpoints)
         self.epoch = 0
         self.batch_index = 0  # next batch of ``epoch``
-        self.out_dir = Path(config.out_dir)
         self._valid: tuple[list[TokenBatch], list[TokenBatch]] | None = None
         self._onset_loss: float | None = None
-        self._metrics = MetricsLogger(self.out_dir)
+        self._batch_stream: Iterator[TokenBatch] | None = None
+        self._tokens = 0  # target tokens trained on since this run started
 
     # ------------------------------------------------------------------------ data
     def _split_data(self, split: str, seed: int) -> TokenDataset | TrackCrops:
@@ -434,9 +431,6 @@ class ModelTrainer:
         return {"loss/valid": sum(losses) / len(losses)}
 
     # ------------------------------------------------------------------ checkpoints
-    def checkpoint_paths(self) -> list[Path]:
-        return sorted((self.out_dir / "checkpoints").glob("step_*.safetensors"))
-
     def _model_meta(self) -> dict[str, Any]:
         return {
             "family": self.config.family,
@@ -445,8 +439,8 @@ class ModelTrainer:
             "stemstream_version": __version__,
         }
 
-    def save_checkpoint(self) -> Path:
-        """Write the whole state atomically and drop checkpoints beyond ``keep_checkpoints``."""
+    def checkpoint_state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The whole state: weights, optimizer, RNGs and the data position."""
         tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         opt_t, opt_m = checkpoint.flatten_optimizer(self.optimizer, "optim")
         rng_t, rng_m = checkpoint.rng_state()
@@ -458,11 +452,7 @@ class ModelTrainer:
             "optim": opt_m,
             "rng": rng_m,
         } | self._model_meta()
-        path = self.out_dir / "checkpoints" / f"step_{self.step:07d}.safetensors"
-        checkpoint.save(path, tensors | opt_t | rng_t, meta)
-        for old in self.checkpoint_paths()[: -self.config.keep_checkpoints]:
-            old.unlink()
-        return path
+        return tensors | opt_t | rng_t, meta
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore the state saved by :meth:`save_checkpoint`.
@@ -499,88 +489,38 @@ class ModelTrainer:
         return checkpoint.save(out, tensors, meta)
 
     # ------------------------------------------------------------------------- loop
-    def _log(self, metrics: dict[str, float]) -> None:
-        if not self.is_main or not metrics:
-            return
-        self._metrics.log(self.step, metrics)
+    @property
+    def is_main(self) -> bool:
+        return self.dist.rank == 0
 
-    def _checkpoint_all(self) -> None:
-        if self.is_main:
-            self.save_checkpoint()
-        self._barrier()
+    def advance(self) -> dict[str, float]:
+        if self._batch_stream is None:  # from the data position (set by a resume)
+            self._batch_stream = self._batches()
+        batch = next(self._batch_stream)
+        metrics = self.train_step(batch)
+        self.batch_index += 1
+        self._tokens += batch.target_codes.numel() * self.dist.world
+        if (self.step + 1) % self.config.log_every == 0:
+            metrics["speed/tokens_per_s"] = self._tokens / max(self.elapsed, 1e-9)
+        return metrics
 
-    def _barrier(self) -> None:
+    def bar_postfix(self, metrics: dict[str, float]) -> dict[str, str]:
+        return {"loss": f"{metrics['loss/train']:.3f}",
+                "tok_s": f"{metrics['speed/tokens_per_s']:.0f}"}
+
+    def barrier(self) -> None:
         if self.dist.world > 1:
             torch.distributed.barrier()
 
-    def _time_up(self, t0: float, limit: float | None) -> bool:
+    def time_up(self, began: float, limit: float | None) -> bool:
         if limit is None:
             return False
-        flag = torch.tensor([float(time.perf_counter() - t0 > limit)])
+        flag = torch.tensor([float(time.perf_counter() - began > limit)])
         if self.dist.world > 1:  # every rank must stop at the same step
             torch.distributed.broadcast(flag, 0)
         return bool(flag.item())
 
-    def run(
-        self,
-        progress: bool = True,
-        stop_after: int | None = None,
-        time_limit_s: float | None = None,
-    ) -> dict[str, float]:
-        """Train until ``config.steps`` (or ``stop_after`` more steps, or ``time_limit_s``
-        seconds, whichever comes first, then checkpoint); resume if a checkpoint exists.
-
-        Returns:
-            The last validation metrics.
-        """
-        from tqdm import tqdm
-
-        cfg = self.config
-        if self.is_main:
-            prepare_output_dir(self.out_dir, "out_dir")
-        self._barrier()
-        existing = self.checkpoint_paths()
-        if existing:
-            self.load_checkpoint(existing[-1])
-            log.info("resumed from %s (step %d)", existing[-1], self.step)
-        if self.is_main:
-            write_text(self.out_dir / "config.yaml", yaml.safe_dump(to_dict(cfg)))
-        end = cfg.steps if stop_after is None else min(cfg.steps, self.step + stop_after)
-        bar = tqdm(
-            total=end, initial=self.step, desc="train", unit="step",
-            disable=not (progress and self.is_main),
-        )  # fmt: skip
-        last_valid: dict[str, float] = {}
-        t0, tokens, batches = time.perf_counter(), 0, self._batches()
-        try:
-            while self.step < end:
-                if self._time_up(t0, time_limit_s):
-                    log.info("time limit reached at step %d", self.step)
-                    last_valid = self.validate()
-                    self._log(last_valid)
-                    self._checkpoint_all()
-                    break
-                batch = next(batches)
-                metrics = self.train_step(batch)
-                self.step += 1
-                self.batch_index += 1
-                tokens += batch.target_codes.numel() * self.dist.world
-                if self.step % cfg.log_every == 0:
-                    metrics["speed/tokens_per_s"] = tokens / max(time.perf_counter() - t0, 1e-9)
-                    self._log(metrics)
-                    bar.set_postfix(
-                        loss=f"{metrics['loss/train']:.3f}",
-                        tok_s=f"{metrics['speed/tokens_per_s']:.0f}",
-                    )
-                if self.step % cfg.valid_every == 0 or self.step == end:
-                    last_valid = self.validate()
-                    self._log(last_valid)
-                if self.step % cfg.checkpoint_every == 0 or self.step == end:
-                    self._checkpoint_all()
-                bar.update()
-        finally:
-            bar.close()
-            self._metrics.flush()
-            if self.dist.owned:
-                torch.distributed.destroy_process_group()
-        return last_valid
+    def on_exit(self) -> None:
+        self._batch_stream, self._tokens = None, 0
+        if self.dist.owned:
+            torch.distributed.destroy_process_group()
