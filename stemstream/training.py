@@ -23,6 +23,18 @@ from stemstream.outputs import prepare_output_dir, write_text
 log = logging.getLogger(__name__)
 
 
+def pick_device(device: str, threads: int = 0) -> str:
+    """``device`` with ``auto`` resolved (CUDA when available, else CPU); ``threads > 0`` sets
+    torch's intra-op threads."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
 class TrainLoop:
     """Resume, loop, log, validate, checkpoint. Subclasses set :attr:`bar_label` and, in their
     ``__init__``, call :meth:`setup_loop`; the config they pass has ``steps``, ``log_every``,

@@ -30,7 +30,7 @@ from stemstream.config import to_dict
 from stemstream.data.crops import CropConfig, CropSampler
 from stemstream.errors import ConfigError
 from stemstream.schedule import warmup_cosine
-from stemstream.training import TrainLoop
+from stemstream.training import TrainLoop, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -197,11 +197,7 @@ class CodecTrainer(TrainLoop):
         )
 
         self.config = config
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = pick_device(config.device, config.threads)
         self.device = torch.device(device)
         torch.manual_seed(config.seed)
         self.rng = np.random.default_rng(config.seed)

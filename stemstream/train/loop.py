@@ -44,7 +44,7 @@ from stemstream.train.config import ModelTrainConfig, resolve_future_frames
 from stemstream.train.families import DumpFacts, get_family
 from stemstream.train.inputs import BatchInputs
 from stemstream.train.reliance import measure_reliance
-from stemstream.training import TrainLoop
+from stemstream.training import TrainLoop, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -239,11 +239,7 @@ class ModelTrainer(TrainLoop):
         from stemstream.data.instruments import NUM_CLASSES
 
         self.config = config
-        if config.threads:
-            torch.set_num_threads(config.threads)
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = pick_device(config.device, config.threads)
         self.dist = _init_distributed(device)
         if device == "cuda" and self.dist.world > 1:
             device = f"cuda:{self.dist.local_rank}"
