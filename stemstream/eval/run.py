@@ -30,13 +30,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 
 from stemstream import audio
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.errors import ConfigError
+from stemstream.mixing import mix_stem
 from stemstream.outputs import open_atomic, prepare_output_dir, write_text
 from stemstream.stream.inputs import model_input
 
@@ -219,19 +220,62 @@ def _bootstrap_ci(values: np.ndarray, rng: np.random.Generator, draws: int = 200
     return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
 
 
-def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
-    """Run the evaluation; returns ``{"metrics": ..., "ci": ..., "seconds": ...}``."""
-    import torch
+class EvalResult(TypedDict):
+    """What :func:`run_eval` returns: ``metrics[system][metric]``, their bootstrap 95%
+    intervals ``ci[system][metric] = [low, high]``, the wall ``seconds`` and the number of
+    ``examples`` (windows) evaluated."""
+
+    metrics: dict[str, dict[str, float]]
+    ci: dict[str, dict[str, list[float]]]
+    seconds: float
+    examples: int
+
+
+@dataclass
+class _Run:
+    """What rendering an example needs: the checked inputs of one evaluation."""
+
+    config: EvalConfig
+    out: Path
+    systems: list[_System]
+    codec: Any
+    dataset: Any
+    classes: list[int]
+    rng: np.random.Generator
+    chosen: list[int] = field(default_factory=list)  # dataset indices of the windows
+
+    @property
+    def names(self) -> list[str]:
+        return [*ANCHORS, *(s.name for s in self.systems)]
+
+
+def run_eval(config: EvalConfig, progress: bool = True) -> EvalResult:
+    """Run the evaluation: check every input, render the anchors and each system's stem for
+    every window (resuming what an earlier run of ``--out`` left), score, aggregate, write."""
     from tqdm import tqdm
 
+    began = time.perf_counter()
+    run = _prepare(config)
+    bar = tqdm(run.chosen, desc="generate", disable=not progress)
+    examples = [_render(run, n, index) for n, index in enumerate(bar)]
+    bar.close()
+    names, rate = run.names, run.codec.sample_rate
+    per_example = _score(examples, names, config, rate, progress)
+    metrics, ci = _aggregate(per_example, names, config, examples, rate, run.rng, progress)
+    _write_tables(run.out, per_example, metrics, ci, names)
+    seconds = time.perf_counter() - began
+    _write_run_info(run, len(examples), seconds)
+    log.info("evaluated %d windows x %d systems in %.0f s", len(examples), len(names), seconds)
+    return EvalResult(metrics=metrics, ci=ci, seconds=seconds, examples=len(examples))
+
+
+def _prepare(config: EvalConfig) -> _Run:
+    """Check everything a user can get wrong before any audio is generated; then create the
+    output folder and choose the windows (``run.chosen``)."""
     from stemstream.codec.registry import get_codec
     from stemstream.data.dataset import WindowDataset
     from stemstream.data.windows import WindowConfig
-    from stemstream.mixing import mix_stem
-    from stemstream.model.sampling import SamplingConfig
-    from stemstream.stream.offline import generate_codes
 
-    began = time.perf_counter()
     if "beat" in config.metrics:  # a typo must not cost a whole generation pass
         from stemstream.beats import resolve_tracker
 
@@ -246,7 +290,6 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
         if system.codec.codec_identity() != codec.codec_identity():
             raise ConfigError(f"system {system.name!r} uses another codec than "
                               f"{systems[0].name!r}; evaluate them in separate runs")
-    rate, hop = codec.sample_rate, codec.hop_length
     needed = max([0] + [s.future_frames for s in systems])
     if needed / codec.frame_rate > config.look_ahead_seconds + 1e-9:
         raise ConfigError(
@@ -256,7 +299,7 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     windows = WindowConfig(window_seconds=config.seconds,
                            future_seconds=config.look_ahead_seconds)
     log.info("selecting %s windows of %s/%s", config.split, config.corpus, windows)
-    dataset = WindowDataset(config.corpus, config.split, windows, sample_rate=rate,
+    dataset = WindowDataset(config.corpus, config.split, windows, sample_rate=codec.sample_rate,
                             seed=config.seed)
     if len(dataset) < 2:
         raise ConfigError(
@@ -267,96 +310,119 @@ def run_eval(config: EvalConfig, progress: bool = True) -> dict[str, Any]:
     count = min(config.num_examples, len(dataset))
     if count < config.num_examples:
         log.warning("only %d windows in %s; evaluating all of them", count, config.split)
-    chosen = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int)).tolist()
     classes = [dataset.window(i).inst_class for i in range(len(dataset))]
-    rng = np.random.default_rng(config.seed)
-    sampling = SamplingConfig(config.temperature, config.top_k)
-    names = [*ANCHORS, *(s.name for s in systems)]
+    run = _Run(config, out, systems, codec, dataset, classes,
+               np.random.default_rng(config.seed))
+    run.chosen = np.unique(np.linspace(0, len(dataset) - 1, count).round().astype(int)).tolist()
+    return run
 
-    def render(n: int, index: int) -> dict[str, Any]:
-        folder = out / "examples" / f"{n:04d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        example = dataset[index]
-        window = dataset.window(index)
-        frames = window.num_frames
-        length = frames * hop
-        input_audio = example.input_audio[0].numpy()
-        target = example.target_audio[0].numpy()
-        same = [j for j in range(len(dataset)) if j != index and classes[j] == classes[index]
-                and dataset.window(j).track != window.track]
-        pool = same or [j for j in range(len(dataset)) if j != index]
-        pair_index = int(rng.choice(pool))
-        meta = {**example.provenance, "inst_class": example.inst_class,
-                "random_pairing": {"index": pair_index, "same_class": bool(same),
-                                   **dataset[pair_index].provenance}}
-        meta = json.loads(json.dumps(meta))  # as it reads back from the file
-        meta_path = folder / "meta.json"
-        if not meta_path.exists():
-            write_text(meta_path, json.dumps(meta, indent=1) + "\n")
-        elif json.loads(meta_path.read_text()) != meta:
-            raise ConfigError(
-                f"{folder} holds another window than this run selects (other corpus, split, "
-                "seconds, seed or look-ahead?): its audio would be scored against the wrong "
-                "input. Evaluate into a new --out."
-            )
-        _cached(folder / "input.wav", lambda: input_audio, rate)
-        stems: dict[str, np.ndarray] = {
-            "ground_truth": _cached(folder / "ground_truth.wav", lambda: target, rate)
-        }
 
-        def reconstruct() -> np.ndarray:
-            with torch.inference_mode():
-                wave = torch.from_numpy(target)[None, None]
-                return codec.decode(codec.encode(wave))[0, 0, :length].numpy()
+def _random_pair(run: _Run, index: int) -> tuple[int, bool]:
+    """Another window's target for the random-pairing anchor: same instrument class from
+    another track where one exists (``True``), else any other window."""
+    dataset, classes = run.dataset, run.classes
+    track = dataset.window(index).track
+    same = [j for j in range(len(dataset)) if j != index and classes[j] == classes[index]
+            and dataset.window(j).track != track]
+    pool = same or [j for j in range(len(dataset)) if j != index]
+    return int(run.rng.choice(pool)), bool(same)
 
-        stems["codec_reconstruction"] = _cached(folder / "codec_reconstruction.wav",
-                                                reconstruct, rate)
-        stems["random_pairing"] = _cached(
-            folder / "random_pairing.wav",
-            lambda: dataset[pair_index].target_audio[0].numpy()[:length], rate)
 
-        def predict(system: _System, k: int) -> np.ndarray:
-            gen = torch.Generator().manual_seed(config.seed * 1000 + n * 10 + k)
-            with torch.inference_mode():
-                x = torch.from_numpy(input_audio)[None, None]
-                latents = model_input(codec, system.model.config, x)
-                codes = generate_codes(system.model, latents,
-                                       torch.tensor([example.inst_class]), sampling, gen,
-                                       num_frames=frames)
-                return codec.decode(codes)[0, 0, :length].numpy()
+def _render(run: _Run, n: int, index: int) -> dict[str, Any]:
+    """Window ``n`` (dataset item ``index``): its input, anchors, every system's stem and
+    their mixes, each written once to ``examples/NNNN/`` and read back."""
+    import torch
 
-        for k, system in enumerate(systems):
-            stems[system.name] = _cached(folder / f"{system.name}.wav",
-                                         lambda s=system, k=k: predict(s, k), rate)
-        mix_input = input_audio[:length]
-        for name in names:
-            _cached(folder / f"{name}_mix.wav",
-                    lambda s=stems[name]: mix_stem([mix_input], s, rate), rate)
-        return {"folder": folder, "input": mix_input, "stems": stems, "meta": meta}
+    config, codec, dataset = run.config, run.codec, run.dataset
+    rate, hop = codec.sample_rate, codec.hop_length
+    folder = run.out / "examples" / f"{n:04d}"
+    folder.mkdir(parents=True, exist_ok=True)
+    example = dataset[index]
+    frames = dataset.window(index).num_frames
+    length = frames * hop
+    input_audio = example.input_audio[0].numpy()
+    target = example.target_audio[0].numpy()
+    pair_index, same_class = _random_pair(run, index)
+    meta = {**example.provenance, "inst_class": example.inst_class,
+            "random_pairing": {"index": pair_index, "same_class": same_class,
+                               **dataset[pair_index].provenance}}
+    meta = json.loads(json.dumps(meta))  # as it reads back from the file
+    _check_example_meta(folder, meta)
+    _cached(folder / "input.wav", lambda: input_audio, rate)
+    stems: dict[str, np.ndarray] = {
+        "ground_truth": _cached(folder / "ground_truth.wav", lambda: target, rate)
+    }
 
-    bar = tqdm(chosen, desc="generate", disable=not progress)
-    examples = [render(n, index) for n, index in enumerate(bar)]
-    bar.close()
+    def reconstruct() -> np.ndarray:
+        with torch.inference_mode():
+            wave = torch.from_numpy(target)[None, None]
+            return codec.decode(codec.encode(wave))[0, 0, :length].numpy()
 
-    per_example = _score(examples, names, config, rate, progress)
-    metrics, ci = _aggregate(per_example, names, config, examples, rate, rng, progress)
-    _write_tables(out, per_example, metrics, ci, names)
-    seconds = time.perf_counter() - began
-    tracker = None
+    stems["codec_reconstruction"] = _cached(folder / "codec_reconstruction.wav",
+                                            reconstruct, rate)
+    stems["random_pairing"] = _cached(
+        folder / "random_pairing.wav",
+        lambda: dataset[pair_index].target_audio[0].numpy()[:length], rate)
+    for k, system in enumerate(run.systems):
+        seed = config.seed * 1000 + n * 10 + k
+        stems[system.name] = _cached(
+            folder / f"{system.name}.wav",
+            lambda s=system, seed=seed: _predict(run, s, input_audio, example.inst_class,
+                                                 frames, seed), rate)
+    mix_input = input_audio[:length]
+    for name in run.names:
+        _cached(folder / f"{name}_mix.wav",
+                lambda s=stems[name]: mix_stem([mix_input], s, rate), rate)
+    return {"folder": folder, "input": mix_input, "stems": stems, "meta": meta}
+
+
+def _check_example_meta(folder: Path, meta: dict[str, Any]) -> None:
+    """Write the window's provenance, or refuse a folder an earlier run filled with another
+    window (its audio would be scored against the wrong input)."""
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        write_text(meta_path, json.dumps(meta, indent=1) + "\n")
+    elif json.loads(meta_path.read_text()) != meta:
+        raise ConfigError(
+            f"{folder} holds another window than this run selects (other corpus, split, "
+            "seconds, seed or look-ahead?): its audio would be scored against the wrong "
+            "input. Evaluate into a new --out."
+        )
+
+
+def _predict(run: _Run, system: _System, input_audio: np.ndarray, inst_class: int,
+             frames: int, seed: int) -> np.ndarray:
+    """``system``'s stem for one window, sampled with its own seed."""
+    import torch
+
+    from stemstream.model.sampling import SamplingConfig
+    from stemstream.stream.offline import generate_codes
+
+    codec = run.codec
+    sampling = SamplingConfig(run.config.temperature, run.config.top_k)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        x = torch.from_numpy(input_audio)[None, None]
+        latents = model_input(codec, system.model.config, x)
+        codes = generate_codes(system.model, latents, torch.tensor([inst_class]), sampling,
+                               gen, num_frames=frames)
+        return codec.decode(codes)[0, 0, : frames * codec.hop_length].numpy()
+
+
+def _write_run_info(run: _Run, examples: int, seconds: float) -> None:
+    config, tracker = run.config, None
     if "beat" in config.metrics:
         from stemstream.beats import resolve_tracker
 
         tracker = resolve_tracker(config.beat_tracker)
-    write_text(out / "run.json", json.dumps({
+    write_text(run.out / "run.json", json.dumps({
         "config": {k: str(v) if isinstance(v, Path) else v
                    for k, v in config.__dict__.items()},
         "beat_tracker": tracker,  # what `auto` resolved to
-        "examples": len(examples), "seconds": seconds,
-        "systems": {s.name: s.describe() for s in systems},
-        "codec": codec.codec_identity(),
+        "examples": examples, "seconds": seconds,
+        "systems": {s.name: s.describe() for s in run.systems},
+        "codec": run.codec.codec_identity(),
     }, indent=1, default=str) + "\n")
-    log.info("evaluated %d windows x %d systems in %.0f s", len(examples), len(names), seconds)
-    return {"metrics": metrics, "ci": ci, "seconds": seconds, "examples": len(examples)}
 
 
 def _cached(path: Path, make, rate: int) -> np.ndarray:

@@ -48,7 +48,7 @@ import time
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
@@ -284,6 +284,54 @@ def _summary(timing: StreamTiming, k: int) -> dict[str, Any]:
     }
 
 
+class GridRow(TypedDict):
+    """One ``(t_f, k)`` configuration of the feasibility grid."""
+
+    future_frames: int
+    chunk_frames: int
+    rtf: float
+    p99_frame_ms: float
+    p99_chunk_ms: float
+    recency_gap_frames: float
+    miss_rate: dict[str, float]  # per L (seconds, as text)
+    effective_latency_s: float
+    startup_effective_latency_s: float
+    chunks_scored: int
+
+
+class BenchResult(TypedDict):
+    """What :func:`run_bench` returns (JSON-safe; ``stemstream bench --json`` prints it)."""
+
+    format: str
+    model: str
+    trained: bool
+    route: str
+    codec: str
+    threads: int
+    seconds: float
+    future_frames: int
+    chunk_frames: int
+    num_codebooks: int
+    frame_seconds: float
+    kv_window: int
+    model_ms_per_frame_full_window: dict[str, float | None]
+    rtf: float  # wall time of the session calls / audio seconds
+    rtf_compute: float  # clocked codec + model work only
+    frame_ms: dict[str, float]  # p50 / p95 / p99
+    p99_frame_ms: float
+    chunk_ms: dict[str, float]
+    split_ms_per_frame: dict[str, float]  # codec_in / model / codec_out
+    model_ms_per_chunk: dict[str, float]
+    chunks: int
+    feasibility: dict[str, Any]
+    memory: dict[str, float]  # rss_mb, peak_rss_mb, params
+    latencies_s: list[float]
+    settle_seconds: float
+    grid: list[GridRow]
+    grid_seconds: float
+    best_future_frames: dict[str, dict[str, int | None]]
+
+
 def run_bench(
     model: str = "default",
     codec: str | None = None,
@@ -297,7 +345,7 @@ def run_bench(
     settle_seconds: float = SETTLE_SECONDS,
     weights: str = "fp32",
     route: str = "auto",
-) -> dict[str, Any]:
+) -> BenchResult:
     """Benchmark a streaming model on this machine (see the module docstring).
 
     Args:
@@ -317,7 +365,8 @@ def run_bench(
         route: how the decode step runs (:mod:`stemstream.model.routes`).
 
     Returns:
-        a JSON-safe dict: ``rtf`` (wall time of the session calls / audio seconds),
+        a :class:`BenchResult` (a JSON-safe dict): ``rtf`` (wall time of the session calls /
+        audio seconds),
         ``rtf_compute`` (clocked codec + model work only), ``frame_ms`` / ``chunk_ms``
         (``p50``/``p95``/``p99``), ``p99_frame_ms``, ``split_ms_per_frame``
         (``codec_in``/``model``/``codec_out``), ``memory`` (``rss_mb``, ``peak_rss_mb``,
@@ -344,7 +393,7 @@ def run_bench(
                           synthetic_music(warmup_seconds, rate, seed + 1))
         timing = stream_timing(bench_session(base, codec_model, seed),
                                synthetic_music(seconds, rate, seed))
-        result: dict[str, Any] = {
+        result: BenchResult = {  # the grid is added below
             "format": "stemstream-bench",
             "model": loaded.source,
             "trained": loaded.trained,
@@ -368,7 +417,7 @@ def run_bench(
         if configs is None:
             configs = [(tf, k) for k in DEFAULT_GRID_CHUNK_FRAMES
                        for tf in DEFAULT_GRID_FUTURE_FRAMES]
-        grid = []
+        grid: list[GridRow] = []
         audio = synthetic_music(grid_seconds, rate, seed)
         for tf, k in configs:
             view = _view(base, tf, k)
@@ -392,7 +441,7 @@ def run_bench(
         torch.set_num_threads(previous_threads)
 
 
-def best_future_frames(grid: list[dict[str, Any]], latencies: Sequence[float]
+def best_future_frames(grid: list[GridRow], latencies: Sequence[float]
                        ) -> dict[str, dict[str, int | None]]:
     """``{k: {L: largest t_f of the grid with no miss at L (None: none)}}`` — the effective
     ``t_f`` of SPEC section 1 per chunk size and latency."""
@@ -411,7 +460,7 @@ def _rate(rate: float) -> str:
     return "<1%" if rate < 0.01 else f"{100 * rate:.0f}%"
 
 
-def format_bench(result: dict[str, Any]) -> str:
+def format_bench(result: BenchResult) -> str:
     """Plain aligned tables of :func:`run_bench`'s result."""
     lines = []
     mem = result["memory"]
