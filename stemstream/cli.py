@@ -431,7 +431,7 @@ def train(config_path, overrides, stop_after, time_limit, progress):
                    "back to float32). Also accepts an exported checkpoint.")
 def export_model(checkpoint_path, out, dtype):
     """Write the model of a training checkpoint as an inference checkpoint (no optimizer)."""
-    from stemstream.train.loop import export_checkpoint
+    from stemstream.model.checkpoints import export_checkpoint
 
     click.echo(f"wrote {export_checkpoint(checkpoint_path, out, dtype)}")
 

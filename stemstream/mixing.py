@@ -17,8 +17,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from stemstream import audio
 from stemstream.audio import SILENCE_LUFS, check_audio, loudness, normalize_loudness
-from stemstream.errors import AudioError
+from stemstream.errors import AudioError, ConfigError
 
 TARGET_LUFS = -18.0
 STEM_GAIN_DB = 5.0
@@ -136,3 +137,25 @@ def mix_stem_channels(
     return normalize_loudness(mix, sample_rate, target_lufs, peak_limit=peak_limit).astype(
         np.float32
     )
+
+
+MIX_CHANNELS = ("input", "mono")
+
+
+def check_mix_channels(mix_channels: str) -> None:
+    if mix_channels not in MIX_CHANNELS:
+        raise ConfigError(f"mix channels must be one of {', '.join(MIX_CHANNELS)}, got "
+                          f"{mix_channels!r}")
+
+
+def mix_with_input(source: audio.Audio, stem: np.ndarray, rate: int,
+                   mix_channels: str = "input") -> np.ndarray:
+    """The appendix-A.7 mix of an input file's audio and a stem ``[N]`` at ``rate``:
+    ``[C, N]`` in the input's channel layout (the stem in the centre), or ``[N]`` mono."""
+    check_mix_channels(mix_channels)
+    samples = source.samples if mix_channels == "input" else audio.to_mono(source.samples)
+    resampled = audio.resample(samples, source.sample_rate, rate)[:, : stem.shape[0]]
+    resampled = np.pad(resampled, ((0, 0), (0, stem.shape[0] - resampled.shape[1])))
+    if mix_channels == "mono":
+        return mix_stem(resampled[0], stem, rate)
+    return mix_stem_channels(resampled, stem, rate)

@@ -10,8 +10,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from stemstream.codec.base import Codec, CodecError
+from stemstream.codec.base import Codec, CodecError, describe_identity, same_tokens
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "codecs"
 DEFAULT_CODEC = ASSETS / "cpu16k.safetensors"
@@ -66,3 +67,33 @@ def get_codec(spec: str | Path = "default") -> Codec:
     except checkpoint.CheckpointError:
         pass
     return load_codec(path)
+
+
+def codec_for(identity: dict[str, Any], spec: str | None) -> Codec:
+    """The codec a model was trained with: ``spec`` (or ``default``) when its tokens match the
+    checkpoint's record (:func:`~stemstream.codec.base.same_tokens`: a codec whose decoder
+    alone was fine-tuned still matches); a weight-free codec (MockCodec) rebuilt from its
+    config."""
+    from stemstream.codec.checkpoint import CODEC_CLASSES
+
+    recorded = identity.get("weights_hash") or identity.get("tokens_hash")
+    tried = []
+    for candidate in [spec] if spec else ["default"]:
+        try:
+            codec = get_codec(candidate)
+        except CodecError as err:
+            tried.append(f"{candidate}: {err}")
+            continue
+        if recorded is None or same_tokens(identity, codec.codec_identity()):
+            return codec
+        tried.append(f"{candidate}: {describe_identity(codec.codec_identity())}")
+    name = identity.get("class")
+    if spec is None and name == "MockCodec" and name in CODEC_CLASSES:
+        codec_class, config_class = CODEC_CLASSES[name]
+        codec = codec_class(config_class.from_dict(identity["config"])).eval()
+        if same_tokens(identity, codec.codec_identity()):
+            return codec
+    raise CodecError(
+        f"the model was trained with codec {describe_identity(identity)}; pass it with "
+        f"--codec ({'; '.join(tried)})"
+    )

@@ -169,10 +169,10 @@ def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, s
 
 def _load_system(name: str, spec: str, codec_spec: str | None,
                  stemgen_steps: tuple[int, ...] | None = None) -> _System:
+    from stemstream.codec.registry import codec_for
+    from stemstream.model.checkpoints import load_model
     from stemstream.model.stemgen import StemGenModel
     from stemstream.model.streaming import StreamingDecoder
-    from stemstream.stream.offline import codec_for
-    from stemstream.train.loop import load_model
 
     if spec == "default":
         from stemstream.stream.models import load_stream_model

@@ -30,6 +30,7 @@ from stemstream import audio
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import class_name, playable_class
 from stemstream.errors import ConfigError
+from stemstream.mixing import check_mix_channels, mix_with_input
 from stemstream.outputs import all_or_nothing, check_outputs
 
 log = logging.getLogger(__name__)
@@ -125,30 +126,6 @@ def stream_file(session, samples: np.ndarray, sample_rate: int, block_seconds: f
     finally:
         bar.close()
     return np.concatenate(outputs)[: session.output_length]
-
-
-MIX_CHANNELS = ("input", "mono")
-
-
-def check_mix_channels(mix_channels: str) -> None:
-    if mix_channels not in MIX_CHANNELS:
-        raise ConfigError(f"mix channels must be one of {', '.join(MIX_CHANNELS)}, got "
-                          f"{mix_channels!r}")
-
-
-def mix_with_input(source: audio.Audio, stem: np.ndarray, rate: int,
-                   mix_channels: str = "input") -> np.ndarray:
-    """The appendix-A.7 mix of an input file's audio and a stem ``[N]`` at ``rate``:
-    ``[C, N]`` in the input's channel layout (the stem in the centre), or ``[N]`` mono."""
-    from stemstream.mixing import mix_stem, mix_stem_channels
-
-    check_mix_channels(mix_channels)
-    samples = source.samples if mix_channels == "input" else audio.to_mono(source.samples)
-    resampled = audio.resample(samples, source.sample_rate, rate)[:, : stem.shape[0]]
-    resampled = np.pad(resampled, ((0, 0), (0, stem.shape[0] - resampled.shape[1])))
-    if mix_channels == "mono":
-        return mix_stem(resampled[0], stem, rate)
-    return mix_stem_channels(resampled, stem, rate)
 
 
 def accompany_file(

@@ -161,8 +161,8 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
             f"{', '.join(RANDOM_SPECS)} or a "
             "streaming model checkpoint"
         )
-    from stemstream.stream.offline import codec_for
-    from stemstream.train.loop import load_model
+    from stemstream.codec.registry import codec_for
+    from stemstream.model.checkpoints import load_model
 
     loaded = load_model(path)
     if loaded.family != "streaming":

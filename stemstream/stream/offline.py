@@ -11,20 +11,21 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from stemstream import audio
-from stemstream.codec.base import Codec, CodecError, describe_identity, same_tokens
+from stemstream.codec.registry import codec_for
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import class_name, playable_class
 from stemstream.errors import ConfigError
+from stemstream.mixing import check_mix_channels, mix_with_input
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder
 from stemstream.outputs import all_or_nothing, check_outputs
 from stemstream.stream.inputs import model_input
+from stemstream.stream.models import frames_from_seconds, shipped_path
 
 log = logging.getLogger(__name__)
 
@@ -36,37 +37,6 @@ class GenerateResult:
     seconds: float
     family: str
     instrument: str
-
-
-def codec_for(identity: dict[str, Any], spec: str | None) -> Codec:
-    """The codec a model was trained with: ``spec`` (or ``default``) when its tokens match the
-    checkpoint's record (:func:`~stemstream.codec.base.same_tokens`: a codec whose decoder
-    alone was fine-tuned still matches); a weight-free codec (MockCodec) rebuilt from its
-    config."""
-    from stemstream.codec.checkpoint import CODEC_CLASSES
-    from stemstream.codec.registry import get_codec
-
-    recorded = identity.get("weights_hash") or identity.get("tokens_hash")
-    tried = []
-    for candidate in [spec] if spec else ["default"]:
-        try:
-            codec = get_codec(candidate)
-        except CodecError as err:
-            tried.append(f"{candidate}: {err}")
-            continue
-        if recorded is None or same_tokens(identity, codec.codec_identity()):
-            return codec
-        tried.append(f"{candidate}: {describe_identity(codec.codec_identity())}")
-    name = identity.get("class")
-    if spec is None and name == "MockCodec" and name in CODEC_CLASSES:
-        codec_class, config_class = CODEC_CLASSES[name]
-        codec = codec_class(config_class.from_dict(identity["config"])).eval()
-        if same_tokens(identity, codec.codec_identity()):
-            return codec
-    raise CodecError(
-        f"the model was trained with codec {describe_identity(identity)}; pass it with "
-        f"--codec ({'; '.join(tried)})"
-    )
 
 
 @torch.inference_mode()
@@ -123,14 +93,11 @@ def generate_file(
     by ``mix_channels``) at ``sample_rate`` (default: the input's). A streaming model may run
     at another ``t_f`` (seconds) / ``k`` than trained (with a warning); other families refuse
     them."""
-    from stemstream.stream.accompany import check_mix_channels, mix_with_input
-    from stemstream.stream.models import frames_from_seconds
+    from stemstream.model.checkpoints import load_model
     from stemstream.stream.session import with_stream_args
-    from stemstream.train.loop import load_model
 
     check_outputs([input_path], audio={"-o": out, "--mix": mix_out})  # before the model loads
     check_mix_channels(mix_channels)
-    from stemstream.stream.models import shipped_path
 
     loaded = load_model(shipped_path(checkpoint))
     codec = codec_for(loaded.codec, codec_spec)

@@ -118,8 +118,15 @@ FAMILIES: dict[str, Callable[[], Family]] = {
 
 
 def register_family(name: str, factory: Callable[[], Family]) -> None:
-    """Make ``family: name`` available to training configs."""
+    """Make ``family: name`` available to training configs (and its checkpoints loadable)."""
+    from stemstream.model.checkpoints import register_architecture
+
+    def classes() -> tuple[type, type]:
+        family = factory()
+        return family.config_class, family.model_class
+
     FAMILIES[name] = factory
+    register_architecture(name, classes)
 
 
 def get_family(name: str) -> Family:

@@ -38,6 +38,14 @@ from stemstream.data.tokens import (
     read_track_meta,
 )
 from stemstream.errors import ConfigError
+from stemstream.model.checkpoints import (  # noqa: F401 (the training API re-exports them)
+    MODEL_KIND,
+    STORE_DTYPES,
+    TRAIN_KIND,
+    LoadedModel,
+    export_checkpoint,
+    load_model,
+)
 from stemstream.model.streaming import StreamingDecoder
 from stemstream.schedule import warmup_cosine
 from stemstream.train.config import ModelTrainConfig, resolve_future_frames
@@ -48,74 +56,12 @@ from stemstream.training import TrainLoop, pick_device
 
 log = logging.getLogger(__name__)
 
-TRAIN_KIND = "model-train"
-MODEL_KIND = "model"
-
-
-class LoadedModel(NamedTuple):
-    """A model rebuilt from a checkpoint (eval mode, CPU), its family, config and codec."""
-
-    model: nn.Module
-    family: str
-    config: Any
-    codec: dict[str, Any]
-
-
 def _check_codec(where: str, recorded: dict[str, Any], codec: dict[str, Any]) -> None:
     if not same_tokens(recorded, codec):
         raise ConfigError(
             f"{where} was made with codec {describe_identity(recorded)}, but the configured "
             f"codec is {describe_identity(codec)} (other tokens); use the dump's codec"
         )
-
-
-def load_model(path: str | Path, family: str | None = None) -> LoadedModel:
-    """Rebuild the model held in an exported (``kind: model``) or training checkpoint.
-
-    Raises:
-        CheckpointError: not a model checkpoint, or of another ``family`` than asked for.
-    """
-    tensors, meta = checkpoint.load(path)
-    if meta.get("kind") not in (MODEL_KIND, TRAIN_KIND):
-        raise checkpoint.CheckpointError(f"{path}: not a model checkpoint ({meta.get('kind')})")
-    if family is not None and meta.get("family") != family:
-        raise checkpoint.CheckpointError(
-            f"{path}: holds a {meta.get('family')!r} model, expected {family!r}"
-        )
-    fam = get_family(meta["family"])
-    config = fam.config_from_dict(meta["model"])
-    model = fam.build(config)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
-    return LoadedModel(model.eval(), meta["family"], config, meta["codec"])
-
-
-STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-def export_checkpoint(path: str | Path, out: str | Path, dtype: str | None = None) -> Path:
-    """Write the model of a training checkpoint as an inference checkpoint (``kind: model``;
-    no optimizer or RNG state) without the token dump the trainer would need.
-
-    ``dtype`` (a key of :data:`STORE_DTYPES`) stores the floating-point weights in that type,
-    e.g. ``float16`` for half the file size; :func:`load_model` casts them back to the
-    model's float32. With ``dtype`` the source may also be an exported checkpoint.
-    """
-    if dtype is not None and dtype not in STORE_DTYPES:
-        raise ConfigError(f"dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
-    tensors, meta = checkpoint.load(path)
-    if meta.get("kind") == MODEL_KIND and dtype is None:
-        raise checkpoint.CheckpointError(f"{path}: already an exported model checkpoint")
-    if meta.get("kind") not in (TRAIN_KIND, MODEL_KIND):
-        raise checkpoint.CheckpointError(f"{path}: not a model training checkpoint")
-    model = {k: v for k, v in tensors.items() if k.startswith("model/")}
-    keep = ("family", "model", "codec", "stemstream_version", "step")
-    extra = {}
-    if dtype is not None:
-        model = {k: v.to(STORE_DTYPES[dtype]) if v.is_floating_point() else v
-                 for k, v in model.items()}
-        extra = {"stored_dtype": dtype}
-    return checkpoint.save(out, model, {"kind": MODEL_KIND} | {k: meta[k] for k in keep
-                                                              if k in meta} | extra)
 
 
 def warm_start(model: nn.Module, path: str | Path, family: str,

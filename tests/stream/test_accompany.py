@@ -158,7 +158,7 @@ def test_non_streaming_checkpoint_is_refused(tmp_path, monkeypatch):
 
     ckpt = tmp_path / "prefix.safetensors"
     ckpt.write_bytes(b"")
-    monkeypatch.setattr("stemstream.train.loop.load_model", lambda path: Loaded())
+    monkeypatch.setattr("stemstream.model.checkpoints.load_model", lambda path: Loaded())
     src = _write_input(tmp_path / "in.wav", CODEC_RATE, 1)
     res = CliRunner().invoke(cli, ["accompany", str(src), "--instrument", "bass", "-o",
                                    str(tmp_path / "stem.wav"), "--model", str(ckpt),
