@@ -741,6 +741,45 @@ def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sampl
     )
 
 
+# --- serve
+@cli.command("serve")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; beyond localhost a token is always required.")
+@click.option("--port", type=click.IntRange(min=1, max=65535), default=8765, show_default=True)
+@click.option("--model", default="default", show_default=True,
+              help="default, default-live, random-cpu, random-tiny or a streaming checkpoint.")
+@click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
+@click.option("--max-sessions", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Streams served at once; more are refused (close code 1013).")
+@click.option("--token", default=None,
+              help="Required as ?token= on /ws [default: none on localhost, a random one "
+                   "printed at start elsewhere].")
+@click.option("--latency", type=click.FloatRange(min=0.0, max=10.0), default=0.2,
+              show_default=True, help="Default output delay L in seconds (a client may ask "
+                                      "for another).")
+@click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True)
+@_route_option("auto")
+@click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
+def serve_command(host, port, model, codec_spec, max_sessions, token, latency, weights, route,
+                  threads):
+    """Serve the accompanist over a WebSocket with a web page (microphone or file in,
+    accompaniment out); protocol in docs/serve.md."""
+    import torch
+
+    from stemstream.serve.app import ServeConfig, resolve_token, serve
+    from stemstream.stream.models import load_stream_model
+
+    torch.set_num_threads(threads)
+    token = resolve_token(host, token)
+    loaded = load_stream_model(model, codec_spec, weights=weights, route=route)
+    click.echo(f"model {loaded.source} ({loaded.describe_routes()})")
+    query = f"?token={token}" if token else ""
+    click.echo(f"open http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
+               f"{query}")
+    serve(loaded, ServeConfig(host=host, port=port, max_sessions=max_sessions, token=token,
+                              latency=latency))
+
+
 # --- eval
 @cli.group("eval", cls=_Group)
 def eval_group() -> None:

@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("train", {"train"}),
     ("stream", {"stream"}),
     ("eval", {"eval"}),
+    ("serve", {"serve"}),
     ("cli", {"cli"}),
 ]
 

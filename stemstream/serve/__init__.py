@@ -1,0 +1,1 @@
+"""stemstream.serve: the WebSocket server and its web page (``stemstream serve``)."""
