@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs everything stemstream needs on a fresh Debian machine, idempotently:
 #   Debian packages (FluidSynth + GM SoundFont, libsndfile, PortAudio, g++ for the compiled
-#   decode step), a virtualenv in .venv,
+#   decode step, Chromium and its driver for the browser test of `serve`), a virtualenv in .venv,
 #   the pinned CPU torch, and the package itself (editable) with the dev/train/live extras.
 # Usage: bash scripts/setup.sh            (re-running is cheap: a stamp skips finished steps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(fluidsynth fluid-soundfont-gm libfluidsynth3 libsndfile1 libportaudio2 g++)
+APT_PACKAGES=(fluidsynth fluid-soundfont-gm libfluidsynth3 libsndfile1 libportaudio2 g++
+              chromium chromium-driver)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

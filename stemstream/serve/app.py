@@ -278,6 +278,7 @@ async def _serve(ws: WebSocket, loaded: StreamModel, config: ServeConfig) -> Non
         "future_frames": session.model.config.future_frames,
     }))
     last_stats = time.monotonic()
+    frames_in = frames_out = 0  # samples per channel received and sent
     while True:
         message = await ws.receive()
         if message.get("type") == "websocket.disconnect":
@@ -285,8 +286,10 @@ async def _serve(ws: WebSocket, loaded: StreamModel, config: ServeConfig) -> Non
         data, text = message.get("bytes"), message.get("text")
         if data is not None:
             block = _decode_block(data, request.channels)
+            frames_in += block.shape[0]
             out = await asyncio.to_thread(session.push, block)
             if out.size:
+                frames_out += out.shape[0]
                 await ws.send_bytes(out.astype("<f4").tobytes())
             if time.monotonic() - last_stats >= STATS_EVERY_S:
                 await ws.send_text(json.dumps(stats_message(session)))
@@ -300,6 +303,10 @@ async def _serve(ws: WebSocket, loaded: StreamModel, config: ServeConfig) -> Non
             raise ProtocolError('text messages after start must be {"type": "stop"}',
                                 Close.UNSUPPORTED_DATA)
         rest = await asyncio.to_thread(session.finish)
+        # exactly as long as the input at the client's rate (two resamplings may leave the
+        # session's own count a sample over or short)
+        missing = frames_in - frames_out
+        rest = np.pad(rest[: max(0, missing)], (0, max(0, missing - rest.shape[0])))
         if rest.size:
             await ws.send_bytes(rest.astype("<f4").tobytes())
         await ws.send_text(json.dumps(stats_message(session)))
