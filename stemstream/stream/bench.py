@@ -54,6 +54,7 @@ import numpy as np
 import torch
 
 from stemstream.model.quantize import num_weights
+from stemstream.stream.plan import StreamPlan
 from stemstream.stream.report import percentiles
 
 BLOCK_SECONDS = 0.02
@@ -429,7 +430,8 @@ def run_bench(
                 "rtf": summary["rtf"],
                 "p99_frame_ms": summary["p99_frame_ms"],
                 "p99_chunk_ms": summary["chunk_ms"]["p99"],
-                "recency_gap_frames": (k - 1) / 2 - tf,
+                "recency_gap_frames": StreamPlan(tf, k, cfg.num_codebooks,
+                                                 codec_model.frame_rate).recency_gap_frames,
                 **feasibility(row_timing, latencies, settle_seconds),
             })
         result["grid"] = grid

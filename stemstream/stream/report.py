@@ -49,7 +49,7 @@ def session_report(session: Session) -> dict[str, Any]:
         "frame_seconds": session.frame_seconds,
         "latency_s": session.config.latency,
         "kv_window": session.window,
-        "recency_gap_frames": (cfg.chunk_frames - 1) / 2 - cfg.future_frames,
+        "recency_gap_frames": session.plan.recency_gap_frames,
         "input_seconds": seconds_in,
         "compute_seconds": compute,
         "rtf": compute / seconds_in if seconds_in else None,

@@ -51,6 +51,7 @@ from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import GenerationState, StreamingDecoder
 from stemstream.stream.clock import Clock, VirtualClock
 from stemstream.stream.inputs import InputStream
+from stemstream.stream.plan import StreamPlan
 from stemstream.stream.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -235,14 +236,15 @@ class Session:
         self.frame_seconds = self.hop / self.sample_rate
         self.out_rate = self.config.output_sample_rate or self.sample_rate
         self._model_hash: str | None = None
+        self.plan = StreamPlan.of(mcfg, codec.frame_rate, self.config.latency)
         if self.config.latency < self.min_latency:
             log.warning(
                 "latency L = %.0f ms is below the %.0f ms this model needs before any compute "
                 "(t_f = %d frames, K = %d codebooks: a frame is heard %d frames after the input "
                 "it waits for); deadlines will be missed. Aligned output (L ~ 0) needs a model "
                 "trained with t_f <= %d.", 1e3 * self.config.latency, 1e3 * self.min_latency,
-                mcfg.future_frames, mcfg.num_codebooks,
-                mcfg.future_frames + mcfg.num_codebooks - 1, -mcfg.num_codebooks,
+                mcfg.future_frames, mcfg.num_codebooks, self.plan.lag_frames,
+                self.plan.in_time_future_frames,
             )
         self.reset()
 
@@ -275,10 +277,8 @@ class Session:
     @property
     def min_latency(self) -> float:
         """The output delay ``L`` (seconds) below which deadlines are missed even with free
-        compute: frame ``t`` needs input up to frame ``t + t_f + K - 2`` (its last codebook is
-        emitted at step ``t + K - 1``), i.e. ``(t_f + K - 1)`` frames after its own start."""
-        cfg = self.model.config
-        return max(0, cfg.future_frames + cfg.num_codebooks - 1) * self.frame_seconds
+        compute (:attr:`StreamPlan.min_latency_s`)."""
+        return self.plan.min_latency_s
 
     @property
     def output_length(self) -> int:
@@ -466,7 +466,6 @@ class Session:
         first_sample: int,
         audio: np.ndarray,
     ) -> np.ndarray:
-        cfg = self.model.config
         latency = self.config.latency
         deadline = slack = None
         late = 0
@@ -481,7 +480,6 @@ class Session:
                 audio = np.where(late_mask, 0.0, audio).astype(np.float32)
                 self.stats.silenced_samples += late
         missed = late > 0
-        k, tf = cfg.chunk_frames, cfg.future_frames
         record = ChunkRecord(
             index=self.stats.chunks,
             step=step,
@@ -496,7 +494,7 @@ class Session:
             slack=slack,
             missed=missed,
             late_samples=late,
-            recency_gap=(k - 1) / 2 - tf,
+            recency_gap=self.plan.recency_gap_frames,
         )
         self.stats.chunks += 1
         self.stats.missed_chunks += int(missed)
