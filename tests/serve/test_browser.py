@@ -7,10 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 
 import pytest
@@ -19,30 +15,6 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
 pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
                                 reason="chromium and chromedriver are not installed")
-
-
-@pytest.fixture(scope="module")
-def server():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "stemstream.cli", "serve", "--model", "random-tiny-mock",
-         "--port", str(port), "--route", "eager"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(120):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1).close()
-                break
-            except OSError:
-                assert process.poll() is None, process.stdout.read()
-                time.sleep(0.25)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")
@@ -73,9 +45,10 @@ def _wait(driver, condition, seconds: float, what: str):
         raise AssertionError(f"timed out waiting for {what}; page says: {logs}") from err
 
 
-def test_the_page_streams_the_microphone_and_offers_the_results(server, browser):
+def test_the_page_streams_the_microphone_and_offers_the_results(served_url, browser):
     from selenium.webdriver.common.by import By
 
+    server = served_url
     browser.get(server + "/")
     _wait(browser, lambda d: d.find_element(By.ID, "start-mic").is_enabled(), 30,
           "the page to load /health")

@@ -177,49 +177,25 @@ def test_a_server_beyond_localhost_always_has_a_token():
     assert made and len(made) >= 16 and made != resolve_token("0.0.0.0", None)
 
 
-def test_the_command_serves_over_real_sockets(tmp_path):
+def test_the_command_serves_over_real_sockets(served_url):
     """`stemstream serve` under uvicorn: /health over HTTP, then a short stream over a real
     WebSocket (the `websockets` client) to its done message."""
-    import socket
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
     from websockets.sync.client import connect
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "stemstream.cli", "serve", "--model", "random-tiny-mock",
-         "--port", str(port), "--route", "eager"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        health = None
-        for _ in range(120):
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
-                    health = json.loads(r.read())
-                break
-            except OSError:
-                if server.poll() is not None:
-                    break
-                time.sleep(0.25)
-        assert health is not None and health["status"] == "ok", server.stdout.read()
-        wave = _music(0.5)
-        with connect(f"ws://127.0.0.1:{port}/ws") as ws:
-            ws.send(json.dumps({"type": "start", "sample_rate": RATE, "channels": 1}))
-            assert json.loads(ws.recv())["type"] == "ready"
-            ws.send(wave.astype("<f4").tobytes())
-            ws.send(json.dumps({"type": "stop"}))
-            received, last = 0, None
-            for message in ws:
-                if isinstance(message, bytes):
-                    received += len(message) // 4
-                else:
-                    last = json.loads(message)
-        assert last["type"] == "done" and received == len(wave)
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
+    with urllib.request.urlopen(f"{served_url}/health", timeout=10) as response:
+        assert json.loads(response.read())["status"] == "ok"
+    wave = _music(0.5)
+    with connect(served_url.replace("http://", "ws://") + "/ws") as ws:
+        ws.send(json.dumps({"type": "start", "sample_rate": RATE, "channels": 1}))
+        assert json.loads(ws.recv())["type"] == "ready"
+        ws.send(wave.astype("<f4").tobytes())
+        ws.send(json.dumps({"type": "stop"}))
+        received, last = 0, None
+        for message in ws:
+            if isinstance(message, bytes):
+                received += len(message) // 4
+            else:
+                last = json.loads(message)
+    assert last["type"] == "done" and received == len(wave)
