@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from stemstream.errors import ConfigError
 
@@ -154,8 +155,6 @@ class FeatureStream:
     def _lagged(self, centred: np.ndarray) -> np.ndarray:
         """``[max_lag, n - max_lag]``: row ``i`` is ``centred`` delayed by ``i + 1`` frames,
         aligned with ``centred[max_lag:]`` (a strided view, no copy)."""
-        from numpy.lib.stride_tricks import sliding_window_view
-
         windows = sliding_window_view(centred, centred.shape[0] - self._max_lag)
         return windows[self._max_lag - 1 :: -1][: self._max_lag]
 

@@ -261,8 +261,8 @@ class TrackCrops(Dataset):
                 except (OSError, ValueError) as err:
                     raise DumpError(f"{folder / FEATURES}: corrupt ({err})") from err
             frames = arrays["target_codes.npy"].shape[-1]
-            if any(arrays[n].shape[-1] != frames for n in [*TRACK_ARRAYS[:4], *arrays]
-                   if n != "rows.npy"):
+            if any(array.shape[-1] != frames for name, array in arrays.items()
+                   if name != "rows.npy"):
                 raise DumpError(f"{folder}: arrays of different lengths")
             self._arrays = arrays
         return self._arrays
