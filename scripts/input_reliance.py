@@ -5,6 +5,7 @@ at target-onset frames (whole-track dumps, which know the onsets) and with the t
 hidden (:mod:`stemstream.train.reliance`; the trainer logs the same numbers on validation).
 
     python scripts/input_reliance.py [--model default|CKPT] [--dump DIR] [--batches 16]
+                                     [--guidance W]
 
 A model that accompanies its input has a clearly lower loss with the true input; equal losses
 mean it ignores the input (it can still make plausible music, but not coherent music).
@@ -46,6 +47,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--edges", default="", help="decoding-step edges, e.g. 0,25,100,600")
+    parser.add_argument("--guidance", type=float, default=1.0,
+                        help="measure the logits of input-guided sampling with this weight")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="window length for a whole-track dump")
     args = parser.parse_args()
@@ -73,8 +76,8 @@ def main() -> None:
     batches = [collate(examples[s : s + size]) for s in range(0, len(examples), size)]
     other_batches = [collate(others[s : s + size]) for s in range(0, len(others), size)]
     with torch.inference_mode():
-        result = measure_reliance(model, inputs, batches, other_batches)
-    result |= {"windows": len(examples), "model": loaded.source}
+        result = measure_reliance(model, inputs, batches, other_batches, args.guidance)
+    result |= {"windows": len(examples), "model": loaded.source, "guidance": args.guidance}
     segments = {name: torch.zeros(max(len(edges) - 1, 0), 2, dtype=torch.float64)
                 for name in ("true input", "another window's input")}  # [segment, (sum, n)]
     if len(edges) > 1:

@@ -257,6 +257,14 @@ def data_dump_features(dump_dir, corpus, progress):
         click.echo(f"{split}: features of {rows} rows written")
 
 
+def _guidance_option():
+    return click.option(
+        "--guidance", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+        help="Input guidance W (streaming models): sample from u + W (c - u), the logits "
+             "with (c) and without (u) the input; 1 = plain, >1 follows the input more, "
+             "at twice the model's work. Best with a model trained with input_dropout.")
+
+
 def _training_options(example_config: str):
     """The options every training command shares (config, overrides, resumable limits)."""
 
@@ -482,10 +490,11 @@ def _chosen_model(model: str | None, alias: str | None, required: bool = True) -
               help="Streaming family: run with this chunk size k instead of the trained one.")
 @click.option("--sample-rate", type=click.IntRange(min=8000, max=384000), default=None,
               help="Rate of the stem and mix files [default: the input's].")
+@_guidance_option()
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def generate(model, checkpoint_alias, input_path, instrument, out, mix_out, mix_channels,
              codec_spec, temperature, top_k, seed, tf_seconds, chunk_frames, sample_rate,
-             progress):
+             guidance, progress):
     """Generate an accompaniment stem for a whole file (streaming families run their
     streaming loop over it)."""
     from stemstream.stream.offline import generate_file
@@ -495,7 +504,7 @@ def generate(model, checkpoint_alias, input_path, instrument, out, mix_out, mix_
                            codec_spec, temperature, top_k, seed, mix_out,
                            tf_seconds=tf_seconds, chunk_frames=chunk_frames,
                            progress=progress, sample_rate=sample_rate,
-                           mix_channels=mix_channels)
+                           mix_channels=mix_channels, guidance=guidance)
     click.echo(f"wrote {result.stem_path} ({result.seconds:.2f} s of {result.instrument}, "
                f"{result.family} model)" + (f" and {result.mix_path}" if result.mix_path else ""))
 
@@ -610,11 +619,12 @@ def demo(out_dir, instrument, model, corpus, route, threads):
                    "route; validation loss +0.0007 nats on the default).")
 @click.option("--sample-rate", type=click.IntRange(min=8000, max=384000), default=None,
               help="Rate of the stem and mix files [default: the input's].")
+@_guidance_option()
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_route_option(None)
 def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_frames, latency,
               realtime, mix_out, mix_channels, report_out, plot_out, picture_out, temperature,
-              top_k, seed, block_ms, window, weights, sample_rate, progress, route):
+              top_k, seed, block_ms, window, weights, sample_rate, guidance, progress, route):
     """Accompany an audio file through the real-time engine: write the stem (and optionally
     the mix, a latency report and its plot, a picture) and print RTF and deadline misses."""
     from stemstream.outputs import check_outputs
@@ -630,6 +640,7 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
         report_out=report_out, plot_out=plot_out, block_seconds=block_ms / 1000,
         temperature=temperature, top_k=top_k, seed=seed, window=window, progress=progress,
         weights=weights, sample_rate=sample_rate, route=route, mix_channels=mix_channels,
+        guidance=guidance,
     )
     click.echo(result.summary())
     for path in (result.mix_path, result.report_path, result.plot_path):
@@ -801,7 +812,8 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
 @_model_option("A model checkpoint (any family), or `default` (the shipped model); named "
                "`model` in the tables.")
 @click.option("--systems", "system_specs", multiple=True, metavar="NAME=CKPT",
-              help="More systems evaluated in the same run (repeatable).")
+              help="More systems evaluated in the same run (repeatable); a streaming one "
+                   "may end in ,guidance=W (sampled with input guidance W).")
 @click.option("--corpus", type=click.Path(path_type=Path), required=True,
               help="Slakh-layout corpus (e.g. corpora/synth20h).")
 @click.option("--split", default="test", show_default=True)

@@ -119,11 +119,14 @@ class _System:
     family: str
     future_frames: int
     chunk_frames: int
+    guidance: float = 1.0
 
     def describe(self) -> dict[str, Any]:
         out = {"checkpoint": self.spec, "family": self.family,
                "future_frames": self.future_frames, "chunk_frames": self.chunk_frames,
                "future_seconds": self.future_frames / self.codec.frame_rate}
+        if self.guidance != 1:
+            out["guidance"] = self.guidance
         config = getattr(self.model, "config", None)
         backbone = getattr(config, "backbone", None)
         if backbone is not None:  # claims compare t_f and k only within one size
@@ -132,6 +135,8 @@ class _System:
         if schedule is not None:
             out["steps_per_level"] = list(schedule.steps_per_level)
         variant = _variant(config)
+        if self.guidance != 1:  # sampled otherwise: its own line too
+            variant = ", ".join(filter(None, [variant, f"input guidance {self.guidance:g}"]))
         if variant:  # designed or trained otherwise: its own t_f / k line
             out["variant"] = variant
         return out
@@ -149,11 +154,14 @@ def _variant(config: Any) -> str:
         parts.append(f"history noise {config.history_noise:g} span {config.history_span:g}")
     if getattr(config, "onset_loss_weight", 0):
         parts.append("onset head")
+    if getattr(config, "input_dropout", 0):
+        parts.append(f"input dropout {config.input_dropout:g}")
     return ", ".join(parts)
 
 
 def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, str]:
-    """``--checkpoint CKPT`` (named ``model``) and ``--systems NAME=CKPT ...``."""
+    """``--checkpoint CKPT`` (named ``model``) and ``--systems NAME=CKPT ...`` (a streaming
+    system may add ``,guidance=W``: sampled with input guidance ``W``)."""
     out: dict[str, str] = {}
     if checkpoint:
         out["model"] = checkpoint
@@ -167,6 +175,21 @@ def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, s
     return out
 
 
+def split_guidance(spec: str) -> tuple[str, float]:
+    """``CKPT`` or ``CKPT,guidance=W`` -> (``CKPT``, ``W``; 1 when absent)."""
+    from stemstream.model.sampling import check_guidance
+
+    path, sep, option = spec.rpartition(",guidance=")
+    if not sep:
+        return spec, 1.0
+    try:
+        guidance = float(option)
+    except ValueError:
+        raise ConfigError(f"guidance must be a number, got {option!r} in {spec!r}") from None
+    check_guidance(guidance)
+    return path, guidance
+
+
 def _load_system(name: str, spec: str, codec_spec: str | None,
                  stemgen_steps: tuple[int, ...] | None = None) -> _System:
     from stemstream.codec.registry import codec_for
@@ -174,22 +197,27 @@ def _load_system(name: str, spec: str, codec_spec: str | None,
     from stemstream.model.stemgen import StemGenModel
     from stemstream.model.streaming import StreamingDecoder
 
-    if spec == "default":
+    path, guidance = split_guidance(spec)
+
+    if path == "default":
         from stemstream.stream.models import load_stream_model
 
         loaded = load_stream_model("default", codec_spec)
         model, codec, family = loaded.model, loaded.codec, "streaming"
     else:
-        loaded = load_model(spec)
+        loaded = load_model(path)
         model, codec = loaded.model, codec_for(loaded.codec, codec_spec)
         family = loaded.family
     if isinstance(model, StreamingDecoder):
         future, chunk = model.config.future_frames, model.config.chunk_frames
     else:
         future, chunk = 0, 0
+        if guidance != 1:
+            raise ConfigError(f"system {name!r}: input guidance applies to streaming models, "
+                              f"not {family!r}")
     if stemgen_steps is not None and isinstance(model, StemGenModel):
         model.use_steps(stemgen_steps)
-    return _System(name, spec, model, codec, family, future, chunk)
+    return _System(name, spec, model, codec, family, future, chunk, guidance)
 
 
 def _check_cached_systems(out: Path, systems: list[_System]) -> None:
@@ -199,7 +227,8 @@ def _check_cached_systems(out: Path, systems: list[_System]) -> None:
     if not info.is_file():
         return
     before = json.loads(info.read_text()).get("systems", {})
-    audio_keys = ("checkpoint", "family", "future_frames", "chunk_frames", "steps_per_level")
+    audio_keys = ("checkpoint", "family", "future_frames", "chunk_frames", "steps_per_level",
+                  "guidance")
     for system in systems:
         old = before.get(system.name)
         new = system.describe()
@@ -399,7 +428,7 @@ def _predict(run: _Run, system: _System, input_audio: np.ndarray, inst_class: in
     from stemstream.stream.offline import generate_codes
 
     codec = run.codec
-    sampling = SamplingConfig(run.config.temperature, run.config.top_k)
+    sampling = SamplingConfig(run.config.temperature, run.config.top_k, system.guidance)
     gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         x = torch.from_numpy(input_audio)[None, None]

@@ -16,7 +16,9 @@ from stemstream.errors import ConfigError
 
 __all__ = [
     "SamplingConfig",
+    "check_guidance",
     "cosine_mask_ratio",
+    "guided_logits",
     "cosine_schedule",
     "masked_logits",
     "num_to_mask",
@@ -35,14 +37,26 @@ class SamplingConfig:
     Attributes:
         temperature: Softmax temperature; 0 means greedy (argmax).
         top_k: Number of most likely codec ids kept per codebook (clamped to V).
+        guidance: Input guidance ``w`` (classifier-free guidance on the input stream, for the
+            streaming decoder): the logits sampled are ``u + w (c - u)``, ``c`` with the
+            input heard and ``u`` with every position hearing "no input". 1 is plain
+            sampling; above 1 pushes the output towards what the input predicts. It runs the
+            model twice per position (one batch of ``2B``).
     """
 
     temperature: float = DEFAULT_TEMPERATURE
     top_k: int = DEFAULT_TOP_K
+    guidance: float = 1.0
 
     def __post_init__(self) -> None:
         _check_temperature(self.temperature)
         _check_top_k(self.top_k)
+        check_guidance(self.guidance)
+
+    @property
+    def guided(self) -> bool:
+        """Whether sampling needs the unconditional logits (``guidance != 1``)."""
+        return self.guidance != 1
 
     @property
     def greedy(self) -> bool:
@@ -60,6 +74,24 @@ class SamplingConfig:
         return sample_tokens(
             logits, self.temperature, self.top_k, generator, valid_vocab=valid_vocab
         )
+
+
+def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor,
+                  guidance: float) -> torch.Tensor:
+    """``u + w (c - u)`` in float32: classifier-free guidance of ``conditional`` logits away
+    from ``unconditional`` ones (same shape), ``w`` = ``guidance``."""
+    if guidance == 1:  # exactly the conditional logits, not u + (c - u) rounded
+        return conditional.float()
+    u = unconditional.float()
+    return u + guidance * (conditional.float() - u)
+
+
+def check_guidance(guidance: float) -> None:
+    """A :class:`ConfigError` unless ``guidance`` is a finite number ``>= 0``."""
+    if isinstance(guidance, bool) or not isinstance(guidance, int | float):
+        raise ConfigError(f"guidance must be a number, got {guidance!r}")
+    if not math.isfinite(guidance) or guidance < 0:
+        raise ConfigError(f"guidance must be finite and >= 0, got {guidance}")
 
 
 def masked_logits(logits: torch.Tensor, valid_vocab: int) -> torch.Tensor:

@@ -12,7 +12,11 @@ phase) as extra channels of every input frame, heard through the same projection
 
 Training can corrupt the target history so the model must listen
 (:meth:`StreamingDecoder.corrupt_history`): whole-window dropout, random token replacement
-and span masking, never applied at inference.
+and span masking, never applied at inference. ``input_dropout`` hides the whole input of some
+windows instead, so that generation can use *input guidance*
+(:attr:`~stemstream.model.sampling.SamplingConfig.guidance`): each position runs with and
+without its input (a ``2B`` batch whose second half hears "no input") and samples from the
+logits pushed along their difference.
 
 Which frame and which token each position carries, and the block mask that trains every
 chunk of a sequence in one pass, come from :mod:`stemstream.model.layout`. Heads predict only
@@ -39,7 +43,7 @@ from stemstream.model.delay import DelayPattern
 from stemstream.model.input_encoder import InputEncoder, check_input_encoder
 from stemstream.model.kv_cache import CacheOverflowError, KVCache
 from stemstream.model.layout import Layout, check_stream_args, training_layout
-from stemstream.model.sampling import SamplingConfig, sample_tokens
+from stemstream.model.sampling import SamplingConfig, guided_logits, sample_tokens
 from stemstream.model.transformer import Transformer, TransformerConfig
 
 
@@ -70,6 +74,10 @@ class StreamingDecoderConfig:
     history_noise: float = 0.0
     history_span: float = 0.0
     history_span_frames: int = 25
+    # training only: the probability that a window hears no input at all (every position
+    # gets the learned "no input" vector), which trains the unconditional half of input
+    # guidance (SamplingConfig.guidance)
+    input_dropout: float = 0.0
     # training only: weight of an auxiliary head that predicts, at the position deciding
     # frame t, whether a note of the target starts in frame t (0 = no head)
     onset_loss_weight: float = 0.0
@@ -78,7 +86,7 @@ class StreamingDecoderConfig:
         check_stream_args(self.future_frames, self.chunk_frames)
         check_input_encoder(self.input_encoder, self.input_window)
         object.__setattr__(self, "input_features", check_features(self.input_features))
-        for name in ("history_dropout", "history_noise", "history_span"):
+        for name in ("history_dropout", "history_noise", "history_span", "input_dropout"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.onset_loss_weight >= 0:
@@ -228,6 +236,7 @@ class StreamingDecoder(nn.Module):
         inst: torch.Tensor,
         hide_history: bool = False,
         onsets: torch.Tensor | None = None,
+        hide_input: bool = False,
     ) -> StreamOutput:
         """Teacher-forced pass over whole windows (all chunks at once when ``k > 1``).
 
@@ -240,16 +249,20 @@ class StreamingDecoder(nn.Module):
                 predicts from the input and the instrument alone).
             onsets: optional bool ``[B, T]``, target note onsets per frame: trains the
                 auxiliary onset head (with ``onset_loss_weight > 0``).
+            hide_input: every position hears "no input" (a measurement, and the
+                unconditional logits of input guidance).
         """
         cfg = self.config
         delayed = self.delay.apply(target_codes)  # [B, K, S]
         layout = training_layout(
             delayed.shape[-1], cfg.future_frames, cfg.chunk_frames, input_latents.shape[-1]
         )
-        return self._run_layout(input_latents, delayed, inst, layout, hide_history, onsets)
+        return self._run_layout(input_latents, delayed, inst, layout, hide_history, onsets,
+                                hide_input)
 
     def _run_layout(
-        self, input_latents, delayed, inst, layout, hide_history: bool = False, onsets=None
+        self, input_latents, delayed, inst, layout, hide_history: bool = False, onsets=None,
+        hide_input: bool = False,
     ) -> StreamOutput:
         device = delayed.device
         layout = Layout(**{f.name: getattr(layout, f.name).to(device) for f in fields(layout)})
@@ -264,11 +277,15 @@ class StreamingDecoder(nn.Module):
         tokens = history[:, :, prev].masked_fill(is_inst[:, None], -1)
         frames = layout.input_frame
         heard = self.condition(input_latents.transpose(1, 2))[:, frames.clamp_min(0)]
+        has_input = (frames >= 0) & (not hide_input)
+        if self.training and self.config.input_dropout > 0:
+            deaf = torch.rand(delayed.shape[0], device=device) < self.config.input_dropout
+            has_input = has_input[None] & ~deaf[:, None]
         token_emb = self.embed_tokens(tokens, inst)
         if hide is not None:
             token_emb = token_emb.masked_fill((hide[:, prev] & ~is_inst)[..., None], 0.0)
         hidden = self.backbone(
-            self.fuse(heard, frames >= 0, token_emb),
+            self.fuse(heard, has_input, token_emb),
             positions=layout.positions,
             mask=layout.mask,
         )
@@ -291,19 +308,24 @@ class StreamingDecoder(nn.Module):
 
     # --------------------------------------------------------------------- generation
     def new_state(
-        self, inst: torch.Tensor, max_steps: int | None = None, window: int | None = None
+        self,
+        inst: torch.Tensor,
+        max_steps: int | None = None,
+        window: int | None = None,
+        guided: bool = False,
     ) -> GenerationState:
         """A fresh stream for instrument classes ``inst [B]``; ``window`` bounds the KV cache
-        (ring) so a stream can run forever."""
+        (ring) so a stream can run forever. ``guided``: keep a second, input-less copy of
+        every stream for input guidance (sampling with ``guidance != 1``; twice the work)."""
         param = self.no_input  # stays a Parameter under dynamic int8 quantisation of Linears
         caches = self.backbone.make_caches(
-            inst.shape[0],
+            inst.shape[0] * (2 if guided else 1),
             max_steps and 2 * max_steps,
             window=window,
             device=param.device,
             dtype=param.dtype,
         )
-        return GenerationState(inst, caches, [], 0, 0)
+        return GenerationState(inst, caches, [], 0, 0, guided=guided)
 
     @torch.no_grad()
     def generate_chunk(
@@ -336,6 +358,11 @@ class StreamingDecoder(nn.Module):
         """
         cfg = self.config
         sampling = sampling or SamplingConfig()
+        if sampling.guided and not state.guided:
+            raise ConfigError(
+                f"input guidance {sampling.guidance} needs a state made with "
+                "new_state(..., guided=True)"
+            )
         k, start = cfg.chunk_frames, state.step
         need = start + cfg.future_frames
         heard = input_offset + input_latents.shape[-1]
@@ -350,12 +377,15 @@ class StreamingDecoder(nn.Module):
         for offset in range(k):
             step = start + offset
             frame = step + cfg.future_frames - 1 if offset == 0 else -1
-            if self.step_route is not None:
+            if self.step_route is not None and not state.guided:
                 logits = self._route_position(state, input_latents, step, frame, input_offset)
             else:
                 logits = self._forward_positions(
                     state, input_latents, [step], [frame], input_offset
                 )[:, 0]
+            if state.guided:
+                batch = state.inst.shape[0]
+                logits = guided_logits(logits[:batch], logits[batch:], sampling.guidance)
             tokens = sample_tokens(
                 logits,
                 sampling.temperature,
@@ -393,6 +423,7 @@ class StreamingDecoder(nn.Module):
     ) -> torch.Tensor:
         batch = state.inst.shape[0]
         device = input_latents.device
+        inst = state.inst
         prev = [state.token(s - 1) if s > 0 else None for s in steps]
         tokens = torch.stack(
             [
@@ -412,7 +443,11 @@ class StreamingDecoder(nn.Module):
         if bool(valid.any()):
             heard = self._heard(input_latents, frames_t[valid], input_offset)
             heard = heard[:, (frames_t - int(frames_t[valid].min())).clamp(0, heard.shape[1] - 1)]
-        fused = self.fuse(heard, valid, self.embed_tokens(tokens, state.inst))
+        if state.guided:  # the second half of the batch is the same streams, hearing nothing
+            tokens, inst = tokens.repeat(2, 1, 1), inst.repeat(2)
+            valid = torch.cat([valid.expand(batch, -1), valid.new_zeros(batch, len(steps))])
+            heard = None if heard is None else heard.repeat(2, 1, 1)
+        fused = self.fuse(heard, valid, self.embed_tokens(tokens, inst))
         positions = torch.tensor(steps, device=device)
         hidden = self.backbone(fused, positions=positions, caches=state.caches)
         return self.logits(hidden)
@@ -521,6 +556,7 @@ class GenerationState:
     step: int
     pending: int
     token_base: int = 0
+    guided: bool = False  # the caches hold 2B streams: the second B hear no input
 
     def token(self, step: int) -> torch.Tensor:
         """The delayed tokens ``[B, K]`` emitted at ``step``."""

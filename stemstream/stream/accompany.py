@@ -151,6 +151,7 @@ def accompany_file(
     sample_rate: int | None = None,
     route: str | None = None,
     mix_channels: str = "input",
+    guidance: float = 1.0,
 ) -> AccompanyResult:
     """Accompany an audio file with ``instrument`` through the real-time engine.
 
@@ -178,6 +179,8 @@ def accompany_file(
             :mod:`stemstream.model.routes`); default ``eager``, ``onnx`` for int8 weights.
         mix_channels: ``input`` (the mix keeps the input's channels, the stem in the centre)
             or ``mono``.
+        guidance: input guidance (1 = plain sampling; see
+            :class:`~stemstream.model.sampling.SamplingConfig`).
 
     Raises:
         AudioError: missing, corrupt, empty or non-finite input.
@@ -207,6 +210,7 @@ def accompany_file(
         top_k=top_k,
         seed=seed,
         window=window,
+        guidance=guidance,
         output_sample_rate=sample_rate or source.sample_rate,
     )
     session = Session(loaded.model, loaded.codec, config, clock=make_clock(realtime))

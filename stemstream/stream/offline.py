@@ -57,10 +57,13 @@ def generate_codes(
 
     frames = latents.shape[-1] if num_frames is None else num_frames
     if not isinstance(model, StreamingDecoder):
+        if sampling.guided:
+            raise ConfigError("input guidance applies to streaming models, not "
+                              f"{type(model).__name__}")
         return model.generate(latents, inst, sampling, generator, num_frames=num_frames)
     steps = model.delay.num_steps(frames)
     k = model.config.chunk_frames
-    state = model.new_state(inst, max_steps=steps + k)
+    state = model.new_state(inst, max_steps=steps + k, guided=sampling.guided)
     chunks = []
     with tqdm(total=steps, desc="generate", unit="step", disable=not progress) as bar:
         while state.step < steps:
@@ -87,12 +90,14 @@ def generate_file(
     progress: bool = False,
     sample_rate: int | None = None,
     mix_channels: str = "input",
+    guidance: float = 1.0,
 ) -> GenerateResult:
     """Accompany ``input_path`` (any rate/channels) with ``instrument``; write the stem (and
     optionally the appendix-A.7 mix of input and stem, in the input's channel layout or mono
     by ``mix_channels``) at ``sample_rate`` (default: the input's). A streaming model may run
     at another ``t_f`` (seconds) / ``k`` than trained (with a warning); other families refuse
-    them."""
+    them. ``guidance``: input guidance (streaming models; see
+    :class:`~stemstream.model.sampling.SamplingConfig`)."""
     from stemstream.model.checkpoints import load_model
     from stemstream.stream.session import with_stream_args
 
@@ -119,7 +124,7 @@ def generate_file(
     source = audio.Audio(audio.resample(native.samples, native.sample_rate, codec.sample_rate),
                          codec.sample_rate)
     wave = torch.from_numpy(source.samples)[None]
-    sampling = SamplingConfig(temperature=temperature, top_k=top_k)
+    sampling = SamplingConfig(temperature=temperature, top_k=top_k, guidance=guidance)
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
         latents = model_input(codec, model.config, wave)

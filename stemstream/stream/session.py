@@ -79,6 +79,9 @@ class SessionConfig:
         policy: on a miss, ``"silence"`` or ``"late"``; default from the clock.
         output_sample_rate: rate of the returned audio (default: the codec's).
         keep_records: chunk records kept in memory (oldest dropped; counters stay exact).
+        guidance: input guidance (:class:`~stemstream.model.sampling.SamplingConfig`; 1 =
+            plain sampling; other values run the model twice per position, on the eager
+            route).
     """
 
     instrument: str | int = "bass"
@@ -91,6 +94,7 @@ class SessionConfig:
     policy: str | None = None
     output_sample_rate: int | None = None
     keep_records: int = 10_000
+    guidance: float = 1.0
 
     def __post_init__(self) -> None:
         if self.policy is not None and self.policy not in POLICIES:
@@ -101,7 +105,7 @@ class SessionConfig:
             raise ConfigError(f"latency must be >= 0 seconds, got {self.latency}")
         if self.window is not None and self.window < 1:
             raise ConfigError(f"window must be >= 1 positions, got {self.window}")
-        SamplingConfig(self.temperature, self.top_k)  # validates
+        SamplingConfig(self.temperature, self.top_k, self.guidance)  # validates
 
 
 @dataclass
@@ -229,7 +233,8 @@ class Session:
                 f"{mcfg.num_classes} classes"
             )
         self.policy = self.config.policy or ("silence" if self.clock.realtime else "late")
-        self.sampling = SamplingConfig(self.config.temperature, self.config.top_k)
+        self.sampling = SamplingConfig(self.config.temperature, self.config.top_k,
+                                       self.config.guidance)
         self.window = self.config.window or min(mcfg.backbone.max_seq_len, DEFAULT_WINDOW)
         self.sample_rate = codec.sample_rate
         self.hop = codec.hop_length
@@ -257,7 +262,7 @@ class Session:
         self.decoder = self.codec.streaming_decoder()
         self.generator = torch.Generator().manual_seed(self.config.seed)
         self.state: GenerationState = self.model.new_state(
-            torch.tensor([self.inst_id]), window=self.window
+            torch.tensor([self.inst_id]), window=self.window, guided=self.sampling.guided
         )
         self.latents = torch.zeros(1, self.inputs.channels, 0)  # heard input from latent_offset
         self.latent_offset = 0

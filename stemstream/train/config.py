@@ -42,6 +42,8 @@ class ModelSpec:
             ``history_span_frames`` in training.
         onset_loss_weight: streaming only: weight of an auxiliary head predicting the target's
             note onsets (needs a whole-track dump, which stores them; 0 = no head).
+        input_dropout: streaming only: the probability that a training window hears no input
+            at all, which trains the unconditional logits of input guidance (``--guidance``).
         num_classes: instrument classes (``None`` = :data:`~stemstream.data.instruments.
             NUM_CLASSES`).
     """
@@ -60,6 +62,7 @@ class ModelSpec:
     history_span: float = 0.0
     history_span_frames: int = 25
     onset_loss_weight: float = 0.0
+    input_dropout: float = 0.0
     num_classes: int | None = None
 
     def __post_init__(self) -> None:
@@ -67,7 +70,7 @@ class ModelSpec:
             raise ConfigError(f"model.num_codebooks must be >= 1, got {self.num_codebooks}")
         if self.chunk_frames < 1:
             raise ConfigError(f"model.chunk_frames (k) must be >= 1, got {self.chunk_frames}")
-        for name in ("history_dropout", "history_noise", "history_span"):
+        for name in ("history_dropout", "history_noise", "history_span", "input_dropout"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"model.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.future_frames is not None and self.future_seconds is not None:

@@ -72,6 +72,7 @@ def _streaming() -> Family:
             history_span=spec.history_span,
             history_span_frames=spec.history_span_frames,
             onset_loss_weight=spec.onset_loss_weight,
+            input_dropout=spec.input_dropout,
         )
 
     return Family(StreamingDecoderConfig, StreamingDecoder, make)
@@ -88,7 +89,7 @@ def _offline(module: str, config_name: str, model_name: str) -> Callable[[], Fam
 
         def make(spec: ModelSpec, facts: DumpFacts) -> Any:
             streaming_only = ("history_dropout", "history_noise", "history_span",
-                              "onset_loss_weight")
+                              "onset_loss_weight", "input_dropout")
             for name in streaming_only:
                 if getattr(spec, name):
                     raise ConfigError(f"model.{name} applies to the streaming family only")

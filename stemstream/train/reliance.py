@@ -11,6 +11,10 @@ views (the listening issue's measures):
 * ``hidden``: with the whole target history hidden (the instrument token stays): what the model
   takes from the input alone.
 
+With input guidance ``w`` (:class:`~stemstream.model.sampling.SamplingConfig`) the same
+measures are taken on the logits a guided sampler draws from, ``u + w (c - u)`` (``u``: the
+model hearing no input), so they say how much *generation* follows the input.
+
 The trainer logs these on validation (``reliance/*``) so a run that stops listening shows within
 minutes; ``scripts/input_reliance.py`` reports them for any checkpoint.
 """
@@ -23,6 +27,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from stemstream.model.sampling import guided_logits
 
 ONSET_FRAMES = 3  # frames 0..2 after a note onset
 
@@ -64,6 +70,7 @@ def measure_reliance(
     inputs: Callable[[Any, torch.device], torch.Tensor],
     batches: Sequence,
     others: Sequence,
+    guidance: float = 1.0,
 ) -> dict[str, float]:
     """Validation loss and reliance of a streaming decoder (module docstring).
 
@@ -73,6 +80,7 @@ def measure_reliance(
             :class:`~stemstream.train.inputs.BatchInputs`).
         batches: :class:`~stemstream.data.tokens.TokenBatch` es with the true input.
         others: batches of the same shapes whose inputs come from other tracks.
+        guidance: measure the guided logits (module docstring); 1 = the model's own.
 
     Returns:
         ``loss/valid`` (true input), ``loss/valid_other_input``, ``reliance/all``,
@@ -90,10 +98,17 @@ def measure_reliance(
         onsets = None
         if batch.onsets is not None:
             onsets = onset_window(batch.onsets.to(device))
+        deaf = {}  # the unconditional logits do not depend on the input
         for name, source in (("true", batch), ("other", other)):
             latents = inputs(source, device)
             for hidden in (False, True):
                 out = model(latents, target, inst, hide_history=hidden)
+                if guidance != 1:
+                    if hidden not in deaf:
+                        deaf[hidden] = model(latents, target, inst, hide_history=hidden,
+                                             hide_input=True).logits
+                    out = out._replace(logits=guided_logits(out.logits, deaf[hidden],
+                                                            guidance))
                 losses, valid, frame = token_losses(out, pad_id)
                 key = f"{name}{'_hidden' if hidden else ''}"
                 sums.add(key, losses, valid)

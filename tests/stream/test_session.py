@@ -112,7 +112,8 @@ def push_all(sess: Session, audio: np.ndarray, sizes: list[int]) -> list[np.ndar
 WAVE = noise(HOP * 37 + 13)
 
 
-def offline_reference(model: StreamingDecoder, codec: MockCodec, wave: np.ndarray) -> np.ndarray:
+def offline_reference(model: StreamingDecoder, codec: MockCodec, wave: np.ndarray,
+                      guidance: float = 1.0) -> np.ndarray:
     with torch.inference_mode():
         w = torch.from_numpy(wave)[None, None]
         latents = codec.embed(codec.encode(w)[:, :K])
@@ -124,7 +125,7 @@ def offline_reference(model: StreamingDecoder, codec: MockCodec, wave: np.ndarra
             model,
             latents,
             torch.tensor([INST]),
-            SamplingConfig(0.0, 200),
+            SamplingConfig(0.0, 200, guidance),
             torch.Generator().manual_seed(0),
         )
         return codec.decode(codes)[0, 0, : wave.shape[0]].numpy()
@@ -154,6 +155,17 @@ def test_greedy_session_equals_offline_generation(t_f, k, encoder):
         steps = math.ceil(n / HOP) + K - 1
         assert sess.stats.chunks == math.ceil(steps / k), name
         assert sess.state.step == math.ceil(steps / k) * k
+
+
+@pytest.mark.parametrize("t_f", [-3, 2])
+@pytest.mark.parametrize("k", [1, 4])
+def test_guided_session_equals_guided_offline_generation(t_f, k):
+    model, codec = shared_model(t_f, k, "conv"), shared_codec()
+    ref = offline_reference(model, codec, WAVE, guidance=3.0)
+    assert not np.array_equal(ref, offline_reference(model, codec, WAVE))  # guidance acts
+    for sizes in ([WAVE.shape[0]], [1, 7, 40, 99, 3]):
+        sess = session(model, temperature=0.0, window=4096, guidance=3.0)
+        assert np.array_equal(run_blocks(sess, WAVE, sizes), ref), sizes
 
 
 @pytest.mark.parametrize("t_f", [-3, 0, 2])
@@ -195,6 +207,7 @@ SNAPSHOT_CASES = [
     pytest.param(0, 1, 44100, 48000, None, "frame", id="k1-44k1-in-48k-out"),
     pytest.param(3, 2, SR, None, 16, "conv", id="k2-tf3-conv-input-ring-wraps"),
     pytest.param(2, 1, 44100, None, None, "conv+features", id="k1-tf2-features-44k1-in"),
+    pytest.param(2, 4, SR, None, 16, "conv+guidance", id="k4-tf2-guided-ring-wraps"),
 ]
 
 
@@ -207,8 +220,10 @@ def _stereo(wave: np.ndarray) -> np.ndarray:
 def test_save_load_mid_stream_continues_bit_identically(
     tmp_path, t_f, k, rate_in, rate_out, window, encoder
 ):
+    encoder, guided, _ = encoder.partition("+guidance")
     model = shared_model(t_f, k, encoder)
     kwargs = {
+        "guidance": 2.0 if guided else 1.0,
         "temperature": 1.0,
         "seed": 7,
         "input_sample_rate": rate_in,

@@ -408,3 +408,9 @@ def test_reliance_is_zero_for_the_same_input_and_positive_for_a_listening_model(
     assert model.training  # restored
     assert result["reliance/all"] > 0.5 and result["reliance/hidden"] > 0.5
     assert result["reliance/onsets"] > 0.5
+    # guided logits: w = 1 is the model's own, w = 0 the model hearing nothing (no reliance)
+    assert measure_reliance(model, inputs, [batch], [other], guidance=1.0) == result
+    deaf = measure_reliance(model, inputs, [batch], [other], guidance=0.0)
+    assert deaf["reliance/all"] == 0.0 and deaf["reliance/hidden"] == 0.0
+    guided = measure_reliance(model, inputs, [batch], [other], guidance=2.0)
+    assert guided["reliance/all"] != result["reliance/all"]
