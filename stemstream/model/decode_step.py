@@ -59,7 +59,8 @@ class DecodeStep(nn.Module):
         slot_positions: torch.Tensor,
         caches: list[torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One position.
+        """One position (of every row; per-row arguments for rows at different positions are
+        described in brackets).
 
         Args:
             tokens: long ``[B, K]`` the previous step's delayed tokens (``-1``: the
@@ -67,13 +68,15 @@ class DecodeStep(nn.Module):
             inst: long ``[B]`` instrument classes.
             window: ``[B, F, D_in]`` raw input latents of frames ``f - F + 1 .. f`` (``f``
                 the newest visible frame, ``F`` = :attr:`frames`).
-            frame_valid: bool ``[F]``: frames before the stream's first are ``False``.
-            has_input: bool ``[]``: ``False`` where the position hears no input.
-            rotation: ``[Dh/2, 2]`` the position's rotary (cos, sin) pairs.
-            position: long ``[]`` the position.
-            slot: long ``[]`` the cache slot the new entry will occupy.
+            frame_valid: bool ``[F]`` (``[B, F]``): frames before the stream's first are
+                ``False``.
+            has_input: bool ``[]`` (``[B]``): ``False`` where the position hears no input.
+            rotation: ``[Dh/2, 2]`` (``[B, Dh/2, 2]``) the position's rotary (cos, sin) pairs.
+            position: long ``[]`` (``[B]``) the position.
+            slot: long ``[]`` (``[B]``) the cache slot the new entry will occupy.
             cache_window: long ``[]`` the ring's window (:data:`NO_WINDOW` for a linear cache).
-            slot_positions: long ``[C]`` positions the slots hold before this step (-1 empty).
+            slot_positions: long ``[C]`` (``[B, C]``) positions the slots hold before this
+                step (-1 empty).
             caches: per layer its cached keys (rotated) and values, ``[B, Hkv, C, Dh]``
                 each: ``[keys_0, values_0, keys_1, ...]``.
 
@@ -83,14 +86,18 @@ class DecodeStep(nn.Module):
         model = self.model
         heard = self._heard(window, frame_valid)  # [B, D]
         emb = model.embed_tokens(tokens[:, :, None], inst)  # [B, 1, D]
-        x = model.fuse(heard[:, None], has_input, emb)
-        slots = torch.arange(slot_positions.shape[0], device=slot_positions.device)
+        x = model.fuse(heard[:, None], has_input[..., None] if has_input.dim() else has_input,
+                       emb)
+        slots = torch.arange(slot_positions.shape[-1], device=slot_positions.device)
+        position, slot = position[..., None], slot[..., None]  # [1] or [B, 1]
         visible = (
             (slot_positions >= 0)
             & (slot_positions <= position)
             & (slot_positions > position - cache_window)
             & (slots != slot)
         )
+        if visible.dim() == 2:  # per row: [B, 1, 1, C] against the scores [B, Hkv, G, C]
+            visible = visible[:, None, None]
         backbone = model.backbone
         pair_rotation = _pair_rotation(rotation)  # once for every layer
         new = []
@@ -113,7 +120,7 @@ class DecodeStep(nn.Module):
         encoder = model.input_encoder
         if encoder is None:
             return projected[:, -1]
-        mask = valid[None, :, None]
+        mask = (valid if valid.dim() == 2 else valid[None])[..., None]  # [1 or B, F, 1]
         h = projected
         frames = window.shape[1]
         for block in encoder.blocks:
@@ -129,7 +136,7 @@ class DecodeStep(nn.Module):
         h = h[:, -1]
         if encoder.aligned is not None:
             lag = encoder.aligned_lag
-            aligned = window[:, -1 - lag] * valid[-1 - lag]
+            aligned = window[:, -1 - lag] * mask[:, -1 - lag]
             h = h + encoder.aligned(aligned)
         return h
 
@@ -152,8 +159,12 @@ class DecodeStep(nn.Module):
         k, v = attention.wkv(h).split(attention.kv_width, dim=-1)
         k = k.view(batch, kv_heads, head_dim)
         v = v.view(batch, kv_heads, head_dim)
-        q = _rotate(rms_norm(q, attention.eps, attention.q_norm), rotation)
-        k = _rotate(rms_norm(k, attention.eps, attention.k_norm), rotation)
+        rotation_q = rotation_k = rotation
+        if rotation[0].dim() == 3:  # per row [B, Dh/2, .]: broadcast over the heads
+            rotation_q = tuple(r[:, None, None] for r in rotation)
+            rotation_k = tuple(r[:, None] for r in rotation)
+        q = _rotate(rms_norm(q, attention.eps, attention.q_norm), rotation_q)
+        k = _rotate(rms_norm(k, attention.eps, attention.k_norm), rotation_k)
         scale = 1.0 / math.sqrt(head_dim)
         old = torch.matmul(q, keys.transpose(-1, -2)) * scale  # [B, Hkv, G, C]
         old = old.masked_fill(~visible, float("-inf"))
@@ -174,9 +185,10 @@ def _rotate(x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> tor
 
 
 def _pair_rotation(rotation: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``[Dh/2, 2]`` (cos, sin) -> ``cos [Dh/2, 1]`` and ``(-sin, sin) [Dh/2, 2]``."""
+    """``[..., Dh/2, 2]`` (cos, sin) -> ``cos [..., Dh/2, 1]`` and ``(-sin, sin)
+    [..., Dh/2, 2]``."""
     sign = torch.tensor([-1.0, 1.0], dtype=rotation.dtype, device=rotation.device)
-    return rotation[:, :1], rotation[:, 1:] * sign
+    return rotation[..., :1], rotation[..., 1:] * sign
 
 
 def stack_caches(caches: list[KVCache]) -> tuple[torch.Tensor, list[torch.Tensor]]:

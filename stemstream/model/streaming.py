@@ -386,21 +386,35 @@ class StreamingDecoder(nn.Module):
             if state.guided:
                 batch = state.inst.shape[0]
                 logits = guided_logits(logits[:batch], logits[batch:], sampling.guidance)
-            tokens = sample_tokens(
-                logits,
-                sampling.temperature,
-                sampling.top_k,
-                generator,
-                valid_vocab=cfg.codebook_size,
-            )
-            if forced is not None:
-                tokens = forced[:, :, offset]
-            tokens = self._apply_pads(tokens, step)
-            state.tokens.append(tokens)
-            out.append(tokens)
+            out.append(self.emit(state, logits, sampling, generator,
+                                 None if forced is None else forced[:, :, offset], step))
         state.step = start + k
         state.pending = k if k > 1 else 0
         return torch.stack(out, dim=-1)
+
+    def emit(
+        self,
+        state: GenerationState,
+        logits: torch.Tensor,
+        sampling: SamplingConfig,
+        generator: torch.Generator | None,
+        forced: torch.Tensor | None,
+        step: int,
+    ) -> torch.Tensor:
+        """Sample (or take ``forced``) the delayed tokens ``[B, K]`` of ``step`` from its
+        ``logits [B, K, V']``, force the delay pattern's pads and append them to ``state``."""
+        tokens = sample_tokens(
+            logits,
+            sampling.temperature,
+            sampling.top_k,
+            generator,
+            valid_vocab=self.config.codebook_size,
+        )
+        if forced is not None:
+            tokens = forced
+        tokens = self._apply_pads(tokens, step)
+        state.tokens.append(tokens)
+        return tokens
 
     def _refeed_fused(
         self, state: GenerationState, input_latents: torch.Tensor, input_offset: int
@@ -463,7 +477,7 @@ class StreamingDecoder(nn.Module):
         """:meth:`_forward_positions` of one position through :attr:`step_route` (a
         :class:`~stemstream.model.decode_step.DecodeStep`, usually compiled): the same
         logits ``[B, K, V]`` and cache contents."""
-        batch, device = state.inst.shape[0], state.inst.device
+        device = state.inst.device
         caches = state.caches
         kv, views = stack_caches(caches)
         cache = caches[0]
@@ -474,27 +488,8 @@ class StreamingDecoder(nn.Module):
                 f"{capacity}; use a larger max_seq_len or a ring cache (window=...)"
             )
         slot = cache.length % capacity
-        tokens = (
-            state.token(step - 1)
-            if step > 0
-            else torch.full((batch, self.config.num_codebooks), -1, dtype=torch.long,
-                            device=device)
-        )
-        span = self.input_context + 1
-        length = input_offset + input_latents.shape[-1]
-        has_input = 0 <= frame < length
-        if has_input:
-            first = frame - span + 1
-            kept = self._first_needed(frame, input_offset)
-            window = input_latents[..., kept - input_offset : frame + 1 - input_offset]
-            window = window.transpose(1, 2)
-            missing = span - window.shape[1]
-            if missing:
-                window = F.pad(window, (0, 0, missing, 0))
-            valid = torch.arange(first, frame + 1, device=device) >= 0
-        else:
-            window = input_latents.new_zeros(batch, span, self.config.input_channels)
-            valid = torch.zeros(span, dtype=torch.bool, device=device)
+        tokens = self.previous_tokens(state, step)
+        window, valid, has_input = self.step_window(input_latents, frame, input_offset)
         position = torch.tensor(step, device=device)
         rotation = torch.view_as_real(self.backbone.rope.rotations(position[None]))[0]
         # a compiled step assumes the example's (contiguous) strides
@@ -518,6 +513,36 @@ class StreamingDecoder(nn.Module):
             each.length += 1
             each.filled = max(each.filled, slot + 1)
         return logits
+
+    def previous_tokens(self, state: GenerationState, step: int) -> torch.Tensor:
+        """The tokens ``[B, K]`` position ``step`` embeds: the previous step's, or ``-1`` (the
+        instrument position) at step 0."""
+        if step > 0:
+            return state.token(step - 1)
+        return torch.full((state.inst.shape[0], self.config.num_codebooks), -1,
+                          dtype=torch.long, device=state.inst.device)
+
+    def step_window(
+        self, input_latents: torch.Tensor, frame: int, input_offset: int
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """What one generation position whose newest visible frame is ``frame`` reads, for a
+        :class:`~stemstream.model.decode_step.DecodeStep`: the raw input latents of frames
+        ``frame - F + 1 .. frame`` ``[B, F, D_in]`` (zeros before the stream), which of them
+        exist ``[F]``, and whether the position hears input at all."""
+        batch, device = input_latents.shape[0], input_latents.device
+        span = self.input_context + 1
+        length = input_offset + input_latents.shape[-1]
+        if not 0 <= frame < length:
+            window = input_latents.new_zeros(batch, span, self.config.input_channels)
+            return window, torch.zeros(span, dtype=torch.bool, device=device), False
+        kept = self._first_needed(frame, input_offset)
+        window = input_latents[..., kept - input_offset : frame + 1 - input_offset]
+        window = window.transpose(1, 2)
+        missing = span - window.shape[1]
+        if missing:
+            window = F.pad(window, (0, 0, missing, 0))
+        valid = torch.arange(frame - span + 1, frame + 1, device=device) >= 0
+        return window, valid, True
 
     def _heard(self, input_latents: torch.Tensor, frames: torch.Tensor, offset: int):
         """:meth:`condition` of stream frames ``min(frames) .. max(frames)`` (``[B, n, D]``),

@@ -35,6 +35,10 @@ class Clock(Protocol):
     def run(self, ready: float, work: Callable[[], T]) -> tuple[T, float, float]:
         """Run ``work`` no earlier than ``ready``; return ``(result, start, end)``."""
 
+    def timed(self, ready: float, began: float, finished: float) -> tuple[float, float]:
+        """``(start, end)`` on the timeline of work that ran elsewhere (e.g. one batched step
+        shared by many sessions) between timer readings ``began`` and ``finished``."""
+
     def state(self) -> dict[str, Any]:
         """JSON-safe state (for session snapshots)."""
 
@@ -59,12 +63,14 @@ class VirtualClock:
         return input_end
 
     def run(self, ready: float, work: Callable[[], T]) -> tuple[T, float, float]:
-        start = max(ready, self.busy_until)
         began = self.timer()
         result = work()
-        end = start + (self.timer() - began)
-        self.busy_until = end
-        return result, start, end
+        return (result, *self.timed(ready, began, self.timer()))
+
+    def timed(self, ready: float, began: float, finished: float) -> tuple[float, float]:
+        start = max(ready, self.busy_until)
+        self.busy_until = start + (finished - began)
+        return start, self.busy_until
 
     def state(self) -> dict[str, Any]:
         return {"busy_until": self.busy_until}
@@ -97,6 +103,11 @@ class WallClock:
         start = self.now()
         result = work()
         return result, start, self.now()
+
+    def timed(self, ready: float, began: float, finished: float) -> tuple[float, float]:
+        if self.origin is None:
+            return 0.0, finished - began
+        return began - self.origin, finished - self.origin
 
     def state(self) -> dict[str, Any]:
         return {}

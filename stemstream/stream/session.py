@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -309,13 +309,16 @@ class Session:
         Raises:
             StreamError: NaN/Inf or a malformed block; the session is unchanged and usable.
         """
+        return self._advance(*self._accept(block), final=False)
+
+    def _accept(self, block: np.ndarray | torch.Tensor) -> tuple[np.ndarray, float]:
+        """Check a pushed block; return it at the codec rate and its arrival time."""
         if self.finished:
             raise StreamError("this stream has ended (finish() was called); call reset()")
         mono = self._check_block(block)
         self.samples_in += mono.shape[0]
         arrival = self.clock.arrival(self.samples_in / self.config.input_sample_rate)
-        resampled = self.resampler.process(mono)
-        return self._advance(resampled, arrival, final=False)
+        return self.resampler.process(mono), arrival
 
     def preroll(self) -> np.ndarray:
         """Generate, before any input arrives, the chunks that need none (``c + t_f <= 0``,
@@ -333,11 +336,14 @@ class Session:
         output stream has as many samples as the input (at the output rate)."""
         if self.finished:
             return np.zeros(0, dtype=np.float32)
-        arrival = self.clock.arrival(self.samples_in / self.config.input_sample_rate)
-        tail = self.resampler.flush()
-        out = self._advance(tail, arrival, final=True)
+        out = self._advance(*self._accept_end(), final=True)
         self.finished = True
         return out
+
+    def _accept_end(self) -> tuple[np.ndarray, float]:
+        """The resampler's tail (codec rate) and the time the input ended."""
+        arrival = self.clock.arrival(self.samples_in / self.config.input_sample_rate)
+        return self.resampler.flush(), arrival
 
     def _check_block(self, block: np.ndarray | torch.Tensor) -> np.ndarray:
         if isinstance(block, torch.Tensor):
@@ -367,6 +373,11 @@ class Session:
 
     @torch.inference_mode()
     def _advance(self, resampled: np.ndarray, arrival: float, final: bool) -> np.ndarray:
+        before = self._take_input(resampled, arrival, final)
+        return self._give_output(self._generate_ready(final), before, final)
+
+    def _take_input(self, resampled: np.ndarray, arrival: float, final: bool) -> int:
+        """Encode newly arrived input (codec rate); returns the output samples so far."""
         wave = torch.from_numpy(np.ascontiguousarray(resampled, dtype=np.float32))[None, None]
         self.codec_samples_in += wave.shape[-1]
 
@@ -381,8 +392,11 @@ class Session:
             del self.pushes[: len(self.pushes) - self.config.keep_records]
         self.latents = torch.cat([self.latents, new_latents], dim=-1)
         self.frame_ready.extend([enc_end] * new_latents.shape[-1])
-        before = self.samples_out
-        out = self._generate_ready(final)
+        return self.samples_out
+
+    def _give_output(self, out: np.ndarray, before: int, final: bool) -> np.ndarray:
+        """The generated audio ``out`` at the output rate (with the decoder's tail and trimmed
+        to the input's length when ``final``); forgets what no future chunk needs."""
         if final:
             if self.frames_out:
                 tail = self.decoder.flush()[0, 0].float().numpy()
@@ -399,6 +413,26 @@ class Session:
 
     def _generate_ready(self, final: bool) -> np.ndarray:
         """Generate every chunk whose horizon is heard (all remaining ones when ``final``)."""
+        chunks = self._chunks(final)
+        try:
+            ready = next(chunks)
+            while True:
+                ready = chunks.send(self.clock.run(ready, self._model_work(final)))
+        except StopIteration as done:
+            return done.value
+
+    def _model_work(self, final: bool) -> Callable[[], torch.Tensor]:
+        """The model's next chunk of this session alone (an engine batches it instead)."""
+        return lambda: self.model.generate_chunk(
+            self.state, self.latents, self.sampling, self.generator,
+            input_complete=final, input_offset=self.latent_offset,
+        )
+
+    def _chunks(self, final: bool) -> Generator[float, tuple[torch.Tensor, float, float],
+                                                np.ndarray]:
+        """Every chunk whose horizon is heard (all remaining ones when ``final``), as a
+        coroutine: it yields the time the next chunk's input was ready and is sent the
+        chunk with its model-work ``(start, end)``; it returns the audio they completed."""
         cfg = self.model.config
         k, tf, num_k = cfg.chunk_frames, cfg.future_frames, cfg.num_codebooks
         total_steps = self.heard_frames + num_k - 1 if final else None
@@ -412,18 +446,7 @@ class Session:
                 break
             need = c + tf - 1  # newest input frame the chunk hears
             ready = self._frame_ready_time(need)
-
-            def model_work(c=c) -> torch.Tensor:
-                return self.model.generate_chunk(
-                    self.state,
-                    self.latents,
-                    self.sampling,
-                    self.generator,
-                    input_complete=final,
-                    input_offset=self.latent_offset,
-                )
-
-            chunk, start, model_end = self.clock.run(ready, model_work)
+            chunk, start, model_end = yield ready
             self.delayed = torch.cat([self.delayed, chunk], dim=-1)
             complete = self.state.step - (num_k - 1)  # frames < complete are audible
             if final:

@@ -1,0 +1,125 @@
+"""An engine that advances many sessions of one model together (issue 18): each round, every
+session encodes its new input, then the model work of all sessions whose next chunk is ready
+runs as **one batched forward** (:class:`~stemstream.model.batched.StreamPool`), then each
+session renders and accounts its own audio.
+
+A session of an engine is an ordinary :class:`~stemstream.stream.session.Session` (same
+resampling, codec streams, delay pattern, deadlines, report and snapshots) whose KV caches
+live in a row of the engine's pool; only who runs its model step changes. Its output equals
+the same session run alone (greedy: bit-identical; sampled: the same draws, each session
+keeping its own generator).
+
+    engine = Engine(model, codec, max_sessions=16)
+    a = engine.open(SessionConfig(instrument="bass", input_sample_rate=48000))
+    b = engine.open(SessionConfig(instrument="drums", input_sample_rate=48000))
+    outputs = engine.push({a: block_a, b: block_b})   # {session: audio}
+    tails = engine.finish([a, b]); engine.close(a); engine.close(b)
+
+Timing: the batched step's wall time counts as model time for every session in it (each
+waited for it), on each session's own clock.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import torch
+
+from stemstream.errors import ConfigError
+from stemstream.model.batched import StreamPool, StreamStep
+from stemstream.stream.clock import Clock
+from stemstream.stream.session import DEFAULT_WINDOW, Session, SessionConfig
+
+
+class Engine:
+    """Up to ``max_sessions`` sessions of one streaming ``model`` (``k = 1``) and ``codec``;
+    ``window`` is every session's KV ring (default: the sessions' default)."""
+
+    def __init__(self, model: torch.nn.Module, codec, max_sessions: int,
+                 window: int | None = None) -> None:
+        window = window or min(model.config.backbone.max_seq_len, DEFAULT_WINDOW)
+        self.model, self.codec = model, codec
+        self.pool = StreamPool(model, max_sessions, window)
+        self.sessions: list[Session] = []
+
+    @property
+    def capacity(self) -> int:
+        return self.pool.rows
+
+    def open(self, config: SessionConfig, clock: Clock | None = None) -> Session:
+        """A new session in a free row (a :class:`ConfigError` when the engine is full or the
+        config asks for what batching cannot do: guidance, another KV ring)."""
+        if config.window not in (None, self.pool.window):
+            raise ConfigError(f"sessions of this engine use a KV ring of {self.pool.window} "
+                              f"positions, not {config.window}")
+        if config.guidance != 1:
+            raise ConfigError("input guidance runs sessions one by one, not in an engine")
+        if not self.pool.free_rows:
+            raise ConfigError(f"the engine is full ({self.capacity} sessions)")
+        session = Session(self.model, self.codec,
+                          dataclasses.replace(config, window=self.pool.window), clock)
+        self.pool.adopt(session.state)
+        self.sessions.append(session)
+        return session
+
+    def close(self, session: Session) -> None:
+        """Free the session's row (zeroed: nothing leaks into the next session)."""
+        self.pool.release(session.state)
+        self.sessions.remove(session)
+
+    def reset(self, session: Session) -> None:
+        """Start the session's stream afresh in its row."""
+        self.pool.release(session.state)
+        session.reset()
+        self.pool.adopt(session.state)
+
+    def push(self, blocks: Mapping[Session, np.ndarray]) -> dict[Session, np.ndarray]:
+        """Feed each session its block (as :meth:`Session.push`); return each one's new output.
+        A bad block raises before any session changes."""
+        accepted = {session: session._accept(block) for session, block in blocks.items()}
+        return self._advance(accepted, final=False)
+
+    def finish(self, sessions: Iterable[Session]) -> dict[Session, np.ndarray]:
+        """End each session's input (as :meth:`Session.finish`); return the rest of its output."""
+        ending = [s for s in sessions if not s.finished]
+        out = self._advance({s: s._accept_end() for s in ending}, final=True)
+        for session in ending:
+            session.finished = True
+        return out
+
+    @torch.inference_mode()
+    def _advance(self, accepted: Mapping[Session, tuple[np.ndarray, float]],
+                 final: bool) -> dict[Session, np.ndarray]:
+        for session in accepted:
+            if session not in self.sessions:
+                raise ConfigError("this session does not belong to this engine")
+        before = {s: s._take_input(resampled, arrival, final)
+                  for s, (resampled, arrival) in accepted.items()}
+        coroutines = {s: s._chunks(final) for s in accepted}
+        audio: dict[Session, np.ndarray] = {}
+        waiting: dict[Session, float] = {}  # session -> when its next chunk's input was ready
+
+        def advance(session: Session, sent=None) -> None:
+            try:
+                chunks = coroutines[session]
+                waiting[session] = next(chunks) if sent is None else chunks.send(sent)
+            except StopIteration as done:
+                audio[session] = done.value
+
+        for session in coroutines:
+            advance(session)
+        while waiting:
+            ready = dict(waiting)
+            waiting.clear()
+            streams = [StreamStep(s.state, s.latents, s.latent_offset, final, s.sampling,
+                                  s.generator) for s in ready]
+            began = time.perf_counter()
+            chunks = self.pool.step(streams)
+            finished = time.perf_counter()
+            for (session, ready_at), chunk in zip(ready.items(), chunks, strict=True):
+                start, end = session.clock.timed(ready_at, began, finished)
+                advance(session, (chunk[..., None], start, end))
+        return {s: s._give_output(audio[s], before[s], final) for s in accepted}
