@@ -13,8 +13,11 @@ Protocol (docs/serve.md has it in full):
   "done", "report": {...}}`` and a normal close. Errors are ``{"type": "error", "message":
   ...}`` followed by a close with a WebSocket close code (:class:`Close`).
 
-Each connection runs its own :class:`~stemstream.stream.session.Session` in a worker thread
-(model and codec are shared, read-only); ``max_sessions`` bounds how many run at once.
+Each connection runs its own :class:`~stemstream.stream.session.Session`; ``max_sessions``
+bounds how many run at once. With a ``k = 1`` model (the defaults) the sessions share one
+batched engine (:class:`~stemstream.stream.engine.EngineWorker`): the blocks of all clients
+that arrive together advance in one model forward. A client asking for another ``t_f``
+(``future_seconds``) gets a session of its own on a worker thread.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from fastapi.staticfiles import StaticFiles
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import NEVER_TARGET, class_name, playable_class
 from stemstream.errors import StemstreamError
+from stemstream.stream.engine import Engine, EngineWorker
 from stemstream.stream.models import StreamModel
 from stemstream.stream.session import Session, SessionConfig, with_stream_args
 
@@ -83,6 +87,7 @@ class ServeConfig:
         realtime: deadlines on the wall clock (live use) or a virtual clock (tests: the
             output is then exactly a session's run alone).
         temperature / top_k / seed: sampling.
+        batch: run the sessions in one batched engine when the model allows (``k = 1``).
     """
 
     host: str = "127.0.0.1"
@@ -94,6 +99,7 @@ class ServeConfig:
     temperature: float = DEFAULT_TEMPERATURE
     top_k: int = DEFAULT_TOP_K
     seed: int = 0
+    batch: bool = True
 
 
 def resolve_token(host: str, token: str | None) -> str | None:
@@ -159,8 +165,16 @@ def parse_start(text: str, loaded: StreamModel, default_latency: float) -> Start
     return StartRequest(instrument, rate, channels, float(latency), future_frames)
 
 
-def open_session(loaded: StreamModel, request: StartRequest, config: ServeConfig) -> Session:
+def session_config(request: StartRequest, config: ServeConfig) -> SessionConfig:
     """The session a validated start message asks for (its output at the client's rate)."""
+    return SessionConfig(
+        instrument=request.instrument, input_sample_rate=request.sample_rate,
+        output_sample_rate=request.sample_rate, latency=request.latency,
+        temperature=config.temperature, top_k=config.top_k, seed=config.seed)
+
+
+def open_session(loaded: StreamModel, request: StartRequest, config: ServeConfig) -> Session:
+    """A session of its own for a validated start message."""
     import warnings
 
     from stemstream.stream.clock import make_clock
@@ -170,11 +184,43 @@ def open_session(loaded: StreamModel, request: StartRequest, config: ServeConfig
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "runs at a t_f it was not trained for"
             model = with_stream_args(model, request.future_frames, None)
-    session_config = SessionConfig(
-        instrument=request.instrument, input_sample_rate=request.sample_rate,
-        output_sample_rate=request.sample_rate, latency=request.latency,
-        temperature=config.temperature, top_k=config.top_k, seed=config.seed)
-    return Session(model, loaded.codec, session_config, clock=make_clock(config.realtime))
+    return Session(model, loaded.codec, session_config(request, config),
+                   clock=make_clock(config.realtime))
+
+
+class _Stream:
+    """One connection's session, run alone on worker threads or in the shared engine."""
+
+    def __init__(self, session: Session, worker: EngineWorker | None = None) -> None:
+        self.session, self.worker = session, worker
+
+    @classmethod
+    async def open(cls, loaded: StreamModel, request: StartRequest, config: ServeConfig,
+                   worker: EngineWorker | None) -> _Stream:
+        if worker is None or request.future_frames is not None:
+            return cls(await asyncio.to_thread(open_session, loaded, request, config))
+        from stemstream.stream.clock import make_clock
+
+        future = worker.call(worker.engine.open, session_config(request, config),
+                             make_clock(config.realtime))
+        return cls(await asyncio.wrap_future(future), worker)
+
+    async def push(self, block: np.ndarray) -> np.ndarray:
+        if self.worker is None:
+            return await asyncio.to_thread(self.session.push, block)
+        return await asyncio.wrap_future(self.worker.push(self.session, block))
+
+    async def finish(self) -> np.ndarray:
+        if self.worker is None:
+            return await asyncio.to_thread(self.session.finish)
+        engine = self.worker.engine
+        done = self.worker.call(lambda: engine.finish([self.session])[self.session])
+        return await asyncio.wrap_future(done)
+
+    def close(self) -> None:
+        """Give the engine row back (not awaited: a vanished client never waits)."""
+        if self.worker is not None:
+            self.worker.call(self.worker.engine.close, self.session)
 
 
 def stats_message(session: Session) -> dict[str, Any]:
@@ -207,6 +253,10 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     slots = asyncio.Semaphore(config.max_sessions)
     active = {"sessions": 0}
+    worker = None
+    if config.batch and loaded.model.config.chunk_frames == 1:
+        worker = EngineWorker(Engine(loaded.model, loaded.codec, config.max_sessions))
+    app.state.engine_worker = worker
     trained = sorted({class_name(i) for i in range(loaded.model.config.num_classes)
                       if _playable(i)})
 
@@ -221,7 +271,7 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
             "codec": type(loaded.codec).__name__, "sessions": active["sessions"],
             "capacity": config.max_sessions, "instruments": trained,
             "default_instrument": "Bass", "token_required": config.token is not None,
-            "routes": loaded.describe_routes(),
+            "routes": loaded.describe_routes(), "batched": worker is not None,
         })
 
     async def refuse(ws: WebSocket, message: str, code: Close) -> None:
@@ -242,7 +292,7 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
         async with slots:
             active["sessions"] += 1
             try:
-                await _serve(ws, loaded, config)
+                await _serve(ws, loaded, config, worker)
             except WebSocketDisconnect:
                 log.info("client left")
             except ProtocolError as err:
@@ -262,7 +312,8 @@ def _playable(inst: int) -> bool:
     return inst not in NEVER_TARGET
 
 
-async def _serve(ws: WebSocket, loaded: StreamModel, config: ServeConfig) -> None:
+async def _serve(ws: WebSocket, loaded: StreamModel, config: ServeConfig,
+                 worker: EngineWorker | None) -> None:
     first = await ws.receive()
     if first.get("type") == "websocket.disconnect":
         return
@@ -270,7 +321,16 @@ async def _serve(ws: WebSocket, loaded: StreamModel, config: ServeConfig) -> Non
         raise ProtocolError("the first message must be the text start message",
                             Close.UNSUPPORTED_DATA)
     request = parse_start(first["text"], loaded, config.latency)
-    session = await asyncio.to_thread(open_session, loaded, request, config)
+    stream = await _Stream.open(loaded, request, config, worker)
+    try:
+        await _play(ws, loaded, request, stream)
+    finally:
+        stream.close()
+
+
+async def _play(ws: WebSocket, loaded: StreamModel, request: StartRequest,
+                stream: _Stream) -> None:
+    session = stream.session
     await ws.send_text(json.dumps({
         "type": "ready", "sample_rate": request.sample_rate,
         "instrument": class_name(request.instrument), "latency": request.latency,
@@ -287,7 +347,7 @@ async def _serve(ws: WebSocket, loaded: StreamModel, config: ServeConfig) -> Non
         if data is not None:
             block = _decode_block(data, request.channels)
             frames_in += block.shape[0]
-            out = await asyncio.to_thread(session.push, block)
+            out = await stream.push(block)
             if out.size:
                 frames_out += out.shape[0]
                 await ws.send_bytes(out.astype("<f4").tobytes())
@@ -302,7 +362,7 @@ async def _serve(ws: WebSocket, loaded: StreamModel, config: ServeConfig) -> Non
         if kind != "stop":
             raise ProtocolError('text messages after start must be {"type": "stop"}',
                                 Close.UNSUPPORTED_DATA)
-        rest = await asyncio.to_thread(session.finish)
+        rest = await stream.finish()
         # exactly as long as the input at the client's rate (two resamplings may leave the
         # session's own count a sample over or short)
         missing = frames_in - frames_out

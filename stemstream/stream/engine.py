@@ -22,8 +22,11 @@ waited for it), on each session's own clock.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,3 +126,95 @@ class Engine:
                 start, end = session.clock.timed(ready_at, began, finished)
                 advance(session, (chunk[..., None], start, end))
         return {s: s._give_output(audio[s], before[s], final) for s in accepted}
+
+
+class EngineWorker:
+    """An :class:`Engine` on its own thread, for servers: sessions push from anywhere (each
+    call returns a :class:`concurrent.futures.Future`), and the pushes waiting when the
+    thread comes round run as **one** batched round. Opening, finishing and closing sessions
+    run on the same thread, between rounds, so the engine is only ever touched there.
+
+    A round whose push fails (a bad block) is retried session by session, so one session's
+    error reaches only that session's future."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._cond = threading.Condition()
+        self._calls: list[tuple[Callable[[], Any], Future]] = []
+        self._pushes: dict[Session, list[tuple[np.ndarray, Future]]] = {}
+        self._stopped = False
+        self.rounds = 0  # batched rounds run (a measure of batching: pushes / rounds)
+        self.pushes = 0
+        self._thread = threading.Thread(target=self._loop, name="stemstream-engine",
+                                        daemon=True)
+        self._thread.start()
+
+    def call(self, fn: Callable[..., Any], *args: Any) -> Future:
+        """Run ``fn(*args)`` on the engine's thread (e.g. ``engine.open``, ``engine.finish``)."""
+        future: Future = Future()
+        with self._cond:
+            self._check_running()
+            self._calls.append((lambda: fn(*args), future))
+            self._cond.notify()
+        return future
+
+    def push(self, session: Session, block: np.ndarray) -> Future:
+        """Queue ``block`` for ``session``; the future resolves to the output that became
+        ready (several blocks of one session queued together run as one, and the output goes
+        to the last one's future)."""
+        future: Future = Future()
+        with self._cond:
+            self._check_running()
+            self._pushes.setdefault(session, []).append((block, future))
+            self._cond.notify()
+        return future
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join()
+
+    def _check_running(self) -> None:
+        if self._stopped:
+            raise RuntimeError("the engine worker has stopped")
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not (self._calls or self._pushes or self._stopped):
+                    self._cond.wait()
+                if self._stopped and not (self._calls or self._pushes):
+                    return
+                calls, self._calls = self._calls, []
+                pushes, self._pushes = self._pushes, {}
+            for fn, future in calls:
+                _settle(future, fn)
+            if pushes:
+                self._round(pushes)
+
+    def _round(self, pushes: dict[Session, list[tuple[np.ndarray, Future]]]) -> None:
+        blocks = {s: np.concatenate([block for block, _ in items]) if len(items) > 1
+                  else items[0][0] for s, items in pushes.items()}
+        self.rounds += 1
+        self.pushes += len(blocks)
+        try:
+            outputs = self.engine.push(blocks)
+        except Exception:  # isolate the session at fault
+            for session, items in pushes.items():
+                block = blocks[session]
+                _settle(items[-1][1], lambda s=session, b=block: self.engine.push({s: b})[s])
+                for _, future in items[:-1]:
+                    future.set_result(np.zeros(0, dtype=np.float32))
+            return
+        for session, items in pushes.items():
+            for _, future in items[:-1]:
+                future.set_result(np.zeros(0, dtype=np.float32))
+            items[-1][1].set_result(outputs[session])
+
+
+def _settle(future: Future, fn: Callable[[], Any]) -> None:
+    try:
+        future.set_result(fn())
+    except Exception as err:  # handed to the caller
+        future.set_exception(err)

@@ -199,3 +199,34 @@ def test_the_command_serves_over_real_sockets(served_url):
             else:
                 last = json.loads(message)
     assert last["type"] == "done" and received == len(wave)
+
+
+def test_concurrent_clients_share_the_engine_and_each_gets_what_it_gets_alone(loaded):
+    """Two clients streaming at once, blocks interleaved: the engine batches their steps
+    (rounds with both sessions) and neither stream leaks into the other."""
+    client = _client(loaded)
+    waves = [_music(1.1, seed=1), _music(0.9, seed=2)]
+    starts = [{"type": "start", "instrument": name, "sample_rate": RATE, "channels": 1}
+              for name in ("Bass", "Piano")]
+    size = 441
+    with client.websocket_connect("/ws") as first, client.websocket_connect("/ws") as second:
+        sockets = [first, second]
+        for ws, start in zip(sockets, starts, strict=True):
+            ws.send_text(json.dumps(start))
+            assert ws.receive_json()["type"] == "ready"
+        for at in range(0, max(len(w) for w in waves), size):
+            for ws, wave in zip(sockets, waves, strict=True):
+                if at < len(wave):
+                    ws.send_bytes(np.ascontiguousarray(wave[at : at + size]).tobytes())
+        for ws in sockets:
+            ws.send_text(json.dumps({"type": "stop"}))
+        results = [_drain(ws) for ws in sockets]
+    worker = client.app.state.engine_worker
+    assert worker.pushes > worker.rounds  # some rounds advanced both sessions together
+    for (audio, texts, close), wave, start in zip(results, waves, starts, strict=True):
+        assert close["code"] == Close.NORMAL and texts[-1]["type"] == "done"
+        alone = Session(loaded.model, loaded.codec, SessionConfig(
+            instrument=start["instrument"], input_sample_rate=RATE, output_sample_rate=RATE,
+            latency=0.2))
+        np.testing.assert_array_equal(audio, run_blocks(alone, wave[:, 0], [size]))
+    assert client.get("/health").json()["batched"] is True

@@ -1,0 +1,108 @@
+"""How many concurrent, real-time-paced sessions one process holds with zero missed deadlines
+(issue 18): sessions one by one (each its own model step, on the fastest single-stream route)
+against the batched engine (one model step for all), measured in the same run.
+
+Every ``--block-ms`` of wall time, each of ``n`` sessions receives the next block of its own
+input (generated music, a different seed per session), as a server's clients would send it;
+sessions run on wall clocks, so a round that takes longer than the block makes output late
+and counts as missed deadlines at latency ``--latency``. ``n`` grows until a run misses
+(``--max-sessions`` at most). Prints, per mode and ``n``: missed chunks, the round's wall time
+p50 / p99 against the block, and the most sessions held with zero misses.
+
+    python benchmarks/serve_load.py [--model default] [--seconds 6] [--max-sessions 16] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+
+from stemstream.stream.bench import synthetic_music
+from stemstream.stream.clock import WallClock
+from stemstream.stream.engine import Engine
+from stemstream.stream.models import load_stream_model
+from stemstream.stream.session import Session, SessionConfig
+
+INSTRUMENTS = ["Bass", "Drums", "Piano", "Guitar", "Strings", "Organ", "Reed", "Brass"]
+
+
+def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray]) -> dict:
+    """``n`` sessions paced in real time for ``args.seconds``; ``mode`` "alone" or "batched"."""
+    rate = loaded.codec.sample_rate
+    configs = [SessionConfig(instrument=INSTRUMENTS[i % len(INSTRUMENTS)],
+                             input_sample_rate=rate, latency=args.latency, seed=i)
+               for i in range(n)]
+    if mode == "batched":
+        engine = Engine(loaded.model, loaded.codec, max_sessions=n)
+        sessions = [engine.open(c, clock=WallClock()) for c in configs]
+    else:
+        sessions = [Session(loaded.model, loaded.codec, c, clock=WallClock()) for c in configs]
+    block = round(rate * args.block_ms / 1000)
+    rounds = int(args.seconds * 1000 / args.block_ms)
+    round_ms = []
+    began = time.perf_counter()
+    for r in range(rounds):
+        due = began + r * args.block_ms / 1000
+        pause = due - time.perf_counter()
+        if pause > 0:
+            time.sleep(pause)
+        t0 = time.perf_counter()
+        blocks = {s: inputs[i][r * block : (r + 1) * block] for i, s in enumerate(sessions)}
+        if mode == "batched":
+            engine.push(blocks)
+        else:
+            for session, b in blocks.items():
+                session.push(b)
+        round_ms.append((time.perf_counter() - t0) * 1e3)
+    missed = sum(s.stats.missed_chunks for s in sessions)
+    chunks = sum(s.stats.chunks for s in sessions)
+    warm = np.array(round_ms[len(round_ms) // 10:])  # past the first tenth (warm-up)
+    return {"mode": mode, "sessions": n, "missed_chunks": missed, "chunks": chunks,
+            "round_ms_p50": float(np.percentile(warm, 50)),
+            "round_ms_p99": float(np.percentile(warm, 99)), "block_ms": args.block_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="default")
+    parser.add_argument("--route", default="auto",
+                        help="single-session decode route (the engine runs its batched step)")
+    parser.add_argument("--seconds", type=float, default=6.0)
+    parser.add_argument("--block-ms", type=float, default=20.0)
+    parser.add_argument("--latency", type=float, default=0.2)
+    parser.add_argument("--max-sessions", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    loaded = load_stream_model(args.model, route=args.route)
+    rate = loaded.codec.sample_rate
+    inputs = [synthetic_music(args.seconds + 1, rate, seed=i) for i in range(args.max_sessions)]
+    rows, held = [], {}
+    for mode in ("alone", "batched"):
+        held[mode] = 0
+        n = 1
+        while n <= args.max_sessions:
+            row = run(mode, n, loaded, args, inputs)
+            rows.append(row)
+            print(f"{mode:>8} n={n:>2}: missed {row['missed_chunks']:>5} of {row['chunks']:>5} "
+                  f"chunks, round p50 {row['round_ms_p50']:6.1f} ms, p99 "
+                  f"{row['round_ms_p99']:6.1f} ms (block {args.block_ms:g} ms)", flush=True)
+            if row["missed_chunks"]:
+                break
+            held[mode] = n
+            n = n + 1 if n < 4 else n + 2
+    ratio = held["batched"] / max(held["alone"], 1)
+    print(f"sessions held with 0 misses: one by one ({loaded.route.name} route) "
+          f"{held['alone']}, batched engine {held['batched']} ({ratio:.1f}x)")
+    if args.json:
+        print(json.dumps({"model": loaded.source, "route": loaded.route.name, "rows": rows,
+                          "held": held}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
