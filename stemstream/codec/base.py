@@ -13,7 +13,7 @@ message; subclasses implement the underscored hooks on already-validated tensors
 from __future__ import annotations
 
 from abc import ABCMeta, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -378,6 +378,22 @@ class AudioStreamEncoder(_Stream, metaclass=ABCMeta):
         self.reset()
         return codes
 
+    @staticmethod
+    def step_many(encoders: Sequence[AudioStreamEncoder],
+                  blocks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each encoder's :meth:`step` of its block (many independent streams, e.g. the
+        sessions of a server); a codec may compute them as one batch (same results)."""
+        kind = type(encoders[0]) if encoders else None
+        same = all(type(e) is kind and e.codec is encoders[0].codec for e in encoders)
+        if same and kind is not None and (
+                kind._step_many.__func__ is not AudioStreamEncoder._step_many.__func__):
+            return kind._step_many(list(encoders), list(blocks))
+        return [e.step(b) for e, b in zip(encoders, blocks, strict=True)]
+
+    @classmethod
+    def _step_many(cls, encoders: list, blocks: list) -> list[torch.Tensor]:
+        raise NotImplementedError
+
     @abstractmethod
     def _step(self, block: torch.Tensor) -> torch.Tensor: ...
 
@@ -397,6 +413,22 @@ class AudioStreamDecoder(_Stream, metaclass=ABCMeta):
     def latency_samples(self) -> int:
         """Samples of audio withheld until the following frame is known."""
         return 0
+
+    @staticmethod
+    def step_many(decoders: Sequence[AudioStreamDecoder],
+                  codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Each decoder's :meth:`step` of its codes (many independent streams); a codec may
+        compute them as one batch (same results)."""
+        kind = type(decoders[0]) if decoders else None
+        same = all(type(d) is kind and d.codec is decoders[0].codec for d in decoders)
+        if same and kind is not None and (
+                kind._step_many.__func__ is not AudioStreamDecoder._step_many.__func__):
+            return kind._step_many(list(decoders), list(codes))
+        return [d.step(c) for d, c in zip(decoders, codes, strict=True)]
+
+    @classmethod
+    def _step_many(cls, decoders: list, codes: list) -> list[torch.Tensor]:
+        raise NotImplementedError
 
     def step(self, codes: torch.Tensor) -> torch.Tensor:
         """Feed frames.

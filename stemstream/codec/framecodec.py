@@ -323,6 +323,85 @@ def _frame_by_frame(step, inputs: torch.Tensor, histories: list | None, blocks: 
     return (joined[0] if len(joined) == 1 else tuple(joined)), list(stacked.unbind(0))
 
 
+def _stacked(streams: list, key: str, zeros) -> torch.Tensor | None:
+    """The ``key`` state of every stream stacked along the batch, ``zeros(rows)`` for a
+    stream that has none yet (the streaming code treats a missing state as zeros); ``None``
+    when no stream has it."""
+    if not any(key in s._state for s in streams):
+        return None
+    return torch.cat([s._state[key] if key in s._state else zeros(s._batch_size())
+                      for s in streams])
+
+
+def _unstack(streams: list, updates: dict[str, torch.Tensor]) -> None:
+    """Give each stream its rows of the batched new states."""
+    at = 0
+    for stream in streams:
+        rows = stream._batch_size()
+        for key, value in updates.items():
+            stream._state[key] = value[at : at + rows]
+        at += rows
+
+
+def encode_streams(encoders: list[FrameStreamingEncoder],
+                   windows: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The codes ``[B_i, K', T]`` of each encoder's analysis windows ``[B_i, T, n_fft]`` (same
+    ``T >= 1``, from :meth:`FrameStreamingEncoder.frame`), computed for all of them as one
+    batch (many sessions' encoders, one forward); each encoder's state advances exactly as
+    alone."""
+    codec, num_codebooks = encoders[0].codec, encoders[0].num_codebooks
+    cfg, blocks = codec.config, len(codec.enc_blocks)
+    joined = torch.cat(windows)
+    bins = cfg.enc_n_fft // 2 + 1
+    prev = _stacked(encoders, "prev_spec", lambda rows: joined.new_zeros(rows, bins, 2))
+    feats, last = codec._features(joined, None if prev is None else torch.view_as_complex(prev))
+    histories = _histories(encoders, blocks, cfg, joined)
+    route = codec.trunk_route
+    if route is not None and route.num_codebooks == num_codebooks:
+        codes, new = _frame_by_frame(route.encode, feats, histories, blocks, cfg)
+    else:
+        latent, new = codec._encoder_trunk(feats, histories)
+        codes = codec.quantizer.encode(latent, num_codebooks)
+    _unstack(encoders, {**{f"hist{i}": h for i, h in enumerate(new)},
+                        "prev_spec": torch.view_as_real(last).contiguous()})
+    return list(codes.split([e._batch_size() for e in encoders]))
+
+
+def decode_streams(decoders: list[FrameStreamingDecoder],
+                   codes: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each decoder's :meth:`~FrameStreamingDecoder.step` of its codes ``[B_i, K', T]`` (same
+    ``K'`` and ``T >= 1``), computed for all of them as one batch; each decoder's state
+    advances exactly as alone."""
+    codec = decoders[0].codec
+    cfg, blocks = codec.config, len(codec.dec_blocks)
+    for decoder, each in zip(decoders, codes, strict=True):
+        decoder._check_batch(each.shape[0])
+    joined = torch.cat(codes).long()
+    histories = _histories(decoders, blocks, cfg, codec.dec_window)
+    route = codec.trunk_route
+    if route is not None and route.num_codebooks == joined.shape[1]:
+        (log_mag, dev), new = _frame_by_frame(route.decode, joined, histories, blocks, cfg)
+    else:
+        latent = codec.quantizer.embed(joined)
+        log_mag, dev, new = codec._decoder_trunk(latent, histories)
+    bins = log_mag.shape[1]
+    phase = _stacked(decoders, "phase",
+                     lambda rows: torch.zeros(rows, bins, dtype=torch.float64))
+    tail = _stacked(decoders, "tail", lambda rows: log_mag.new_zeros(rows, cfg.hop_length))
+    audio, phase, tail = codec._synthesise(log_mag, dev, phase, tail)
+    _unstack(decoders, {**{f"hist{i}": h for i, h in enumerate(new)}, "phase": phase,
+                        "tail": tail})
+    return list(audio[:, None].split([d._batch_size() for d in decoders]))
+
+
+def _histories(streams: list, blocks: int, cfg: FrameCodecConfig,
+               like: torch.Tensor) -> list[torch.Tensor] | None:
+    """Every block's convolution history over the streams (``None`` when none has one)."""
+    stacked = [_stacked(streams, f"hist{i}", lambda rows: like.new_zeros(
+        rows, cfg.channels, cfg.kernel_size - 1)) for i in range(blocks)]
+    return None if stacked[0] is None else stacked
+
+
 class FrameStreamingEncoder(AudioStreamEncoder):
     """Buffers samples; emits a frame when its last sample arrives."""
 
@@ -332,39 +411,49 @@ class FrameStreamingEncoder(AudioStreamEncoder):
         return super()._known_key(key) or key in ("audio", "prev_spec") or key.startswith("hist")
 
     def _step(self, block: torch.Tensor) -> torch.Tensor:
+        windows = self._frame(block)
+        if windows.shape[1] == 0:
+            return torch.zeros(block.shape[0], self.num_codebooks, 0, dtype=torch.long,
+                               device=block.device)
+        return encode_streams([self], [windows])[0]
+
+    @classmethod
+    def _step_many(cls, encoders: list, blocks: list) -> list[torch.Tensor]:
+        windows = [e.frame(b) for e, b in zip(encoders, blocks, strict=True)]
+        out: list[torch.Tensor | None] = [None] * len(encoders)
+        for frames in {w.shape[1] for w in windows}:  # one batch per frame count
+            group = [i for i, w in enumerate(windows) if w.shape[1] == frames]
+            if frames == 0:
+                for i in group:
+                    out[i] = torch.zeros(windows[i].shape[0], encoders[i].num_codebooks, 0,
+                                         dtype=torch.long, device=windows[i].device)
+                continue
+            codes = encode_streams([encoders[i] for i in group], [windows[i] for i in group])
+            for i, each in zip(group, codes, strict=True):
+                out[i] = each
+        return out
+
+    def frame(self, block: torch.Tensor) -> torch.Tensor:
+        """The first half of :meth:`step`, for :func:`encode_streams`: buffer ``block``
+        ``[B, 1, n]`` and return the analysis windows of the frames it completes
+        ``[B, T, n_fft]`` (``T`` may be 0)."""
+        block = self.codec.check_wave(block, what="block", allow_empty=True)
+        self._check_batch(block.shape[0])
+        return self._frame(block)
+
+    def _frame(self, block: torch.Tensor) -> torch.Tensor:
         cfg = self.codec.config
-        batch = block.shape[0]
         context = cfg.enc_n_fft - cfg.hop_length
         audio = self._state.get("audio")
         if audio is None:
-            audio = block.new_zeros(batch, context)
+            audio = block.new_zeros(block.shape[0], context)
         audio = torch.cat([audio, block[:, 0]], dim=-1)
         frames = (audio.shape[-1] - context) // cfg.hop_length
-        if frames == 0:
-            self._state["audio"] = audio
-            return torch.zeros(batch, self.num_codebooks, 0, dtype=torch.long, device=block.device)
         used = context + frames * cfg.hop_length
-        windows = audio[:, :used].unfold(-1, cfg.enc_n_fft, cfg.hop_length)
-        prev = self._state.get("prev_spec")
-        feats, last = self.codec._features(
-            windows, None if prev is None else torch.view_as_complex(prev)
-        )
-        histories = (
-            [self._state[f"hist{i}"] for i in range(len(self.codec.enc_blocks))]
-            if "hist0" in self._state
-            else None
-        )
-        route = self.codec.trunk_route
-        if route is not None and route.num_codebooks == self.num_codebooks:
-            codes, new = _frame_by_frame(route.encode, feats, histories,
-                                         len(self.codec.enc_blocks), self.codec.config)
-        else:
-            latent, new = self.codec._encoder_trunk(feats, histories)
-            codes = self.codec.quantizer.encode(latent, self.num_codebooks)
-        self._state.update({f"hist{i}": h for i, h in enumerate(new)})
-        self._state["prev_spec"] = torch.view_as_real(last).contiguous()
         self._state["audio"] = audio[:, used - context :]
-        return codes
+        if frames == 0:
+            return audio.new_zeros(audio.shape[0], 0, cfg.enc_n_fft)
+        return audio[:, :used].unfold(-1, cfg.enc_n_fft, cfg.hop_length)
 
     def _flush(self, batch_size: int) -> torch.Tensor:
         cfg = self.codec.config
@@ -387,26 +476,23 @@ class FrameStreamingDecoder(AudioStreamDecoder):
     def _step(self, codes: torch.Tensor) -> torch.Tensor:
         if codes.shape[-1] == 0:
             return self.codec.dec_window.new_zeros(codes.shape[0], 1, 0)
-        histories = (
-            [self._state[f"hist{i}"] for i in range(len(self.codec.dec_blocks))]
-            if "hist0" in self._state
-            else None
-        )
-        route = self.codec.trunk_route
-        if route is not None and route.num_codebooks == codes.shape[1]:
-            (log_mag, dev), new = _frame_by_frame(
-                route.decode, codes.long(), histories, len(self.codec.dec_blocks),
-                self.codec.config,
-            )
-        else:
-            latent = self.codec.quantizer.embed(codes)
-            log_mag, dev, new = self.codec._decoder_trunk(latent, histories)
-        audio, phase, tail = self.codec._synthesise(
-            log_mag, dev, self._state.get("phase"), self._state.get("tail")
-        )
-        self._state.update({f"hist{i}": h for i, h in enumerate(new)})
-        self._state["phase"], self._state["tail"] = phase, tail
-        return audio[:, None]
+        return decode_streams([self], [codes])[0]
+
+    @classmethod
+    def _step_many(cls, decoders: list, codes: list) -> list[torch.Tensor]:
+        codes = [d.codec.check_codes(c, allow_empty=True) for d, c in zip(decoders, codes,
+                                                                           strict=True)]
+        out: list[torch.Tensor | None] = [None] * len(decoders)
+        for shape in {c.shape[1:] for c in codes}:  # one batch per (K', frames)
+            group = [i for i, c in enumerate(codes) if c.shape[1:] == shape]
+            if shape[-1] == 0:
+                for i in group:
+                    out[i] = decoders[i].step(codes[i])
+                continue
+            audio = decode_streams([decoders[i] for i in group], [codes[i] for i in group])
+            for i, each in zip(group, audio, strict=True):
+                out[i] = each
+        return out
 
     def _flush(self, batch_size: int) -> torch.Tensor:
         return self.codec.dec_window.new_zeros(batch_size, 1, 0)

@@ -1,13 +1,15 @@
-"""An engine that advances many sessions of one model together (issue 18): each round, every
-session encodes its new input, then the model work of all sessions whose next chunk is ready
-runs as **one batched forward** (:class:`~stemstream.model.batched.StreamPool`), then each
-session renders and accounts its own audio.
+"""An engine that advances many sessions of one model together (issue 18): each round, the
+new input of every session goes through the codec's encoders as one batch, then, while any
+session has a chunk ready, the model steps of all of them run as **one batched forward**
+(:class:`~stemstream.model.batched.StreamPool`) and the frames they complete through the
+codec's decoders as one batch; each session accounts its own deadlines.
 
 A session of an engine is an ordinary :class:`~stemstream.stream.session.Session` (same
 resampling, codec streams, delay pattern, deadlines, report and snapshots) whose KV caches
-live in a row of the engine's pool; only who runs its model step changes. Its output equals
-the same session run alone (greedy: bit-identical; sampled: the same draws, each session
-keeping its own generator).
+live in a row of the engine's pool; only who runs its codec and model work changes. Its output
+equals the same session run alone: the same tokens (greedy, and sampled with each session's
+own generator), and audio equal to float rounding (a batched matrix product may sum in
+another order than a single row's).
 
     engine = Engine(model, codec, max_sessions=16)
     a = engine.open(SessionConfig(instrument="bass", input_sample_rate=48000))
@@ -15,8 +17,8 @@ keeping its own generator).
     outputs = engine.push({a: block_a, b: block_b})   # {session: audio}
     tails = engine.finish([a, b]); engine.close(a); engine.close(b)
 
-Timing: the batched step's wall time counts as model time for every session in it (each
-waited for it), on each session's own clock.
+Timing: a batched step's wall time counts for every session in it (each waited for it), on
+each session's own clock.
 """
 
 from __future__ import annotations
@@ -31,9 +33,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from stemstream.codec.base import AudioStreamDecoder
 from stemstream.errors import ConfigError
 from stemstream.model.batched import StreamPool, StreamStep
 from stemstream.stream.clock import Clock
+from stemstream.stream.inputs import InputStream
 from stemstream.stream.session import DEFAULT_WINDOW, Session, SessionConfig
 
 
@@ -99,11 +103,22 @@ class Engine:
         for session in accepted:
             if session not in self.sessions:
                 raise ConfigError("this session does not belong to this engine")
-        before = {s: s._take_input(resampled, arrival, final)
-                  for s, (resampled, arrival) in accepted.items()}
-        coroutines = {s: s._chunks(final) for s in accepted}
+        sessions = list(accepted)
+        # 1. every session's new input through the codec's encoders, as one batch
+        waves = [s._input_wave(accepted[s][0]) for s in sessions]
+        began = time.perf_counter()
+        latents = InputStream.step_many([s.inputs for s in sessions], waves, final)
+        finished = time.perf_counter()
+        before = {}
+        for session, new in zip(sessions, latents, strict=True):
+            arrival = accepted[session][1]
+            start, end = session.clock.timed(arrival, began, finished)
+            before[session] = session._took_input(new, arrival, start, end)
+        # 2. chunks: the model steps of all waiting sessions in one forward, then their
+        # frames through the codec's decoders in one batch, until no session has a chunk
+        coroutines = {s: s._chunks(final) for s in sessions}
         audio: dict[Session, np.ndarray] = {}
-        waiting: dict[Session, float] = {}  # session -> when its next chunk's input was ready
+        waiting: dict[Session, tuple[str, float, Any]] = {}
 
         def advance(session: Session, sent=None) -> None:
             try:
@@ -112,20 +127,41 @@ class Engine:
             except StopIteration as done:
                 audio[session] = done.value
 
-        for session in coroutines:
+        for session in sessions:
             advance(session)
         while waiting:
-            ready = dict(waiting)
-            waiting.clear()
-            streams = [StreamStep(s.state, s.latents, s.latent_offset, final, s.sampling,
-                                  s.generator) for s in ready]
-            began = time.perf_counter()
-            chunks = self.pool.step(streams)
-            finished = time.perf_counter()
-            for (session, ready_at), chunk in zip(ready.items(), chunks, strict=True):
-                start, end = session.clock.timed(ready_at, began, finished)
-                advance(session, (chunk[..., None], start, end))
-        return {s: s._give_output(audio[s], before[s], final) for s in accepted}
+            for kind in ("model", "render"):
+                batch = [(s, ready, codes) for s, (k, ready, codes) in waiting.items()
+                         if k == kind]
+                for session, _, _ in batch:
+                    del waiting[session]
+                if not batch:
+                    continue
+                began = time.perf_counter()
+                if kind == "model":
+                    results = self.pool.step([StreamStep(
+                        s.state, s.latents, s.latent_offset, final, s.sampling, s.generator)
+                        for s, _, _ in batch])
+                    results = [chunk[..., None] for chunk in results]
+                else:
+                    results = _render_many([s for s, _, _ in batch], [c for _, _, c in batch])
+                finished = time.perf_counter()
+                for (session, ready, _), result in zip(batch, results, strict=True):
+                    start, end = session.clock.timed(ready, began, finished)
+                    advance(session, (result, start, end))
+        return {s: s._give_output(audio[s], before[s], final) for s in sessions}
+
+
+def _render_many(sessions: list[Session], codes: list[torch.Tensor]) -> list[np.ndarray]:
+    """Each session's :meth:`Session._render` of its frames, the codec's decoders run as one
+    batch where the codec can."""
+    busy = [i for i, c in enumerate(codes) if c.shape[-1]]
+    out = [np.zeros(0, dtype=np.float32) for _ in sessions]
+    audio = AudioStreamDecoder.step_many([sessions[i].decoder for i in busy],
+                                         [codes[i] for i in busy])
+    for i, each in zip(busy, audio, strict=True):
+        out[i] = each[0, 0].float().numpy()
+    return out
 
 
 class EngineWorker:

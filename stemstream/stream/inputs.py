@@ -5,12 +5,13 @@ the same numbers for the same audio."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from stemstream.codec.base import Codec
+from stemstream.codec.base import AudioStreamEncoder, Codec
 from stemstream.errors import StreamError
 from stemstream.features import FeatureStream, features
 
@@ -56,7 +57,19 @@ class InputStream:
     def step(self, wave: torch.Tensor, final: bool = False) -> torch.Tensor:
         """``wave [1, 1, n]`` at the codec rate -> the frames it completes, ``[1, D_in, m]``
         (``final``: the stream ends here; the last partial frame is padded, as offline)."""
-        codes = self.encoder.step(wave)
+        return self._latents(self.encoder.step(wave), wave, final)
+
+    @staticmethod
+    def step_many(streams: Sequence[InputStream], waves: Sequence[torch.Tensor],
+                  final: bool = False) -> list[torch.Tensor]:
+        """Each stream's :meth:`step` of its wave (the sessions of an engine), the codec's
+        encoders run as one batch where the codec can (same results)."""
+        if not streams:
+            return []
+        codes = AudioStreamEncoder.step_many([s.encoder for s in streams], waves)
+        return [s._latents(c, w, final) for s, c, w in zip(streams, codes, waves, strict=True)]
+
+    def _latents(self, codes: torch.Tensor, wave: torch.Tensor, final: bool) -> torch.Tensor:
         if final:
             codes = torch.cat([codes, self.encoder.flush()], dim=-1)
         if codes.shape[-1]:

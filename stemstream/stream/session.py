@@ -373,18 +373,20 @@ class Session:
 
     @torch.inference_mode()
     def _advance(self, resampled: np.ndarray, arrival: float, final: bool) -> np.ndarray:
-        before = self._take_input(resampled, arrival, final)
+        wave = self._input_wave(resampled)
+        latents, start, end = self.clock.run(arrival, lambda: self.inputs.step(wave, final))
+        before = self._took_input(latents, arrival, start, end)
         return self._give_output(self._generate_ready(final), before, final)
 
-    def _take_input(self, resampled: np.ndarray, arrival: float, final: bool) -> int:
-        """Encode newly arrived input (codec rate); returns the output samples so far."""
+    def _input_wave(self, resampled: np.ndarray) -> torch.Tensor:
+        """Newly arrived input at the codec rate as the encoder takes it, ``[1, 1, n]``."""
         wave = torch.from_numpy(np.ascontiguousarray(resampled, dtype=np.float32))[None, None]
         self.codec_samples_in += wave.shape[-1]
+        return wave
 
-        def encode() -> torch.Tensor:
-            return self.inputs.step(wave, final)
-
-        new_latents, enc_start, enc_end = self.clock.run(arrival, encode)
+    def _took_input(self, new_latents: torch.Tensor, arrival: float, enc_start: float,
+                    enc_end: float) -> int:
+        """Account the encoded input; returns the output samples so far."""
         self.stats.codec_in_s += enc_end - enc_start
         self.stats.pushes += 1
         self.pushes.append((arrival, enc_start, enc_end, new_latents.shape[-1]))
@@ -415,9 +417,11 @@ class Session:
         """Generate every chunk whose horizon is heard (all remaining ones when ``final``)."""
         chunks = self._chunks(final)
         try:
-            ready = next(chunks)
+            kind, ready, codes = next(chunks)
             while True:
-                ready = chunks.send(self.clock.run(ready, self._model_work(final)))
+                work = self._model_work(final) if kind == "model" else (
+                    lambda codes=codes: self._render(codes))
+                kind, ready, codes = chunks.send(self.clock.run(ready, work))
         except StopIteration as done:
             return done.value
 
@@ -428,11 +432,13 @@ class Session:
             input_complete=final, input_offset=self.latent_offset,
         )
 
-    def _chunks(self, final: bool) -> Generator[float, tuple[torch.Tensor, float, float],
+    def _chunks(self, final: bool) -> Generator[tuple[str, float, Any], tuple[Any, float, float],
                                                 np.ndarray]:
         """Every chunk whose horizon is heard (all remaining ones when ``final``), as a
-        coroutine: it yields the time the next chunk's input was ready and is sent the
-        chunk with its model-work ``(start, end)``; it returns the audio they completed."""
+        coroutine whose driver runs the work: it yields ``("model", ready, None)`` (the next
+        chunk, whose input was ready at ``ready``) and is sent the chunk with the work's
+        ``(start, end)``, then ``("render", ready, codes)`` (frames ``[1, K, n]`` to decode)
+        and is sent their audio with ``(start, end)``; it returns the audio rendered."""
         cfg = self.model.config
         k, tf, num_k = cfg.chunk_frames, cfg.future_frames, cfg.num_codebooks
         total_steps = self.heard_frames + num_k - 1 if final else None
@@ -446,14 +452,14 @@ class Session:
                 break
             need = c + tf - 1  # newest input frame the chunk hears
             ready = self._frame_ready_time(need)
-            chunk, start, model_end = yield ready
+            chunk, start, model_end = yield "model", ready, None
             self.delayed = torch.cat([self.delayed, chunk], dim=-1)
             complete = self.state.step - (num_k - 1)  # frames < complete are audible
             if final:
                 complete = min(complete, self.heard_frames)
             count = max(0, complete - self.frames_out)
             codes = self._pop_frames(count)
-            audio, _, end = self.clock.run(model_end, lambda codes=codes: self._render(codes))
+            audio, _, end = yield "render", model_end, codes
             first_sample = self.samples_out
             self.samples_out += audio.shape[0]
             audio = self._account(c, count, ready, start, model_end, end, first_sample, audio)

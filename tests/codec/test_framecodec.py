@@ -591,3 +591,55 @@ def test_tokens_hash_ignores_the_decoder_and_same_tokens_accepts_old_records() -
     # Records made before tokens hashes existed compare weights.
     legacy = {k: v for k, v in identity.items() if k != "tokens_hash"}
     assert same_tokens(legacy, codec.codec_identity()) and not same_tokens(legacy, changed)
+
+
+def test_many_streams_in_one_batch_equal_each_stream_alone(codec: FrameCodec) -> None:
+    """`step_many` (a server's sessions in one batch): streams at different points (one
+    starts late, blocks that complete 0, 1 or 2 frames) get exactly the codes, and to float
+    rounding the audio, of each stream alone."""
+    from stemstream.codec.base import AudioStreamDecoder, AudioStreamEncoder
+
+    waves = [make_audio(batch=1, samples=SAMPLES, seed=seed) for seed in range(3)]
+    cycles = [[HOP], [7, 641, 13, 331], [2 * HOP + 5, HOP - 5]]
+    starts = [0, 0, 4]  # rounds before the stream's first block
+    alone = [codec.streaming_encoder() for _ in waves]
+    together = [codec.streaming_encoder() for _ in waves]
+    codes_alone, codes_together = [[] for _ in waves], [[] for _ in waves]
+    positions = [0] * len(waves)
+    for turn in range(40):
+        live, blocks = [], []
+        for n, wave in enumerate(waves):
+            if turn < starts[n] or positions[n] >= SAMPLES:
+                continue
+            size = cycles[n][(turn - starts[n]) % len(cycles[n])]
+            block = wave[..., positions[n] : positions[n] + size]
+            positions[n] += size
+            codes_alone[n].append(alone[n].step(block))
+            live.append(n)
+            blocks.append(block)
+        for n, codes in zip(live, AudioStreamEncoder.step_many([together[n] for n in live],
+                                                               blocks), strict=True):
+            codes_together[n].append(codes)
+    for n in range(len(waves)):
+        expected = torch.cat(codes_alone[n], -1)
+        assert torch.equal(torch.cat(codes_together[n], -1), expected)
+        assert torch.equal(expected, codec.encode(waves[n])[..., : expected.shape[-1]])
+
+    codes = [codec.encode(w) for w in waves]
+    alone = [codec.streaming_decoder() for _ in waves]
+    together = [codec.streaming_decoder() for _ in waves]
+    audio_alone, audio_together = [[] for _ in waves], [[] for _ in waves]
+    frames = [[1], [2, 0, 1], [0, 3]]
+    at = [0] * len(waves)
+    for turn in range(30):
+        chunks = [c[..., at[n] : at[n] + frames[n][turn % len(frames[n])]]
+                  for n, c in enumerate(codes)]
+        for n, chunk in enumerate(chunks):
+            at[n] += chunk.shape[-1]
+            audio_alone[n].append(alone[n].step(chunk))
+        for n, audio in enumerate(AudioStreamDecoder.step_many(together, chunks)):
+            audio_together[n].append(audio)
+    for n in range(len(waves)):
+        mine, reference = torch.cat(audio_together[n], -1), torch.cat(audio_alone[n], -1)
+        assert mine.shape == reference.shape and mine.shape[-1] > 10 * HOP
+        torch.testing.assert_close(mine, reference, atol=1e-6, rtol=0)

@@ -1,4 +1,5 @@
-"""The serve page in a real browser (headless Chromium through Selenium, a fake microphone):
+"""The serve page in a real browser (headless Chromium through Selenium, a fake microphone
+playing a WAV of the bundled example):
 it loads offline from the server, streams the microphone, plays and records the
 accompaniment, and ends with downloads. Skipped only where Chromium or its driver is not
 installed (`scripts/setup.sh` installs both)."""
@@ -17,15 +18,31 @@ pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER),
                                 reason="chromium and chromedriver are not installed")
 
 
+def microphone_wav(folder) -> str:
+    """The bundled example (a band without its bass), 12 s at 48 kHz, as the WAV Chromium's
+    fake microphone plays."""
+    from importlib.resources import files
+
+    from stemstream import audio
+
+    example = files("stemstream") / "assets" / "examples" / "band_without_bass.flac"
+    wave = audio.load(str(example), sample_rate=48000, channels=1)
+    path = folder / "microphone.wav"
+    audio.save(path, wave.samples[:, : 12 * 48000], 48000)
+    return str(path)
+
+
 @pytest.fixture(scope="module")
-def browser():
+def browser(tmp_path_factory):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    wav = microphone_wav(tmp_path_factory.mktemp("microphone"))
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                  "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+                 f"--use-file-for-fake-audio-capture={wav}",
                  "--autoplay-policy=no-user-gesture-required"):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
