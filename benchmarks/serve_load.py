@@ -37,7 +37,7 @@ def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray]) -> dict:
                              input_sample_rate=rate, latency=args.latency, seed=i)
                for i in range(n)]
     if mode == "batched":
-        engine = Engine(loaded.model, loaded.codec, max_sessions=n)
+        engine = Engine(loaded.model, loaded.codec, max_sessions=n, route=loaded.route.name)
         sessions = [engine.open(c, clock=WallClock()) for c in configs]
     else:
         sessions = [Session(loaded.model, loaded.codec, c, clock=WallClock()) for c in configs]
@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--route", default="auto",
-                        help="single-session decode route (the engine runs its batched step)")
+                        help="decode-step route, one by one and (its per-row form) batched")
     parser.add_argument("--seconds", type=float, default=6.0)
     parser.add_argument("--block-ms", type=float, default=20.0)
     parser.add_argument("--latency", type=float, default=0.2)

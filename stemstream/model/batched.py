@@ -45,9 +45,12 @@ class StreamStep:
 
 class StreamPool:
     """KV caches of up to ``rows`` single streams (batch 1 each) of ``model`` in one buffer;
-    ``window`` is the ring size every stream uses (see the module docstring)."""
+    ``window`` is the ring size every stream uses (see the module docstring); ``step``: a
+    compiled per-row decode step (:func:`stemstream.model.routes.rows_step`) to run instead
+    of the eager :class:`DecodeStep`."""
 
-    def __init__(self, model: StreamingDecoder, rows: int, window: int) -> None:
+    def __init__(self, model: StreamingDecoder, rows: int, window: int,
+                 step: torch.nn.Module | None = None) -> None:
         if rows < 1:
             raise ConfigError(f"a stream pool needs >= 1 rows, got {rows}")
         if model.config.chunk_frames != 1:
@@ -57,7 +60,7 @@ class StreamPool:
             )
         self.model = model
         self.window = window
-        self.step_module = DecodeStep(model)
+        self.step_module = step if step is not None else DecodeStep(model)
         cfg = model.backbone.config
         param = model.no_input
         shape = (len(model.backbone.layers), 2, rows, cfg.num_kv_heads, window, cfg.head_dim)
@@ -164,19 +167,19 @@ class StreamPool:
         else:
             kv, slot_positions = self.kv[:, :, rows_t], self.positions[rows_t]
         caches = [kv[layer, j] for layer in range(kv.shape[0]) for j in (0, 1)]
-        rotation = torch.view_as_real(model.backbone.rope.rotations(steps_t))
+        rotation = torch.view_as_real(model.backbone.rope.rotations(steps_t)).contiguous()
         logits, new = self.step_module(
             torch.cat(tokens),
             torch.cat([s.state.inst for s in streams]),
-            torch.cat(windows),
+            torch.cat(windows).contiguous(),
             torch.stack(valids),
             torch.tensor(has_input, device=device),
             rotation,
             steps_t,
             slots_t,
             torch.tensor(self.window or NO_WINDOW, device=device),
-            slot_positions,
-            caches,
+            slot_positions.contiguous(),
+            [cache.contiguous() for cache in caches],
         )
         # new: [layers, 2, n, Hkv, Dh] -> each row's slot
         self.kv[:, :, rows_t, :, slots_t] = new.permute(2, 0, 1, 3, 4)

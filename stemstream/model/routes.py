@@ -38,7 +38,7 @@ from stemstream.model.decode_step import DecodeStep
 from stemstream.model.quantize import WEIGHT_MODES
 
 __all__ = ["RouteError", "RouteInfo", "accelerate", "compile_step", "example_inputs",
-           "export_step_onnx", "step_key"]
+           "export_step_onnx", "rows_step", "step_key"]
 
 EXAMPLE_BATCH, EXAMPLE_CAPACITY = 2, 64  # export traces these; both dimensions stay dynamic
 MAX_BATCH, MAX_CAPACITY = 4096, 1 << 22
@@ -54,22 +54,25 @@ def step_key(model: torch.nn.Module) -> str:
     return digest([decode_step], {"config": config, "aligned": aligned}, model)
 
 
-def example_inputs(model: torch.nn.Module, batch: int, capacity: int) -> tuple:
-    """Arguments of :meth:`DecodeStep.forward` of the right shapes (values arbitrary)."""
+def example_inputs(model: torch.nn.Module, batch: int, capacity: int,
+                   rows: bool = False) -> tuple:
+    """Arguments of :meth:`DecodeStep.forward` of the right shapes (values arbitrary);
+    ``rows``: the per-row form (every row at its own position: a batch of streams)."""
     cfg, backbone = model.config, model.backbone.config
     frames = model.input_context + 1
     long = torch.long
+    per_row = (batch,) if rows else ()
     return (
         torch.zeros(batch, cfg.num_codebooks, dtype=long),
         torch.zeros(batch, dtype=long),
         torch.zeros(batch, frames, cfg.input_channels),
-        torch.ones(frames, dtype=torch.bool),
-        torch.tensor(True),
-        torch.zeros(backbone.head_dim // 2, 2),
+        torch.ones(*per_row, frames, dtype=torch.bool),
+        torch.ones(per_row, dtype=torch.bool),
+        torch.zeros(*per_row, backbone.head_dim // 2, 2),
+        torch.full(per_row, capacity, dtype=long),
+        torch.zeros(per_row, dtype=long),
         torch.tensor(capacity, dtype=long),
-        torch.tensor(0, dtype=long),
-        torch.tensor(capacity, dtype=long),
-        torch.arange(capacity),
+        torch.arange(capacity).expand(*per_row, capacity).contiguous(),
         [torch.zeros(batch, backbone.num_kv_heads, capacity, backbone.head_dim)
          for _ in range(2 * backbone.num_layers)],
     )
@@ -86,26 +89,61 @@ def step_inputs(model: torch.nn.Module) -> list[str]:
     return [*STEP_INPUTS, *(f"{kind}_{i}" for i in range(layers) for kind in ("keys", "values"))]
 
 
-def _dynamic_shapes(model: torch.nn.Module) -> tuple:
+def _dynamic_shapes(model: torch.nn.Module, rows: bool = False) -> tuple:
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=MAX_BATCH)
     capacity = Dim("capacity", min=2, max=MAX_CAPACITY)
     caches = [{0: batch, 2: capacity}] * (2 * model.backbone.config.num_layers)
+    if rows:
+        return ({0: batch}, {0: batch}, {0: batch}, {0: batch}, {0: batch}, {0: batch},
+                {0: batch}, {0: batch}, None, {0: batch, 1: capacity}, caches)
     return ({0: batch}, {0: batch}, {0: batch}, None, None, None, None, None, None,
             {0: capacity}, caches)
 
 
-def compile_step(model: torch.nn.Module, package: Path) -> None:
+def compile_step(model: torch.nn.Module, package: Path, rows: bool = False) -> None:
     """Export and AOT-compile ``model``'s decode step into ``package``."""
-    compile_package(DecodeStep(model), example_inputs(model, EXAMPLE_BATCH, EXAMPLE_CAPACITY),
-                    _dynamic_shapes(model), package)
+    compile_package(DecodeStep(model),
+                    example_inputs(model, EXAMPLE_BATCH, EXAMPLE_CAPACITY, rows),
+                    _dynamic_shapes(model, rows), package)
 
 
-def export_step_onnx(model: torch.nn.Module, path: Path, weights: str = "fp32") -> None:
+def export_step_onnx(model: torch.nn.Module, path: Path, weights: str = "fp32",
+                     rows: bool = False) -> None:
     """Export ``model``'s decode step to ONNX (:func:`stemstream.aot.export_onnx`)."""
-    export_onnx(DecodeStep(model), example_inputs(model, EXAMPLE_BATCH, EXAMPLE_CAPACITY),
-                _dynamic_shapes(model), path, step_inputs(model), list(STEP_OUTPUTS), weights)
+    export_onnx(DecodeStep(model), example_inputs(model, EXAMPLE_BATCH, EXAMPLE_CAPACITY, rows),
+                _dynamic_shapes(model, rows), path, step_inputs(model), list(STEP_OUTPUTS),
+                weights)
+
+
+def rows_step(model: torch.nn.Module, route: str = "auto", quiet: bool = False,
+              weights: str = "fp32") -> tuple[torch.nn.Module | None, RouteInfo]:
+    """The per-row decode step (a batch of streams at their own positions, for
+    :class:`~stemstream.model.batched.StreamPool`) on ``route``: ``(step, info)``, step
+    ``None`` for eager (the pool then runs :class:`DecodeStep` itself). ``auto`` falls back to
+    eager as :func:`accelerate` does."""
+    check_route(route)
+    if route == "eager" or (route == "auto" and weights == "fp32" and
+                            {p.dtype for p in model.parameters()} != {torch.float32}):
+        return None, RouteInfo("eager")
+    name = "onnx" if route in ("auto", "onnx") else "compiled"
+    warmup = example_inputs(model, 2, WARMUP_CAPACITY, rows=True)
+    try:
+        if name == "compiled":
+            return load_or_compile(
+                "rows step", step_key(model) + "-rows",
+                lambda path: compile_step(model, path, rows=True), quiet, warmup=warmup)
+        return load_or_compile(
+            f"rows step onnx {weights}", onnx_key(model, weights) + "-rows",
+            lambda path: export_step_onnx(model, path, weights, rows=True), quiet,
+            load=lambda path: OnnxModule(path, step_inputs(model), list(STEP_OUTPUTS)),
+            suffix=".onnx", needs_compiler=False, engine=f"ONNX Runtime, {weights}",
+            warmup=warmup)
+    except RouteError as error:
+        if route != "auto":
+            raise
+        return None, RouteInfo("eager", note=str(error))
 
 
 def accelerate(model: torch.nn.Module, route: str = "auto", quiet: bool = False,

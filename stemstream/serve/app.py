@@ -255,7 +255,8 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
     active = {"sessions": 0}
     worker = None
     if config.batch and loaded.model.config.chunk_frames == 1:
-        worker = EngineWorker(Engine(loaded.model, loaded.codec, config.max_sessions))
+        worker = EngineWorker(Engine(loaded.model, loaded.codec, config.max_sessions,
+                                     route=loaded.route.name, quiet=False))
     app.state.engine_worker = worker
     trained = sorted({class_name(i) for i in range(loaded.model.config.num_classes)
                       if _playable(i)})
@@ -272,6 +273,7 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
             "capacity": config.max_sessions, "instruments": trained,
             "default_instrument": "Bass", "token_required": config.token is not None,
             "routes": loaded.describe_routes(), "batched": worker is not None,
+            "batched_step": worker.engine.route.describe() if worker else None,
         })
 
     async def refuse(ws: WebSocket, message: str, code: Close) -> None:

@@ -43,13 +43,21 @@ from stemstream.stream.session import DEFAULT_WINDOW, Session, SessionConfig
 
 class Engine:
     """Up to ``max_sessions`` sessions of one streaming ``model`` (``k = 1``) and ``codec``;
-    ``window`` is every session's KV ring (default: the sessions' default)."""
+    ``window`` is every session's KV ring (default: the sessions' default); ``route``: how
+    the batched model step runs (``eager``, or ``onnx`` / ``compiled`` / ``auto`` through
+    :func:`~stemstream.model.routes.rows_step`, built once and cached on disk)."""
 
     def __init__(self, model: torch.nn.Module, codec, max_sessions: int,
-                 window: int | None = None) -> None:
+                 window: int | None = None, route: str = "eager", quiet: bool = True) -> None:
+        from stemstream.model.routes import rows_step
+
         window = window or min(model.config.backbone.max_seq_len, DEFAULT_WINDOW)
         self.model, self.codec = model, codec
-        self.pool = StreamPool(model, max_sessions, window)
+        if max_sessions >= 1 and model.config.chunk_frames == 1:
+            step, self.route = rows_step(model, route, quiet)
+        else:  # the pool says why it cannot batch this model
+            step, self.route = None, None
+        self.pool = StreamPool(model, max_sessions, window, step)
         self.sessions: list[Session] = []
 
     @property

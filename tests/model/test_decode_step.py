@@ -222,3 +222,32 @@ def test_auto_falls_back_to_eager_where_onnx_cannot_be_built(tmp_path, monkeypat
     assert info.note.endswith("RuntimeError: unsupported operator")  # one line
     with pytest.raises(RouteError, match="unsupported operator"):
         accelerate(model, "onnx", quiet=True)
+
+
+def test_onnx_rows_step_drives_a_stream_pool_like_the_eager_step(onnx_cache, monkeypatch):
+    """The per-row step (a batch of streams at their own positions) exported to ONNX: a pool
+    running it yields the eager pool's tokens, across joins at different positions and ring
+    wraps."""
+    from stemstream.model.batched import StreamPool, StreamStep
+
+    monkeypatch.setenv("STEMSTREAM_CACHE_DIR", str(onnx_cache))
+    model = _model()
+    step, info = routes.rows_step(model, "onnx", quiet=True)
+    assert info.name == "onnx" and step is not None
+    latents = [torch.randn(1, model.config.input_channels, STEPS + 8,
+                           generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+    runs = []
+    for compiled in (None, step):
+        pool = StreamPool(model, rows=3, window=WINDOW, step=compiled)
+        states, tokens = [], [[] for _ in latents]
+        for tick in range(STEPS):
+            if tick in (0, 3, 7):  # streams join at different positions
+                states.append(model.new_state(torch.tensor([len(states) + 1]), window=WINDOW))
+                pool.adopt(states[-1])
+            batch = [StreamStep(s, latents[n], 0, True, SamplingConfig(temperature=0.0))
+                     for n, s in enumerate(states)]
+            for n, out in enumerate(pool.step(batch)):
+                tokens[n].append(out)
+        runs.append([torch.stack(t, -1) for t in tokens])
+    for eager, onnx in zip(*runs, strict=True):
+        assert torch.equal(eager, onnx)
