@@ -149,12 +149,12 @@ def stream_timing(session: Any, audio: np.ndarray) -> StreamTiming:
             pending_in = 0.0
     if session.stats.chunks > keep:
         raise ValueError(f"the stream made {session.stats.chunks} chunks; keep_records={keep}")
-    records = session.records
+    records = [r for r in session.records if r.new_chunk]
     model = np.array([r.model_s for r in records])
     out = np.array([r.codec_out_s for r in records])
     codec_in = np.array(chunk_in)
     latency = session.config.latency
-    audible = [r for r in records if r.deadline is not None]
+    audible = [r for r in session.records if r.deadline is not None]
     play = np.array([r.deadline - latency for r in audible])
     lateness = np.array([r.end for r in audible]) - play
     report = session.report()

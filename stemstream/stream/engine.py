@@ -113,7 +113,7 @@ class Engine:
                 raise ConfigError("this session does not belong to this engine")
         sessions = list(accepted)
         # 1. every session's new input through the codec's encoders, as one batch
-        waves = [s._input_wave(accepted[s][0]) for s in sessions]
+        waves = [s._input_wave(accepted[s][0], final) for s in sessions]
         began = time.perf_counter()
         latents = InputStream.step_many([s.inputs for s in sessions], waves, final)
         finished = time.perf_counter()

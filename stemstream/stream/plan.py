@@ -50,6 +50,14 @@ class StreamPlan:
         return max(0, self.lag_frames) * self.frame_seconds
 
     @property
+    def codec_block_frames(self) -> int:
+        """Frames per codec call that the latency budget allows: holding input and output for
+        a block of ``n`` frames delays a frame by up to ``2 (n - 1)`` frames, given at most
+        half of the slack ``L`` leaves beyond the model's own lag (at least 1)."""
+        slack = self.latency_s / self.frame_seconds - max(0, self.lag_frames)
+        return max(1, 1 + int(slack // 4))
+
+    @property
     def in_time_future_frames(self) -> int:
         """The largest ``t_f`` a model may be trained with to play in time (``L = 0``)."""
         return -self.num_codebooks

@@ -82,6 +82,12 @@ class SessionConfig:
         guidance: input guidance (:class:`~stemstream.model.sampling.SamplingConfig`; 1 =
             plain sampling; other values run the model twice per position, on the eager
             route).
+        codec_block: frames the codec encodes and decodes per call (issue 17: one call's
+            overhead shared by several frames). Input is held until a block of frames is
+            complete and output until a block is decided, which costs up to ``2 (n - 1)``
+            frames of the latency budget; the audio is identical for every ``n``. ``None``:
+            the largest block that fits half the slack ``L`` leaves after the model's own
+            lag (1 when there is none).
     """
 
     instrument: str | int = "bass"
@@ -95,6 +101,7 @@ class SessionConfig:
     output_sample_rate: int | None = None
     keep_records: int = 10_000
     guidance: float = 1.0
+    codec_block: int | None = None
 
     def __post_init__(self) -> None:
         if self.policy is not None and self.policy not in POLICIES:
@@ -105,6 +112,10 @@ class SessionConfig:
             raise ConfigError(f"latency must be >= 0 seconds, got {self.latency}")
         if self.window is not None and self.window < 1:
             raise ConfigError(f"window must be >= 1 positions, got {self.window}")
+        if self.codec_block is not None and (isinstance(self.codec_block, bool) or not (
+                isinstance(self.codec_block, int) and self.codec_block >= 1)):
+            raise ConfigError(f"codec_block must be an integer >= 1 frames, got "
+                              f"{self.codec_block!r}")
         SamplingConfig(self.temperature, self.top_k, self.guidance)  # validates
 
 
@@ -131,6 +142,7 @@ class ChunkRecord:
     missed: bool
     late_samples: int
     recency_gap: float
+    new_chunk: bool = True  # False: frames decided earlier, rendered when the input ended
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -242,6 +254,7 @@ class Session:
         self.out_rate = self.config.output_sample_rate or self.sample_rate
         self._model_hash: str | None = None
         self.plan = StreamPlan.of(mcfg, codec.frame_rate, self.config.latency)
+        self.codec_block = self.config.codec_block or self.plan.codec_block_frames
         if self.config.latency < self.min_latency:
             log.warning(
                 "latency L = %.0f ms is below the %.0f ms this model needs before any compute "
@@ -272,6 +285,7 @@ class Session:
         self.samples_in = 0  # input samples at the input rate
         self.codec_samples_in = 0  # input samples at the codec rate
         self.samples_out = 0  # output samples at the codec rate
+        self.held = np.zeros(0, np.float32)  # input (codec rate) held for a codec block
         self.finished = False
         self.records: list[ChunkRecord] = []
         # per push: (arrival, encode start, encode end, frames encoded)
@@ -373,16 +387,21 @@ class Session:
 
     @torch.inference_mode()
     def _advance(self, resampled: np.ndarray, arrival: float, final: bool) -> np.ndarray:
-        wave = self._input_wave(resampled)
+        wave = self._input_wave(resampled, final)
         latents, start, end = self.clock.run(arrival, lambda: self.inputs.step(wave, final))
         before = self._took_input(latents, arrival, start, end)
         return self._give_output(self._generate_ready(final), before, final)
 
-    def _input_wave(self, resampled: np.ndarray) -> torch.Tensor:
-        """Newly arrived input at the codec rate as the encoder takes it, ``[1, 1, n]``."""
-        wave = torch.from_numpy(np.ascontiguousarray(resampled, dtype=np.float32))[None, None]
-        self.codec_samples_in += wave.shape[-1]
-        return wave
+    def _input_wave(self, resampled: np.ndarray, final: bool) -> torch.Tensor:
+        """Newly arrived input at the codec rate as the encoder takes it, ``[1, 1, n]``: held
+        back (``n = 0``) until a codec block of frames can be completed or the input ends."""
+        self.codec_samples_in += resampled.shape[0]
+        if self.held.size:
+            resampled = np.concatenate([self.held, resampled])
+        self.held = np.zeros(0, np.float32)
+        if not final and self.codec_block > 1 and resampled.shape[0] < self.codec_block * self.hop:
+            self.held, resampled = resampled, resampled[:0]
+        return torch.from_numpy(np.ascontiguousarray(resampled, dtype=np.float32))[None, None]
 
     def _took_input(self, new_latents: torch.Tensor, arrival: float, enc_start: float,
                     enc_end: float) -> int:
@@ -458,6 +477,8 @@ class Session:
             if final:
                 complete = min(complete, self.heard_frames)
             count = max(0, complete - self.frames_out)
+            if not final and count < self.codec_block:
+                count = 0  # rendered with the rest of its block
             codes = self._pop_frames(count)
             audio, _, end = yield "render", model_end, codes
             first_sample = self.samples_out
@@ -465,6 +486,16 @@ class Session:
             audio = self._account(c, count, ready, start, model_end, end, first_sample, audio)
             outputs.append(audio)
             self.state.forget_tokens(k + 1)
+        if final:  # frames decided before the input ended, held for a block
+            count = max(0, min(self.state.step - (num_k - 1), self.heard_frames)
+                        - self.frames_out)
+            if count:
+                ready = self._frame_ready_time(self.heard_frames - 1)
+                audio, start, end = yield "render", ready, self._pop_frames(count)
+                first_sample = self.samples_out
+                self.samples_out += audio.shape[0]
+                outputs.append(self._account(self.state.step, count, ready, start, start, end,
+                                             first_sample, audio, new_chunk=False))
         return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
 
     def _frame_ready_time(self, frame: int) -> float:
@@ -499,7 +530,11 @@ class Session:
         end: float,
         first_sample: int,
         audio: np.ndarray,
+        new_chunk: bool = True,
     ) -> np.ndarray:
+        """Record the chunk decided at ``step`` (or, ``new_chunk=False``, a render of frames
+        decided earlier) and its deadlines; returns its audio, silenced where late if the
+        policy says so."""
         latency = self.config.latency
         deadline = slack = None
         late = 0
@@ -515,7 +550,7 @@ class Session:
                 self.stats.silenced_samples += late
         missed = late > 0
         record = ChunkRecord(
-            index=self.stats.chunks,
+            index=self.stats.chunks - (0 if new_chunk else 1),
             step=step,
             frames=frames,
             ready=ready,
@@ -529,8 +564,9 @@ class Session:
             missed=missed,
             late_samples=late,
             recency_gap=self.plan.recency_gap_frames,
+            new_chunk=new_chunk,
         )
-        self.stats.chunks += 1
+        self.stats.chunks += int(new_chunk)
         self.stats.missed_chunks += int(missed)
         self.stats.missed_frames += math.ceil(late / self.hop)
         self.stats.late_samples += late
@@ -563,6 +599,7 @@ class Session:
             "delayed": self.delayed.clone(),
             "generator": self.generator.get_state(),
             "frame_ready": torch.tensor(self.frame_ready, dtype=torch.float64),
+            "held": torch.from_numpy(self.held.copy()),
         }
         for prefix, part in (
             ("resampler", self.resampler),
@@ -622,6 +659,8 @@ class Session:
             self.delayed = tensors["delayed"].clone()
             self.generator.set_state(tensors["generator"].clone())
             self.frame_ready = tensors["frame_ready"].tolist()
+            self.held = tensors["held"].numpy().copy() if "held" in tensors else np.zeros(
+                0, np.float32)
             self.resampler.load_state_dict(part("resampler"))
             self.out_resampler.load_state_dict(part("out_resampler"))
             self.inputs.load_state_dict(part("inputs"))

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from stemstream.codec.mock import MockCodec, MockCodecConfig
+from stemstream.errors import ConfigError
 from stemstream.features import FEATURE_NAMES, features
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
@@ -92,7 +93,9 @@ class FakeTimer:
 
 
 def session(model, codec=None, clock=None, **config) -> Session:
-    config = {"instrument": INST, "input_sample_rate": SR, **config}
+    """A session of ``model`` (the mock codec); frame-by-frame codec work unless the test
+    asks for ``codec_block`` (``None``: the latency budget's default)."""
+    config = {"instrument": INST, "input_sample_rate": SR, "codec_block": 1, **config}
     return Session(
         model, codec or shared_codec(), SessionConfig(**config), clock or VirtualClock(FakeTimer())
     )
@@ -146,8 +149,10 @@ def test_greedy_session_equals_offline_generation(t_f, k, encoder):
         "hop": [HOP],
         "larger-than-signal": [n + 500],
     }
+    # codec blocks: one frame per codec call, and the default (several frames at L = 0.2 s)
+    block = 1 if encoder == "frame" else None
     for name, sizes in patterns.items():
-        sess = session(model, temperature=0.0, window=4096)
+        sess = session(model, temperature=0.0, window=4096, codec_block=block)
         out = run_blocks(sess, WAVE, sizes)
         assert out.dtype == np.float32
         assert out.shape == ref.shape == (sess.output_length,), name
@@ -173,7 +178,7 @@ def test_guided_session_equals_guided_offline_generation(t_f, k):
 def test_push_returns_audio_as_soon_as_its_frames_are_complete(t_f, k):
     """After ``h`` heard frames, every chunk ``c`` with ``c + t_f <= h`` has run and every
     frame whose last codebook exists (step ``t + K - 1``) has been rendered."""
-    sess = session(shared_model(t_f, k), temperature=0.0, window=4096)
+    sess = session(shared_model(t_f, k), temperature=0.0, window=4096, codec_block=1)
     total = 0
     for j in range(1, 21):
         out = sess.push(WAVE[(j - 1) * HOP : j * HOP])
@@ -184,6 +189,37 @@ def test_push_returns_audio_as_soon_as_its_frames_are_complete(t_f, k):
         assert sess.heard_frames == j
         # only input frames a future chunk can still reach are kept
         assert sess.latents.shape[-1] <= k + max(t_f, 0) + 2
+
+
+@pytest.mark.parametrize("t_f", [-3, 2])
+def test_codec_blocks_hold_audio_for_whole_blocks_only(t_f):
+    """With ``codec_block = n`` the codec runs on blocks of ``n`` frames: input is encoded
+    once ``n`` frames arrived, output rendered once ``n`` frames are decided (a frame waits
+    at most ``2 (n - 1)`` frames more than frame by frame), and the audio is the same."""
+    n = 4
+    alone = session(shared_model(t_f, 1), temperature=0.0, window=4096, codec_block=1)
+    blocked = session(shared_model(t_f, 1), temperature=0.0, window=4096, codec_block=n)
+    assert blocked.codec_block == n
+    total_alone = total_blocked = 0
+    outputs = []
+    for j in range(1, 31):
+        piece = WAVE[(j - 1) * HOP : j * HOP]
+        total_alone += alone.push(piece).shape[0]
+        out = blocked.push(piece)
+        outputs.append(out)
+        total_blocked += out.shape[0]
+        assert out.shape[0] % (n * HOP) == 0  # whole blocks only
+        assert total_alone - 2 * (n - 1) * HOP <= total_blocked <= total_alone
+        assert blocked.held.shape[0] < n * HOP
+    outputs.append(blocked.push(WAVE[30 * HOP :]))
+    outputs.append(blocked.finish())
+    assert np.array_equal(np.concatenate(outputs),
+                          offline_reference(shared_model(t_f, 1), shared_codec(), WAVE))
+    auto = session(shared_model(t_f, 1), latency=0.2, codec_block=None)  # 20 frames of 10 ms
+    assert auto.codec_block == 1 + (20 - max(0, t_f + K - 1)) // 4
+    assert session(shared_model(t_f, 1), latency=0.0, codec_block=None).codec_block == 1
+    with pytest.raises(ConfigError, match="codec_block"):
+        SessionConfig(codec_block=0)
 
 
 def test_session_rejects_a_mismatched_model_or_codec():
@@ -223,6 +259,7 @@ def test_save_load_mid_stream_continues_bit_identically(
     encoder, guided, _ = encoder.partition("+guidance")
     model = shared_model(t_f, k, encoder)
     kwargs = {
+        "codec_block": None if encoder != "frame" else 1,  # several frames per codec call
         "guidance": 2.0 if guided else 1.0,
         "temperature": 1.0,
         "seed": 7,
@@ -430,6 +467,7 @@ def run_timed(t_f, k, cost, latency, samples, block, policy=None, seed=5):
             seed=seed,
             policy=policy,
             window=4096,
+            codec_block=1,  # the closed forms are frame by frame
         ),
         VirtualClock(timer=timer),
     )
