@@ -66,9 +66,11 @@ def noop_model(model: StreamingDecoder) -> StreamingDecoder:
     return view
 
 
-def measure_stream(model: StreamingDecoder, codec, audio: np.ndarray, seed: int) -> dict[str, Any]:
-    """RTF and per-frame percentiles of one stream (k = 1: a chunk is a frame)."""
-    timing = stream_timing(bench_session(model, codec, seed), audio)
+def measure_stream(model: StreamingDecoder, codec, audio: np.ndarray, seed: int,
+                   codec_block: int = 1) -> dict[str, Any]:
+    """RTF and per-frame percentiles of one stream (k = 1: a chunk is a frame);
+    ``codec_block``: frames per codec call."""
+    timing = stream_timing(bench_session(model, codec, seed, codec_block=codec_block), audio)
     k = model.config.chunk_frames
     frames = max(1, len(timing.chunk_s) * k)
     return {
@@ -139,6 +141,8 @@ def measure_route(args: argparse.Namespace, route: str) -> tuple[dict[str, Any],
     full = measure_stream(model, codec, audio, args.seed)
     codec_only = measure_stream(noop_model(model), codec, audio, args.seed)
     model_only = measure_model_only(model, int(args.seconds * codec.frame_rate), args.seed)
+    blocks = {n: measure_stream(model, codec, audio, args.seed, codec_block=n)["rtf"]
+              for n in args.codec_blocks if n > 1}
     result = {
         "routes": loaded.describe_routes(),
         "rtf": full["rtf"],
@@ -147,6 +151,7 @@ def measure_route(args: argparse.Namespace, route: str) -> tuple[dict[str, Any],
         "codec_only": codec_only,
         "model_only": model_only,
         "model_share": 1.0 - codec_only["rtf"] / full["rtf"],
+        "codec_block_rtf": blocks,
     }
     accelerate_codec(codec, model.config.num_codebooks, "eager")  # the codec may be shared
     return result, loaded
@@ -209,6 +214,9 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{route + ' model only':<22}{m['mean_ms_per_frame'] / result['frame_ms']:>8.3f}"
               f"{p['p50']:>9.2f}{p['p95']:>9.2f}{p['p99']:>9.2f}{'':>26}"
               + (f"{ratio:>9.2f}" if ratio else ""))
+        for n, rtf in r["codec_block_rtf"].items():
+            print(f"{route + f' full, blocks of {n}':<22}{rtf:>8.3f}"
+                  f"{'':>61}" + f"{r['full']['rtf'] / rtf:>9.2f}  (x frame by frame)")
         print(f"  {route}: {r['routes']}")
     floor = result["floor"]
     print(f"weights-read floor per frame at {floor['bandwidth_gb_per_s']:.1f} GB/s measured now: "
@@ -234,6 +242,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--routes", nargs="+", default=list(ROUTE_CHOICES),
                         choices=ROUTE_CHOICES,
                         help="decode-step routes to compare (onnx-int8: int8 weights)")
+    parser.add_argument("--codec-blocks", nargs="*", type=int, default=[4],
+                        help="also stream with the codec on blocks of these many frames "
+                             "(SessionConfig.codec_block; the default's L allows what "
+                             "StreamPlan.codec_block_frames says)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if args.seconds <= 0 or args.threads < 1:

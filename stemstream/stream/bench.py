@@ -241,17 +241,19 @@ def _rss_mb() -> dict[str, float]:
     return {"rss_mb": current, "peak_rss_mb": peak}
 
 
-def bench_session(model: Any, codec: Any, seed: int = 0, latency: float = 10.0) -> Any:
+def bench_session(model: Any, codec: Any, seed: int = 0, latency: float = 10.0,
+                  codec_block: int = 1) -> Any:
     """A session at the codec's rate on a :class:`VirtualClock` with the "late" policy (so
     the schedule does not depend on ``latency``; misses at any ``L`` are re-scored from the
     records, so the session's own ``L`` only has to be large enough not to warn) that keeps
-    every chunk record."""
+    every chunk record. ``codec_block``: frames per codec call (1: frame by frame, which the
+    re-scoring at any ``L`` assumes)."""
     from stemstream.stream.clock import VirtualClock
     from stemstream.stream.session import Session, SessionConfig
 
     config = SessionConfig(
         input_sample_rate=codec.sample_rate, latency=latency, seed=seed, policy="late",
-        keep_records=1_000_000,
+        keep_records=1_000_000, codec_block=codec_block,
     )
     return Session(model, codec, config, VirtualClock())
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+MAX_CODEC_BLOCK = 8  # frames
+
 
 @dataclass(frozen=True)
 class StreamPlan:
@@ -53,9 +55,10 @@ class StreamPlan:
     def codec_block_frames(self) -> int:
         """Frames per codec call that the latency budget allows: holding input and output for
         a block of ``n`` frames delays a frame by up to ``2 (n - 1)`` frames, given at most
-        half of the slack ``L`` leaves beyond the model's own lag (at least 1)."""
+        half of the slack ``L`` leaves beyond the model's own lag (at least 1; at most
+        :data:`MAX_CODEC_BLOCK`, past which a call's overhead is already shared out)."""
         slack = self.latency_s / self.frame_seconds - max(0, self.lag_frames)
-        return max(1, 1 + int(slack // 4))
+        return min(MAX_CODEC_BLOCK, max(1, 1 + int(slack // 4)))
 
     @property
     def in_time_future_frames(self) -> int:
