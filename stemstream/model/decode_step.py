@@ -70,7 +70,8 @@ class DecodeStep(nn.Module):
                 the newest visible frame, ``F`` = :attr:`frames`).
             frame_valid: bool ``[F]`` (``[B, F]``): frames before the stream's first are
                 ``False``.
-            has_input: bool ``[]`` (``[B]``): ``False`` where the position hears no input.
+            has_input: bool ``[B]`` (or ``[]``): ``False`` where the row's position hears no
+                input (the unconditional half of a guided stream hears none).
             rotation: ``[Dh/2, 2]`` (``[B, Dh/2, 2]``) the position's rotary (cos, sin) pairs.
             position: long ``[]`` (``[B]``) the position.
             slot: long ``[]`` (``[B]``) the cache slot the new entry will occupy.

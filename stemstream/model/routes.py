@@ -17,6 +17,7 @@ step's source and the library versions.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -51,7 +52,9 @@ def step_key(model: torch.nn.Module) -> str:
     # t_f and k do not enter the step (a position's window and cache are its arguments)
     config = {k: v for k, v in config.items() if k not in ("future_frames", "chunk_frames")}
     aligned = model.input_encoder is not None and model.input_encoder.aligned_lag
-    return digest([decode_step], {"config": config, "aligned": aligned}, model)
+    # this module too: it defines the step's inputs (their shapes and dynamic dimensions)
+    return digest([decode_step, sys.modules[__name__]], {"config": config, "aligned": aligned},
+                  model)
 
 
 def example_inputs(model: torch.nn.Module, batch: int, capacity: int,
@@ -67,7 +70,7 @@ def example_inputs(model: torch.nn.Module, batch: int, capacity: int,
         torch.zeros(batch, dtype=long),
         torch.zeros(batch, frames, cfg.input_channels),
         torch.ones(*per_row, frames, dtype=torch.bool),
-        torch.ones(per_row, dtype=torch.bool),
+        torch.ones(batch, dtype=torch.bool),  # per row in both forms (guided streams)
         torch.zeros(*per_row, backbone.head_dim // 2, 2),
         torch.full(per_row, capacity, dtype=long),
         torch.zeros(per_row, dtype=long),
@@ -98,7 +101,7 @@ def _dynamic_shapes(model: torch.nn.Module, rows: bool = False) -> tuple:
     if rows:
         return ({0: batch}, {0: batch}, {0: batch}, {0: batch}, {0: batch}, {0: batch},
                 {0: batch}, {0: batch}, None, {0: batch, 1: capacity}, caches)
-    return ({0: batch}, {0: batch}, {0: batch}, None, None, None, None, None, None,
+    return ({0: batch}, {0: batch}, {0: batch}, None, {0: batch}, None, None, None, None,
             {0: capacity}, caches)
 
 

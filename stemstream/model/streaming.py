@@ -377,7 +377,7 @@ class StreamingDecoder(nn.Module):
         for offset in range(k):
             step = start + offset
             frame = step + cfg.future_frames - 1 if offset == 0 else -1
-            if self.step_route is not None and not state.guided:
+            if self.step_route is not None:
                 logits = self._route_position(state, input_latents, step, frame, input_offset)
             else:
                 logits = self._forward_positions(
@@ -488,17 +488,21 @@ class StreamingDecoder(nn.Module):
                 f"{capacity}; use a larger max_seq_len or a ring cache (window=...)"
             )
         slot = cache.length % capacity
-        tokens = self.previous_tokens(state, step)
+        tokens, inst = self.previous_tokens(state, step), state.inst
         window, valid, has_input = self.step_window(input_latents, frame, input_offset)
+        hears = torch.full((inst.shape[0],), has_input, device=device)
+        if state.guided:  # the second half: the same streams hearing nothing
+            tokens, inst, window = tokens.repeat(2, 1), inst.repeat(2), window.repeat(2, 1, 1)
+            hears = torch.cat([hears, torch.zeros_like(hears)])
         position = torch.tensor(step, device=device)
         rotation = torch.view_as_real(self.backbone.rope.rotations(position[None]))[0]
         # a compiled step assumes the example's (contiguous) strides
         logits, new = self.step_route(
             tokens.contiguous(),
-            state.inst.contiguous(),
+            inst.contiguous(),
             window.contiguous(),
             valid,
-            torch.tensor(has_input, device=device),
+            hears,
             rotation,
             position,
             torch.tensor(slot, device=device),

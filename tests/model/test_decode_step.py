@@ -251,3 +251,23 @@ def test_onnx_rows_step_drives_a_stream_pool_like_the_eager_step(onnx_cache, mon
         runs.append([torch.stack(t, -1) for t in tokens])
     for eager, onnx in zip(*runs, strict=True):
         assert torch.equal(eager, onnx)
+
+
+def test_guided_streams_run_on_the_onnx_step_like_eager(onnx_cache, monkeypatch):
+    """Input guidance on the compiled route: the step runs both halves (per-row
+    ``has_input``) and generation keeps the eager tokens, across a ring wrap."""
+    monkeypatch.setenv("STEMSTREAM_CACHE_DIR", str(onnx_cache))
+    model = _model()
+    latents = torch.randn(2, model.config.input_channels, STEPS + 8,
+                          generator=torch.Generator().manual_seed(3))
+    sampling = SamplingConfig(temperature=0.0, guidance=2.5)
+    runs = []
+    for route in ("eager", "onnx"):
+        accelerate(model, route)
+        state = model.new_state(torch.tensor([1, 6]), window=WINDOW, guided=True)
+        with torch.no_grad():
+            runs.append(torch.cat([model.generate_chunk(state, latents, sampling,
+                                                        input_complete=True)
+                                   for _ in range(STEPS)], dim=-1))
+    assert model.step_route is not None
+    assert torch.equal(runs[0], runs[1])
