@@ -259,10 +259,11 @@ def data_dump_features(dump_dir, corpus, progress):
 
 def _guidance_option():
     return click.option(
-        "--guidance", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+        "--guidance", type=click.FloatRange(min=0.0), default=None,
         help="Input guidance W (streaming models): sample from u + W (c - u), the logits "
              "with (c) and without (u) the input; 1 = plain, >1 follows the input more, "
-             "at twice the model's work. Best with a model trained with input_dropout.")
+             "at twice the model's work [default: the model's own, stored at export; 1 "
+             "when it has none].")
 
 
 def _training_options(example_config: str):
@@ -437,11 +438,15 @@ def train(config_path, overrides, stop_after, time_limit, progress):
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="Store the weights in this type (float16: half the file; loading casts "
                    "back to float32). Also accepts an exported checkpoint.")
-def export_model(checkpoint_path, out, dtype):
+@click.option("--guidance", type=click.FloatRange(min=0.0), default=None,
+              help="Store the input guidance the model is meant to be sampled with "
+                   "(streaming models; generate, accompany, demo, live, serve and eval use it "
+                   "unless told otherwise). Also accepts an exported checkpoint.")
+def export_model(checkpoint_path, out, dtype, guidance):
     """Write the model of a training checkpoint as an inference checkpoint (no optimizer)."""
     from stemstream.model.checkpoints import export_checkpoint
 
-    click.echo(f"wrote {export_checkpoint(checkpoint_path, out, dtype)}")
+    click.echo(f"wrote {export_checkpoint(checkpoint_path, out, dtype, guidance)}")
 
 
 def _model_option(help_text: str, default: str | None = None):

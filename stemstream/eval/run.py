@@ -161,7 +161,8 @@ def _variant(config: Any) -> str:
 
 def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, str]:
     """``--checkpoint CKPT`` (named ``model``) and ``--systems NAME=CKPT ...`` (a streaming
-    system may add ``,guidance=W``: sampled with input guidance ``W``)."""
+    system may add ``,guidance=W``: sampled with input guidance ``W`` instead of the model's
+    own)."""
     out: dict[str, str] = {}
     if checkpoint:
         out["model"] = checkpoint
@@ -175,13 +176,14 @@ def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, s
     return out
 
 
-def split_guidance(spec: str) -> tuple[str, float]:
-    """``CKPT`` or ``CKPT,guidance=W`` -> (``CKPT``, ``W``; 1 when absent)."""
+def split_guidance(spec: str) -> tuple[str, float | None]:
+    """``CKPT`` or ``CKPT,guidance=W`` -> (``CKPT``, ``W``; ``None`` when absent: the
+    model's own)."""
     from stemstream.model.sampling import check_guidance
 
     path, sep, option = spec.rpartition(",guidance=")
     if not sep:
-        return spec, 1.0
+        return spec, None
     try:
         guidance = float(option)
     except ValueError:
@@ -208,6 +210,8 @@ def _load_system(name: str, spec: str, codec_spec: str | None,
         loaded = load_model(path)
         model, codec = loaded.model, codec_for(loaded.codec, codec_spec)
         family = loaded.family
+    if guidance is None:
+        guidance = loaded.guidance
     if isinstance(model, StreamingDecoder):
         future, chunk = model.config.future_frames, model.config.chunk_frames
     else:

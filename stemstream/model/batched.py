@@ -26,7 +26,7 @@ import torch
 from stemstream.errors import ConfigError
 from stemstream.model.decode_step import NO_WINDOW, DecodeStep
 from stemstream.model.kv_cache import CacheOverflowError
-from stemstream.model.sampling import SamplingConfig
+from stemstream.model.sampling import SamplingConfig, guided_logits
 from stemstream.model.streaming import GenerationState, StreamingDecoder
 
 
@@ -78,24 +78,28 @@ class StreamPool:
         return self.owner.count(None)
 
     def adopt(self, state: GenerationState) -> int:
-        """Move a stream into a free row (its cache contents come along) and return the row.
-        The state must be a batch-1, unguided stream with a ring of :attr:`window` slots."""
+        """Move a stream into free rows (its cache contents come along) and return its first
+        row. The state must be a single stream (batch 1) with a ring of :attr:`window`
+        slots; a guided one takes two adjacent rows (with and without its input)."""
         caches = state.caches
-        if state.inst.shape[0] != 1 or state.guided:
-            raise ConfigError("a stream pool holds single, unguided streams (batch 1, "
-                              "guidance 1)")
+        if state.inst.shape[0] != 1:
+            raise ConfigError("a stream pool holds single streams (batch 1)")
         if caches[0].window != self.window or caches[0].capacity != self.window:
             raise ConfigError(f"a stream pool holds streams with a ring of {self.window} "
                               f"slots, this one has {caches[0].capacity}")
-        if None not in self.owner:
-            raise ConfigError(f"the stream pool is full ({self.rows} streams)")
-        row = self.owner.index(None)
-        kv = self.kv[:, :, row : row + 1]  # [layers, 2, 1, Hkv, C, Dh]
+        need = 2 if state.guided else 1
+        free = [r for r in range(self.rows - need + 1)
+                if all(o is None for o in self.owner[r : r + need])]
+        if not free:
+            raise ConfigError(f"the stream pool is full ({self.rows} rows; a guided stream "
+                              "takes two)")
+        row = free[0]
+        kv = self.kv[:, :, row : row + need]  # [layers, 2, need, Hkv, C, Dh]
         for layer, cache in enumerate(caches):
             kv[layer, 0].copy_(cache.keys)
             kv[layer, 1].copy_(cache.values)
-        self.positions[row].copy_(caches[0].positions)
-        self.next_position[row].copy_(caches[0].next_position)
+        self.positions[row : row + need].copy_(caches[0].positions)
+        self.next_position[row : row + need].copy_(caches[0].next_position)
         views = [kv[layer, j] for layer in range(len(caches)) for j in (0, 1)]
         for layer, cache in enumerate(caches):
             cache.keys, cache.values = views[2 * layer], views[2 * layer + 1]
@@ -103,22 +107,23 @@ class StreamPool:
             cache.next_position = self.next_position[row]
             cache.stacked = kv  # stack_caches() sees the row as already stacked
         caches[0].stacked_views = views
-        self.owner[row] = state
+        self.owner[row : row + need] = [state] * need
         return row
 
     def release(self, state: GenerationState) -> None:
         """Free the row of ``state`` (which keeps private copies of its caches, so it stays
         usable alone) and zero it, so nothing leaks into the next stream."""
         row = self.row_of(state)
+        need = 2 if state.guided else 1
         for cache in state.caches:
             cache.keys, cache.values = cache.keys.clone(), cache.values.clone()
             cache.positions = cache.positions.clone()
             cache.next_position = cache.next_position.clone()
             cache.stacked = None
-        self.kv[:, :, row].zero_()
-        self.positions[row].fill_(-1)
-        self.next_position[row].zero_()
-        self.owner[row] = None
+        self.kv[:, :, row : row + need].zero_()
+        self.positions[row : row + need].fill_(-1)
+        self.next_position[row : row + need].zero_()
+        self.owner[row : row + need] = [None] * need
 
     def row_of(self, state: GenerationState) -> int:
         for row, owner in enumerate(self.owner):
@@ -134,10 +139,14 @@ class StreamPool:
         if not streams:
             return []
         model, cfg = self.model, self.model.config
-        rows, tokens, windows, valids, has_input, steps = [], [], [], [], [], []
+        rows, tokens, windows, valids, has_input, steps, insts = [], [], [], [], [], [], []
         for item in streams:
             state = item.state
-            rows.append(self.row_of(state))
+            sampling = item.sampling or SamplingConfig()
+            if sampling.guided and not state.guided:
+                raise ConfigError(f"input guidance {sampling.guidance} needs a stream made "
+                                  "with new_state(..., guided=True)")
+            row = self.row_of(state)
             step = state.step
             need = step + cfg.future_frames
             heard = item.input_offset + item.input_latents.shape[-1]
@@ -150,15 +159,19 @@ class StreamPool:
             window, valid, hears = model.step_window(
                 item.input_latents, step + cfg.future_frames - 1, item.input_offset
             )
-            tokens.append(model.previous_tokens(state, step))
-            windows.append(window)
-            valids.append(valid)
-            has_input.append(hears)
-            steps.append(step)
+            # a guided stream's second row: the same stream hearing nothing
+            for half in range(2 if state.guided else 1):
+                rows.append(row + half)
+                tokens.append(model.previous_tokens(state, step))
+                insts.append(state.inst)
+                windows.append(window)
+                valids.append(valid)
+                has_input.append(hears and half == 0)
+                steps.append(step)
         device = self.kv.device
         rows_t = torch.tensor(rows, device=device)
         steps_t = torch.tensor(steps, device=device)
-        slots_t = torch.tensor([s.state.caches[0].length % self.window for s in streams],
+        slots_t = torch.tensor([self.owner[r].caches[0].length % self.window for r in rows],
                                device=device)
         contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
         if contiguous:  # views, no copy
@@ -170,7 +183,7 @@ class StreamPool:
         rotation = torch.view_as_real(model.backbone.rope.rotations(steps_t)).contiguous()
         logits, new = self.step_module(
             torch.cat(tokens),
-            torch.cat([s.state.inst for s in streams]),
+            torch.cat(insts),
             torch.cat(windows).contiguous(),
             torch.stack(valids),
             torch.tensor(has_input, device=device),
@@ -185,14 +198,19 @@ class StreamPool:
         self.kv[:, :, rows_t, :, slots_t] = new.permute(2, 0, 1, 3, 4)
         self.positions[rows_t, slots_t] = steps_t
         self.next_position[rows_t] = steps_t + 1
-        out = []
-        for index, item in enumerate(streams):
+        out, index = [], 0
+        for item in streams:
             state = item.state
+            sampling = item.sampling or SamplingConfig()
             for cache in state.caches:
                 cache.length += 1
                 cache.filled = max(cache.filled, int(slots_t[index]) + 1)
-            chunk = model.emit(state, logits[index : index + 1], item.sampling or SamplingConfig(),
-                               item.generator, None, state.step)
+            step_logits = logits[index : index + 1]
+            if state.guided:
+                step_logits = guided_logits(step_logits, logits[index + 1 : index + 2],
+                                            sampling.guidance)
+            index += 2 if state.guided else 1
+            out.append(model.emit(state, step_logits, sampling, item.generator, None,
+                                  state.step))
             state.step += 1
-            out.append(chunk)
         return out

@@ -87,6 +87,7 @@ class ServeConfig:
         realtime: deadlines on the wall clock (live use) or a virtual clock (tests: the
             output is then exactly a session's run alone).
         temperature / top_k / seed: sampling.
+        guidance: input guidance (``None``: the model's own).
         batch: run the sessions in one batched engine when the model allows (``k = 1``).
     """
 
@@ -99,6 +100,7 @@ class ServeConfig:
     temperature: float = DEFAULT_TEMPERATURE
     top_k: int = DEFAULT_TOP_K
     seed: int = 0
+    guidance: float | None = None
     batch: bool = True
 
 
@@ -165,12 +167,14 @@ def parse_start(text: str, loaded: StreamModel, default_latency: float) -> Start
     return StartRequest(instrument, rate, channels, float(latency), future_frames)
 
 
-def session_config(request: StartRequest, config: ServeConfig) -> SessionConfig:
+def session_config(request: StartRequest, config: ServeConfig,
+                   loaded: StreamModel) -> SessionConfig:
     """The session a validated start message asks for (its output at the client's rate)."""
     return SessionConfig(
         instrument=request.instrument, input_sample_rate=request.sample_rate,
         output_sample_rate=request.sample_rate, latency=request.latency,
-        temperature=config.temperature, top_k=config.top_k, seed=config.seed)
+        temperature=config.temperature, top_k=config.top_k, seed=config.seed,
+        guidance=loaded.guidance if config.guidance is None else config.guidance)
 
 
 def open_session(loaded: StreamModel, request: StartRequest, config: ServeConfig) -> Session:
@@ -184,7 +188,7 @@ def open_session(loaded: StreamModel, request: StartRequest, config: ServeConfig
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "runs at a t_f it was not trained for"
             model = with_stream_args(model, request.future_frames, None)
-    return Session(model, loaded.codec, session_config(request, config),
+    return Session(model, loaded.codec, session_config(request, config, loaded),
                    clock=make_clock(config.realtime))
 
 
@@ -201,7 +205,7 @@ class _Stream:
             return cls(await asyncio.to_thread(open_session, loaded, request, config))
         from stemstream.stream.clock import make_clock
 
-        future = worker.call(worker.engine.open, session_config(request, config),
+        future = worker.call(worker.engine.open, session_config(request, config, loaded),
                              make_clock(config.realtime))
         return cls(await asyncio.wrap_future(future), worker)
 
@@ -255,8 +259,10 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
     active = {"sessions": 0}
     worker = None
     if config.batch and loaded.model.config.chunk_frames == 1:
+        guidance = loaded.guidance if config.guidance is None else config.guidance
         worker = EngineWorker(Engine(loaded.model, loaded.codec, config.max_sessions,
-                                     route=loaded.route.name, quiet=False))
+                                     route=loaded.route.name, quiet=False,
+                                     guided=guidance != 1))
     app.state.engine_worker = worker
     trained = sorted({class_name(i) for i in range(loaded.model.config.num_classes)
                       if _playable(i)})

@@ -151,7 +151,7 @@ def accompany_file(
     sample_rate: int | None = None,
     route: str | None = None,
     mix_channels: str = "input",
-    guidance: float = 1.0,
+    guidance: float | None = None,
 ) -> AccompanyResult:
     """Accompany an audio file with ``instrument`` through the real-time engine.
 
@@ -180,7 +180,7 @@ def accompany_file(
         mix_channels: ``input`` (the mix keeps the input's channels, the stem in the centre)
             or ``mono``.
         guidance: input guidance (1 = plain sampling; see
-            :class:`~stemstream.model.sampling.SamplingConfig`).
+            :class:`~stemstream.model.sampling.SamplingConfig`); default: the model's own.
 
     Raises:
         AudioError: missing, corrupt, empty or non-finite input.
@@ -210,7 +210,7 @@ def accompany_file(
         top_k=top_k,
         seed=seed,
         window=window,
-        guidance=guidance,
+        guidance=loaded.guidance if guidance is None else guidance,
         output_sample_rate=sample_rate or source.sample_rate,
     )
     session = Session(loaded.model, loaded.codec, config, clock=make_clock(realtime))

@@ -42,13 +42,15 @@ from stemstream.stream.session import DEFAULT_WINDOW, Session, SessionConfig
 
 
 class Engine:
-    """Up to ``max_sessions`` sessions of one streaming ``model`` (``k = 1``) and ``codec``;
-    ``window`` is every session's KV ring (default: the sessions' default); ``route``: how
+    """Up to ``max_sessions`` sessions of one streaming ``model`` (``k = 1``) and ``codec``
+    (``guided``: room for that many sessions with input guidance, which take two rows
+    each); ``window`` is every session's KV ring (default: the sessions' default); ``route``: how
     the batched model step runs (``eager``, or ``onnx`` / ``compiled`` / ``auto`` through
     :func:`~stemstream.model.routes.rows_step`, built once and cached on disk)."""
 
     def __init__(self, model: torch.nn.Module, codec, max_sessions: int,
-                 window: int | None = None, route: str = "eager", quiet: bool = True) -> None:
+                 window: int | None = None, route: str = "eager", quiet: bool = True,
+                 guided: bool = False) -> None:
         from stemstream.model.routes import rows_step
 
         window = window or min(model.config.backbone.max_seq_len, DEFAULT_WINDOW)
@@ -57,7 +59,7 @@ class Engine:
             step, self.route = rows_step(model, route, quiet)
         else:  # the pool says why it cannot batch this model
             step, self.route = None, None
-        self.pool = StreamPool(model, max_sessions, window, step)
+        self.pool = StreamPool(model, max_sessions * (2 if guided else 1), window, step)
         self.sessions: list[Session] = []
 
     @property
@@ -70,10 +72,9 @@ class Engine:
         if config.window not in (None, self.pool.window):
             raise ConfigError(f"sessions of this engine use a KV ring of {self.pool.window} "
                               f"positions, not {config.window}")
-        if config.guidance != 1:
-            raise ConfigError("input guidance runs sessions one by one, not in an engine")
-        if not self.pool.free_rows:
-            raise ConfigError(f"the engine is full ({self.capacity} sessions)")
+        if self.pool.free_rows < (2 if config.guidance != 1 else 1):
+            raise ConfigError(f"the engine is full ({self.capacity} rows; a guided session "
+                              "takes two)")
         session = Session(self.model, self.codec,
                           dataclasses.replace(config, window=self.pool.window), clock)
         self.pool.adopt(session.state)

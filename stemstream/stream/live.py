@@ -227,7 +227,7 @@ def run_live(
         loaded.model,
         loaded.codec,
         SessionConfig(instrument=instrument, input_sample_rate=rate, latency=latency,
-                      seed=seed, output_sample_rate=rate),
+                      seed=seed, output_sample_rate=rate, guidance=loaded.guidance),
         clock=WallClock(),
     )
     message = alignment_warning(future_frames, loaded.codec.frame_rate, latency)

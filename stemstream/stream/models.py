@@ -59,6 +59,7 @@ class StreamModel:
     trained: bool
     route: RouteInfo = RouteInfo("eager")
     codec_route: RouteInfo = RouteInfo("eager")
+    guidance: float = 1.0  # the input guidance the model is meant to be sampled with
 
     def describe_routes(self) -> str:
         """One line: how the decode step and the codec run."""
@@ -119,7 +120,8 @@ def load_stream_model(
     codec_route = accelerate_codec(loaded.codec, model.config.num_codebooks, route)
     if codec_route.note:
         log.info("codec: %s", codec_route.describe())
-    return StreamModel(model, loaded.codec, source, loaded.trained, chosen, codec_route)
+    return StreamModel(model, loaded.codec, source, loaded.trained, chosen, codec_route,
+                       loaded.guidance)
 
 
 def _load(spec: str, codec_spec: str | None, future_frames: int | None,
@@ -172,7 +174,7 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
         )
     codec = codec_for(loaded.codec, codec_spec)
     model = with_stream_args(loaded.model, future_frames, chunk_frames)
-    return StreamModel(model, codec.eval(), str(path), trained=True)
+    return StreamModel(model, codec.eval(), str(path), trained=True, guidance=loaded.guidance)
 
 
 def frames_from_seconds(seconds: float | None, frame_rate: float, what: str) -> int | None:
@@ -203,4 +205,4 @@ def resolve_stream_model(spec: str | Path = "default", codec_spec: str | None = 
             warnings.simplefilter("ignore")
         model = with_stream_args(loaded.model, future_frames, chunk_frames)
     return StreamModel(model, loaded.codec, loaded.source, loaded.trained, loaded.route,
-                       loaded.codec_route)
+                       loaded.codec_route, loaded.guidance)

@@ -90,14 +90,14 @@ def generate_file(
     progress: bool = False,
     sample_rate: int | None = None,
     mix_channels: str = "input",
-    guidance: float = 1.0,
+    guidance: float | None = None,
 ) -> GenerateResult:
     """Accompany ``input_path`` (any rate/channels) with ``instrument``; write the stem (and
     optionally the appendix-A.7 mix of input and stem, in the input's channel layout or mono
     by ``mix_channels``) at ``sample_rate`` (default: the input's). A streaming model may run
     at another ``t_f`` (seconds) / ``k`` than trained (with a warning); other families refuse
     them. ``guidance``: input guidance (streaming models; see
-    :class:`~stemstream.model.sampling.SamplingConfig`)."""
+    :class:`~stemstream.model.sampling.SamplingConfig`; default: the model's own)."""
     from stemstream.model.checkpoints import load_model
     from stemstream.stream.session import with_stream_args
 
@@ -124,6 +124,8 @@ def generate_file(
     source = audio.Audio(audio.resample(native.samples, native.sample_rate, codec.sample_rate),
                          codec.sample_rate)
     wave = torch.from_numpy(source.samples)[None]
+    if guidance is None:
+        guidance = loaded.guidance
     sampling = SamplingConfig(temperature=temperature, top_k=top_k, guidance=guidance)
     generator = torch.Generator().manual_seed(seed)
     with torch.inference_mode():

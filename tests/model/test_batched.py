@@ -114,8 +114,10 @@ def test_pool_refuses_what_it_cannot_batch():
     pool = StreamPool(model, rows=1, window=WINDOW)
     with pytest.raises(ConfigError, match="ring"):
         pool.adopt(model.new_state(torch.tensor([1]), window=WINDOW + 1))
-    with pytest.raises(ConfigError, match="unguided"):
+    with pytest.raises(ConfigError, match="takes two"):  # one row: no room for a guided one
         pool.adopt(model.new_state(torch.tensor([1]), window=WINDOW, guided=True))
+    with pytest.raises(ConfigError, match="batch 1"):
+        pool.adopt(model.new_state(torch.tensor([1, 2]), window=WINDOW))
     pool.adopt(model.new_state(torch.tensor([1]), window=WINDOW))
     with pytest.raises(ConfigError, match="full"):
         pool.adopt(model.new_state(torch.tensor([1]), window=WINDOW))

@@ -176,3 +176,32 @@ def test_export_turns_a_training_checkpoint_into_a_model(dump, tmp_path):
     again = runner.invoke(cli, ["export", str(tmp_path / "m.safetensors"), "-o",
                                 str(tmp_path / "m2.safetensors")])
     assert again.exit_code == 1 and "already an exported model" in again.output
+
+
+def test_a_stored_guidance_is_the_default_and_an_option_overrides_it(dump, tmp_path):
+    """`export --guidance W` stores the input guidance the model is meant to be sampled with;
+    generate uses it unless --guidance says otherwise."""
+    from stemstream.model.checkpoints import load_model
+
+    ckpt = _export(dump, tmp_path / "run", "family=streaming", "model.future_frames=1")
+    guided = tmp_path / "guided.safetensors"
+    runner = CliRunner()
+    out = runner.invoke(cli, ["export", str(ckpt), "-o", str(guided), "--guidance", "2.5"])
+    assert out.exit_code == 0, out.output
+    assert load_model(guided).guidance == 2.5 and load_model(ckpt).guidance == 1.0
+    t = np.arange(int(0.8 * 16000)) / 16000
+    sf.write(str(tmp_path / "in.wav"), 0.3 * np.sin(2 * np.pi * 110 * t), 16000)
+    stems = {}
+    for name, model, extra in [("stored", guided, []), ("explicit", ckpt, ["--guidance", "2.5"]),
+                               ("plain", guided, ["--guidance", "1"])]:
+        result = runner.invoke(cli, ["generate", "--model", str(model), "--input",
+                                     str(tmp_path / "in.wav"), "--instrument", "bass", "-o",
+                                     str(tmp_path / f"{name}.wav"), "--temperature", "0",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        stems[name] = sf.read(str(tmp_path / f"{name}.wav"))[0]
+    assert np.array_equal(stems["stored"], stems["explicit"])
+    assert not np.array_equal(stems["stored"], stems["plain"])
+    bad = runner.invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "x.safetensors"),
+                              "--guidance", "-1"])
+    assert bad.exit_code != 0
