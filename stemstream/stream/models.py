@@ -1,10 +1,12 @@
 """Resolve what ``--model`` options of the streaming front ends accept.
 
 * ``default`` — the shipped model for files
-  (``stemstream/assets/models/streaming-listen.safetensors``: 6 blocks, ``t_f = +100 ms``,
-  conv input encoder, with the shipped codec; card ``models/streaming-listen``). The previous
-  default (``streaming-cpu.safetensors``, the paper's fusion at ``t_f = 0``) stays shipped as
-  ``default-v1``. Without a shipped default, an *untrained* ``cpu``-preset streaming decoder
+  (``stemstream/assets/models/streaming-listen-more.safetensors``: 6 blocks,
+  ``t_f = +100 ms``, conv input encoder, sampled with input guidance 2, with the shipped
+  codec; card ``models/streaming-listen-more``). The previous defaults stay shipped:
+  ``default-v2`` (``streaming-listen.safetensors``, the same design with fewer steps, plain
+  sampling) and ``default-v1`` (``streaming-cpu.safetensors``, the paper's fusion at
+  ``t_f = 0``). Without a shipped default, an *untrained* ``cpu``-preset streaming decoder
   over the shipped codec (random weights, seed 0) stands in, with a warning: timings are
   real, the music is noise.
 * ``default-live`` — the shipped live model (``streaming-live.safetensors``: 3 blocks,
@@ -43,7 +45,8 @@ from stemstream.model.transformer import TransformerConfig
 log = logging.getLogger(__name__)
 
 MODEL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
-DEFAULT_MODEL = MODEL_ASSETS / "streaming-listen.safetensors"
+DEFAULT_MODEL = MODEL_ASSETS / "streaming-listen-more.safetensors"
+SECOND_DEFAULT = MODEL_ASSETS / "streaming-listen.safetensors"
 PREVIOUS_DEFAULT = MODEL_ASSETS / "streaming-cpu.safetensors"
 LIVE_MODEL = MODEL_ASSETS / "streaming-live.safetensors"
 RANDOM_SPECS = ("random-cpu", "random-tiny", "random-tiny-mock", "random-paper")
@@ -85,7 +88,7 @@ def shipped_path(spec: str | Path) -> str:
     """The file behind a shipped model name (``default``, ``default-live``, ``default-v1``);
     any other spec unchanged."""
     shipped = {"default": DEFAULT_MODEL, "default-live": LIVE_MODEL,
-               "default-v1": PREVIOUS_DEFAULT}
+               "default-v1": PREVIOUS_DEFAULT, "default-v2": SECOND_DEFAULT}
     return str(shipped.get(str(spec), spec))
 
 
@@ -160,6 +163,7 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
     if not path.exists():
         raise ConfigError(
             f"--model {spec!r}: no such file; use default, default-live, default-v1, "
+            "default-v2, "
             f"{', '.join(RANDOM_SPECS)} or a "
             "streaming model checkpoint"
         )
