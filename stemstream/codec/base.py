@@ -383,12 +383,7 @@ class AudioStreamEncoder(_Stream, metaclass=ABCMeta):
                   blocks: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Each encoder's :meth:`step` of its block (many independent streams, e.g. the
         sessions of a server); a codec may compute them as one batch (same results)."""
-        kind = type(encoders[0]) if encoders else None
-        same = all(type(e) is kind and e.codec is encoders[0].codec for e in encoders)
-        if same and kind is not None and (
-                kind._step_many.__func__ is not AudioStreamEncoder._step_many.__func__):
-            return kind._step_many(list(encoders), list(blocks))
-        return [e.step(b) for e, b in zip(encoders, blocks, strict=True)]
+        return _step_many(AudioStreamEncoder, encoders, blocks)
 
     @classmethod
     def _step_many(cls, encoders: list, blocks: list) -> list[torch.Tensor]:
@@ -419,12 +414,7 @@ class AudioStreamDecoder(_Stream, metaclass=ABCMeta):
                   codes: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Each decoder's :meth:`step` of its codes (many independent streams); a codec may
         compute them as one batch (same results)."""
-        kind = type(decoders[0]) if decoders else None
-        same = all(type(d) is kind and d.codec is decoders[0].codec for d in decoders)
-        if same and kind is not None and (
-                kind._step_many.__func__ is not AudioStreamDecoder._step_many.__func__):
-            return kind._step_many(list(decoders), list(codes))
-        return [d.step(c) for d, c in zip(decoders, codes, strict=True)]
+        return _step_many(AudioStreamDecoder, decoders, codes)
 
     @classmethod
     def _step_many(cls, decoders: list, codes: list) -> list[torch.Tensor]:
@@ -459,3 +449,14 @@ class AudioStreamDecoder(_Stream, metaclass=ABCMeta):
 
     @abstractmethod
     def _flush(self, batch_size: int) -> torch.Tensor: ...
+
+
+def _step_many(base: type, streams: Sequence[_Stream], items: Sequence[torch.Tensor]
+               ) -> list[torch.Tensor]:
+    """``stream.step(item)`` of each pair, through the streams' class's batched
+    ``_step_many`` when they are all of one class (of one codec) that has one."""
+    kind = type(streams[0]) if streams else None
+    same = all(type(s) is kind and s.codec is streams[0].codec for s in streams)
+    if same and kind is not None and kind._step_many.__func__ is not base._step_many.__func__:
+        return kind._step_many(list(streams), list(items))
+    return [s.step(i) for s, i in zip(streams, items, strict=True)]
