@@ -242,18 +242,19 @@ def _rss_mb() -> dict[str, float]:
 
 
 def bench_session(model: Any, codec: Any, seed: int = 0, latency: float = 10.0,
-                  codec_block: int = 1) -> Any:
+                  codec_block: int = 1, guidance: float = 1.0) -> Any:
     """A session at the codec's rate on a :class:`VirtualClock` with the "late" policy (so
     the schedule does not depend on ``latency``; misses at any ``L`` are re-scored from the
     records, so the session's own ``L`` only has to be large enough not to warn) that keeps
     every chunk record. ``codec_block``: frames per codec call (1: frame by frame, which the
-    re-scoring at any ``L`` assumes)."""
+    re-scoring at any ``L`` assumes); ``guidance``: the input guidance the model is sampled
+    with (its cost: both halves of every step)."""
     from stemstream.stream.clock import VirtualClock
     from stemstream.stream.session import Session, SessionConfig
 
     config = SessionConfig(
         input_sample_rate=codec.sample_rate, latency=latency, seed=seed, policy="late",
-        keep_records=1_000_000, codec_block=codec_block,
+        keep_records=1_000_000, codec_block=codec_block, guidance=guidance,
     )
     return Session(model, codec, config, VirtualClock())
 
@@ -309,6 +310,7 @@ class BenchResult(TypedDict):
     model: str
     trained: bool
     route: str
+    guidance: float
     codec: str
     threads: int
     seconds: float
@@ -392,15 +394,16 @@ def run_bench(
         cfg = base.config
         rate = codec_model.sample_rate
         if warmup_seconds > 0:
-            stream_timing(bench_session(base, codec_model, seed),
+            stream_timing(bench_session(base, codec_model, seed, guidance=loaded.guidance),
                           synthetic_music(warmup_seconds, rate, seed + 1))
-        timing = stream_timing(bench_session(base, codec_model, seed),
+        timing = stream_timing(bench_session(base, codec_model, seed, guidance=loaded.guidance),
                                synthetic_music(seconds, rate, seed))
         result: BenchResult = {  # the grid is added below
             "format": "stemstream-bench",
             "model": loaded.source,
             "trained": loaded.trained,
             "route": loaded.describe_routes(),
+            "guidance": loaded.guidance,
             "codec": type(codec_model).__name__,
             "threads": threads,
             "seconds": seconds,
@@ -424,7 +427,8 @@ def run_bench(
         audio = synthetic_music(grid_seconds, rate, seed)
         for tf, k in configs:
             view = _view(base, tf, k)
-            row_timing = stream_timing(bench_session(view, codec_model, seed), audio)
+            row_timing = stream_timing(
+                bench_session(view, codec_model, seed, guidance=loaded.guidance), audio)
             summary = _summary(row_timing, k)
             grid.append({
                 "future_frames": tf,
@@ -473,7 +477,9 @@ def format_bench(result: BenchResult) -> str:
         f"codec {result['codec']}, {result['threads']} thread(s), "
         f"{mem['params'] / 1e6:.1f}M params, KV window {result['kv_window']} positions"
     )
-    lines.append(f"routes: {result['route']}")
+    lines.append(f"routes: {result['route']}" + (
+        f"; input guidance {result['guidance']:g} (both halves of every step)"
+        if result.get("guidance", 1.0) != 1 else ""))
     lines.append(
         f"default config t_f={result['future_frames']} k={result['chunk_frames']}, "
         f"{result['seconds']:g} s of test audio in {BLOCK_SECONDS * 1e3:.0f} ms blocks"
