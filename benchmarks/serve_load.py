@@ -34,10 +34,11 @@ def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray]) -> dict:
     """``n`` sessions paced in real time for ``args.seconds``; ``mode`` "alone" or "batched"."""
     rate = loaded.codec.sample_rate
     configs = [SessionConfig(instrument=INSTRUMENTS[i % len(INSTRUMENTS)],
-                             input_sample_rate=rate, latency=args.latency, seed=i)
-               for i in range(n)]
+                             input_sample_rate=rate, latency=args.latency, seed=i,
+                             guidance=loaded.guidance) for i in range(n)]
     if mode == "batched":
-        engine = Engine(loaded.model, loaded.codec, max_sessions=n, route=loaded.route.name)
+        engine = Engine(loaded.model, loaded.codec, max_sessions=n, route=loaded.route.name,
+                        guided=loaded.guidance != 1)
         sessions = [engine.open(c, clock=WallClock()) for c in configs]
     else:
         sessions = [Session(loaded.model, loaded.codec, c, clock=WallClock()) for c in configs]
@@ -66,6 +67,34 @@ def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray]) -> dict:
             "round_ms_p99": float(np.percentile(warm, 99)), "block_ms": args.block_ms}
 
 
+def round_split(n: int, loaded, inputs: list[np.ndarray], rounds: int = 150) -> dict:
+    """The batched engine unpaced: mean ms per round of ``n`` sessions' 20 ms blocks, split
+    into the batched model steps and everything else (codec batches, per-session work)."""
+    rate = loaded.codec.sample_rate
+    engine = Engine(loaded.model, loaded.codec, max_sessions=n, route=loaded.route.name,
+                    guided=loaded.guidance != 1)
+    sessions = [engine.open(SessionConfig(instrument=INSTRUMENTS[i % len(INSTRUMENTS)],
+                                          input_sample_rate=rate, seed=i,
+                                          guidance=loaded.guidance)) for i in range(n)]
+    model_s = [0.0]
+    step = engine.pool.step
+
+    def timed(streams):
+        began = time.perf_counter()
+        out = step(streams)
+        model_s[0] += time.perf_counter() - began
+        return out
+
+    engine.pool.step = timed
+    block = rate // 50
+    began = time.perf_counter()
+    for r in range(rounds):
+        engine.push({s: inputs[i][r * block : (r + 1) * block] for i, s in enumerate(sessions)})
+    total = (time.perf_counter() - began) / rounds * 1e3
+    model = model_s[0] / rounds * 1e3
+    return {"sessions": n, "round_ms": total, "model_ms": model, "rest_ms": total - model}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="default")
@@ -76,12 +105,22 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--max-sessions", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--split", nargs="*", type=int, default=[1, 4, 8],
+                        help="also time unpaced engine rounds of these many sessions, split "
+                             "into model steps and the rest")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     loaded = load_stream_model(args.model, route=args.route)
     rate = loaded.codec.sample_rate
     inputs = [synthetic_music(args.seconds + 1, rate, seed=i) for i in range(args.max_sessions)]
+    inputs += [synthetic_music(4.0, rate, seed=100 + i)
+               for i in range(max([0, *args.split]) - len(inputs))]
+    splits = [round_split(n, loaded, inputs) for n in args.split]
+    for row in splits:
+        print(f"engine, {row['sessions']:>2} sessions unpaced: round {row['round_ms']:6.1f} ms = "
+              f"model steps {row['model_ms']:5.1f} + the rest {row['rest_ms']:5.1f} "
+              f"({row['rest_ms'] / row['sessions']:.1f} per session)", flush=True)
     rows, held = [], {}
     for mode in ("alone", "batched"):
         held[mode] = 0
@@ -101,7 +140,8 @@ def main() -> None:
           f"{held['alone']}, batched engine {held['batched']} ({ratio:.1f}x)")
     if args.json:
         print(json.dumps({"model": loaded.source, "route": loaded.route.name, "rows": rows,
-                          "held": held}, indent=1))
+                          "held": held, "splits": splits, "guidance": loaded.guidance},
+                         indent=1))
 
 
 if __name__ == "__main__":
