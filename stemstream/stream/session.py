@@ -80,8 +80,8 @@ class SessionConfig:
         output_sample_rate: rate of the returned audio (default: the codec's).
         keep_records: chunk records kept in memory (oldest dropped; counters stay exact).
         guidance: input guidance (:class:`~stemstream.model.sampling.SamplingConfig`; 1 =
-            plain sampling; other values run the model twice per position, on the eager
-            route).
+            plain sampling; other values run both halves of every step, with and without the
+            input, in one call).
         codec_block: frames the codec encodes and decodes per call (issue 17: one call's
             overhead shared by several frames). Input is held until a block of frames is
             complete and output until a block is decided, which costs up to ``2 (n - 1)``
@@ -479,24 +479,30 @@ class Session:
             count = max(0, complete - self.frames_out)
             if not final and count < self.codec_block:
                 count = 0  # rendered with the rest of its block
-            codes = self._pop_frames(count)
-            audio, _, end = yield "render", model_end, codes
-            first_sample = self.samples_out
-            self.samples_out += audio.shape[0]
-            audio = self._account(c, count, ready, start, model_end, end, first_sample, audio)
-            outputs.append(audio)
+            outputs.append((yield from self._rendered(c, count, ready, start, model_end)))
             self.state.forget_tokens(k + 1)
         if final:  # frames decided before the input ended, held for a block
             count = max(0, min(self.state.step - (num_k - 1), self.heard_frames)
                         - self.frames_out)
             if count:
                 ready = self._frame_ready_time(self.heard_frames - 1)
-                audio, start, end = yield "render", ready, self._pop_frames(count)
-                first_sample = self.samples_out
-                self.samples_out += audio.shape[0]
-                outputs.append(self._account(self.state.step, count, ready, start, start, end,
-                                             first_sample, audio, new_chunk=False))
+                outputs.append((yield from self._rendered(self.state.step, count, ready, None,
+                                                          ready)))
         return np.concatenate(outputs) if outputs else np.zeros(0, np.float32)
+
+    def _rendered(self, step: int, count: int, ready: float, start: float | None,
+                  model_end: float) -> Generator[tuple[str, float, Any], tuple[Any, float, float],
+                                                 np.ndarray]:
+        """Part of :meth:`_chunks`: render the next ``count`` frames (yielding the work) and
+        account them as the chunk decided at ``step`` (``start`` its model work's start), or,
+        with ``start=None``, as frames decided earlier; returns their audio."""
+        audio, render_start, end = yield "render", model_end, self._pop_frames(count)
+        first_sample = self.samples_out
+        self.samples_out += audio.shape[0]
+        if start is None:
+            return self._account(step, count, ready, render_start, render_start, end,
+                                 first_sample, audio, new_chunk=False)
+        return self._account(step, count, ready, start, model_end, end, first_sample, audio)
 
     def _frame_ready_time(self, frame: int) -> float:
         if frame < 0:
