@@ -15,6 +15,10 @@ Example (``configs/experiments/cpu_grid.yaml``)::
       corpus: corpora/synth20h
       split: test
       num_examples: 64
+    guidance: 2                                  # optional: the streaming models are
+                                                 # evaluated with input guidance 2
+
+A ``{checkpoint: PATH}`` entry may end in ``,guidance=W`` like ``eval run --systems``.
 
 Every step is resumable: training resumes from each model's newest checkpoint, exported
 models are reused, and the evaluation reuses the audio it already wrote. Rerun the command
@@ -43,12 +47,18 @@ def load_grid(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such grid file") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping")
-    unknown = sorted(set(data) - {"train_config", "out_dir", "models", "eval"})
+    unknown = sorted(set(data) - {"train_config", "out_dir", "models", "eval", "guidance"})
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown}")
     for key in ("train_config", "out_dir", "models", "eval"):
         if key not in data:
             raise ConfigError(f"{path}: missing {key!r}")
+    if "guidance" in data:
+        from stemstream.model.sampling import check_guidance
+
+        if isinstance(data["guidance"], bool) or not isinstance(data["guidance"], int | float):
+            raise ConfigError(f"{path}: guidance must be a number, got {data['guidance']!r}")
+        check_guidance(float(data["guidance"]))
     models = data["models"]
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"{path}: 'models' must map names to lists of overrides")
@@ -69,7 +79,7 @@ def run_grid(path: str | Path, progress: bool = True, train: bool = True) -> dic
     """Train (or resume) every model, export it, evaluate all together and plot."""
     from stemstream.config import load_config
     from stemstream.eval.plots import plot_runs
-    from stemstream.eval.run import EvalConfig, run_eval
+    from stemstream.eval.run import EvalConfig, run_eval, split_guidance
     from stemstream.train import ModelTrainConfig, ModelTrainer
 
     grid = load_grid(path)
@@ -78,22 +88,25 @@ def run_grid(path: str | Path, progress: bool = True, train: bool = True) -> dic
     for name, overrides in grid["models"].items():
         if isinstance(overrides, dict):  # an existing model: evaluated, not trained
             spec = overrides["checkpoint"]
-            if spec != "default" and not Path(spec).exists():
+            checkpoint, _ = split_guidance(spec)
+            if checkpoint != "default" and not Path(checkpoint).exists():
                 raise ConfigError(f"models.{name}: no such checkpoint {spec}")
             systems[name] = spec
             continue
         model_dir = out / "models" / name
         exported = model_dir / "model.safetensors"
+        config = load_config(ModelTrainConfig, grid["train_config"],
+                             [*overrides, f"out_dir={model_dir}"])
         if not exported.exists():
             if not train:
                 raise ConfigError(f"{exported} does not exist and training is off")
-            config = load_config(ModelTrainConfig, grid["train_config"],
-                                 [*overrides, f"out_dir={model_dir}"])
             log.info("grid: training %s (%s)", name, " ".join(overrides) or "base recipe")
             trainer = ModelTrainer(config)
             trainer.run(progress=progress)
             trainer.export(exported)
         systems[name] = str(exported)
+        if "guidance" in grid and config.family == "streaming":
+            systems[name] += f",guidance={float(grid['guidance']):g}"
     eval_fields = dict(grid["eval"])
     try:
         config = EvalConfig(corpus=Path(eval_fields.pop("corpus")), out=out / "eval",

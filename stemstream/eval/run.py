@@ -152,6 +152,8 @@ def _variant(config: Any) -> str:
         parts.append(f"history dropout {config.history_dropout:g}")
     if getattr(config, "history_noise", 0) or getattr(config, "history_span", 0):
         parts.append(f"history noise {config.history_noise:g} span {config.history_span:g}")
+    if getattr(config, "history_shift", 0):
+        parts.append(f"history shift {config.history_shift:g}")
     if getattr(config, "onset_loss_weight", 0):
         parts.append("onset head")
     if getattr(config, "input_dropout", 0):

@@ -74,6 +74,11 @@ class StreamingDecoderConfig:
     history_noise: float = 0.0
     history_span: float = 0.0
     history_span_frames: int = 25
+    # training only: the probability that a window's whole target history is shown late, by
+    # 1..history_shift_frames frames (its first steps hidden): the history then says which
+    # instrument and tempo but not where the beat falls now, which only the input tells
+    history_shift: float = 0.0
+    history_shift_frames: int = 50
     # training only: the probability that a window hears no input at all (every position
     # gets the learned "no input" vector), which trains the unconditional half of input
     # guidance (SamplingConfig.guidance)
@@ -86,14 +91,15 @@ class StreamingDecoderConfig:
         check_stream_args(self.future_frames, self.chunk_frames)
         check_input_encoder(self.input_encoder, self.input_window)
         object.__setattr__(self, "input_features", check_features(self.input_features))
-        for name in ("history_dropout", "history_noise", "history_span", "input_dropout"):
+        for name in ("history_dropout", "history_noise", "history_span", "history_shift",
+                     "input_dropout"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
         if not self.onset_loss_weight >= 0:
             raise ConfigError(f"onset_loss_weight must be >= 0, got {self.onset_loss_weight}")
-        if self.history_span_frames < 1:
-            raise ConfigError(f"history_span_frames must be >= 1, got "
-                              f"{self.history_span_frames}")
+        for name in ("history_span_frames", "history_shift_frames"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("num_codebooks", "codebook_size", "input_dim", "num_classes"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -196,8 +202,12 @@ class StreamingDecoder(nn.Module):
         """The target history a training window shows the model: delayed tokens ``[B, K, S]``
         with ``history_noise`` of the codes replaced by random ones, and ``hidden [B, S]``,
         the steps whose embeddings are zeroed (whole windows with ``history_dropout``, spans
-        of ``history_span_frames`` covering about ``history_span`` of the steps). Every rate
-        is multiplied by :attr:`history_scale`, which a training schedule may set."""
+        of ``history_span_frames`` covering about ``history_span`` of the steps). A
+        ``history_shift`` fraction of windows shows the history late: step ``s`` carries step
+        ``s - lag`` (``lag`` drawn in ``[1, history_shift_frames]`` per window, the first
+        ``lag`` steps hidden), so it stays causal but its beat phase is not the present one.
+        Every rate is multiplied by :attr:`history_scale`, which a training schedule may
+        set."""
         cfg = self.config
         scale = self.history_scale
         batch, _, steps = delayed.shape
@@ -207,14 +217,24 @@ class StreamingDecoder(nn.Module):
             return torch.rand(*shape, device=device, generator=generator)
 
         tokens = delayed
+        late = torch.zeros(batch, steps, dtype=torch.bool, device=device)
+        if cfg.history_shift * scale > 0:
+            lag = torch.randint(1, cfg.history_shift_frames + 1, (batch,), device=device,
+                                generator=generator)
+            lag = lag * (rand(batch) < cfg.history_shift * scale)
+            source = torch.arange(steps, device=device)[None] - lag[:, None]  # [B, S]
+            late = source < 0
+            tokens = delayed.gather(
+                2, source.clamp_min(0)[:, None].expand(-1, delayed.shape[1], -1)
+            )
         if cfg.history_noise * scale > 0:
             noise = torch.randint(
                 cfg.codebook_size, delayed.shape, device=device, generator=generator
             )
             replace = rand(*delayed.shape) < cfg.history_noise * scale
-            replace &= delayed < cfg.codebook_size
-            tokens = torch.where(replace, noise, delayed)
-        hidden = (rand(batch) < cfg.history_dropout * scale)[:, None].expand(batch, steps)
+            replace &= tokens < cfg.codebook_size
+            tokens = torch.where(replace, noise, tokens)
+        hidden = late | (rand(batch) < cfg.history_dropout * scale)[:, None]
         if cfg.history_span * scale > 0:
             span = cfg.history_span_frames
             starts = (rand(batch, steps) < cfg.history_span * scale / span).float()

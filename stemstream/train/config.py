@@ -40,6 +40,9 @@ class ModelSpec:
             random codes in training.
         history_span: streaming only: the fraction of target-history steps hidden in spans of
             ``history_span_frames`` in training.
+        history_shift: streaming only: the probability that a training window shows its
+            target history late by 1 to ``history_shift_frames`` frames, so the history no
+            longer tells where the beat falls now and the input must (the live model's lever).
         onset_loss_weight: streaming only: weight of an auxiliary head predicting the target's
             note onsets (needs a whole-track dump, which stores them; 0 = no head).
         input_dropout: streaming only: the probability that a training window hears no input
@@ -61,6 +64,8 @@ class ModelSpec:
     history_noise: float = 0.0
     history_span: float = 0.0
     history_span_frames: int = 25
+    history_shift: float = 0.0
+    history_shift_frames: int = 50
     onset_loss_weight: float = 0.0
     input_dropout: float = 0.0
     num_classes: int | None = None
@@ -70,7 +75,8 @@ class ModelSpec:
             raise ConfigError(f"model.num_codebooks must be >= 1, got {self.num_codebooks}")
         if self.chunk_frames < 1:
             raise ConfigError(f"model.chunk_frames (k) must be >= 1, got {self.chunk_frames}")
-        for name in ("history_dropout", "history_noise", "history_span", "input_dropout"):
+        for name in ("history_dropout", "history_noise", "history_span", "history_shift",
+                     "input_dropout"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"model.{name} must be in [0, 1], got {getattr(self, name)}")
         if self.future_frames is not None and self.future_seconds is not None:

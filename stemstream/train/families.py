@@ -71,6 +71,8 @@ def _streaming() -> Family:
             history_noise=spec.history_noise,
             history_span=spec.history_span,
             history_span_frames=spec.history_span_frames,
+            history_shift=spec.history_shift,
+            history_shift_frames=spec.history_shift_frames,
             onset_loss_weight=spec.onset_loss_weight,
             input_dropout=spec.input_dropout,
         )
@@ -89,7 +91,7 @@ def _offline(module: str, config_name: str, model_name: str) -> Callable[[], Fam
 
         def make(spec: ModelSpec, facts: DumpFacts) -> Any:
             streaming_only = ("history_dropout", "history_noise", "history_span",
-                              "onset_loss_weight", "input_dropout")
+                              "history_shift", "onset_loss_weight", "input_dropout")
             for name in streaming_only:
                 if getattr(spec, name):
                     raise ConfigError(f"model.{name} applies to the streaming family only")

@@ -256,7 +256,8 @@ class ModelTrainer(TrainLoop):
         k = self.config.model.num_codebooks
         if not self.track_dump:
             return TokenDataset(self.config.dump_dir, split, k)
-        future = max(0, self.model_config.future_frames)
+        # the offline families hear the window itself: no look-ahead beyond it
+        future = max(0, getattr(self.model_config, "future_frames", 0))
         return TrackCrops(self.config.dump_dir, split, k, self.crop_frames, future, seed)
 
     def epoch_order(self, epoch: int) -> np.ndarray:

@@ -149,9 +149,10 @@ def test_grid_trains_evaluates_and_plots(setup, fake_metrics, tmp_path):
         "out_dir": str(tmp_path / "grid"),
         "models": {"tf0": [f"dump_dir={dump}", "steps=2"],
                    "tf2": [f"dump_dir={dump}", "steps=2", "model.future_frames=2"],
-                   "tf0_again": {"checkpoint": tf0}},
+                   "tf0_again": {"checkpoint": f"{tf0},guidance=3"}},
         "eval": {"corpus": str(corpus), "split": "train", "num_examples": 2, "seconds": 1.0,
                  "fad_embedding": "codec"},
+        "guidance": 2,
     }
     path = tmp_path / "grid.yaml"
     path.write_text(yaml.safe_dump(grid))
@@ -159,9 +160,14 @@ def test_grid_trains_evaluates_and_plots(setup, fake_metrics, tmp_path):
     assert set(result["eval"]["metrics"]) >= {"tf0", "tf2", "tf0_again", "ground_truth"}
     described = json.loads((tmp_path / "grid/eval/run.json").read_text())["systems"]
     assert described["tf0_again"]["checkpoint"] == grid["models"]["tf0_again"]["checkpoint"]
+    # the grid's guidance for the models it trained; a checkpoint entry's own
+    assert [described[n].get("guidance") for n in ("tf0", "tf2", "tf0_again")] == [2, 2, 3]
     assert all(Path(p).exists() for p in result["figures"])
     again = run_grid(path, progress=False, train=False)  # everything reused
     assert again["eval"]["metrics"] == result["eval"]["metrics"]
+    path.write_text(yaml.safe_dump({**grid, "guidance": "strong"}))
+    with pytest.raises(ConfigError, match="guidance must be a number"):
+        load_grid(path)
     path.write_text(yaml.safe_dump({**grid, "extra": 1}))
     with pytest.raises(ConfigError, match="unknown keys"):
         load_grid(path)

@@ -211,6 +211,29 @@ def test_history_corruption_only_in_training():
         assert not torch.equal(model(x, y, inst).logits, model(x, y, inst).logits)
 
 
+def test_history_shift_shows_an_earlier_history_never_a_later_one():
+    cfg = StreamingDecoderConfig(
+        backbone=TransformerConfig.preset("tiny"), num_codebooks=K, codebook_size=V,
+        input_dim=D_IN, history_shift=0.5, history_shift_frames=6)
+    model = StreamingDecoder(cfg)
+    delayed = model.delay.apply(torch.randint(0, V, (256, K, 40)))
+    tokens, hidden = model.corrupt_history(delayed, torch.Generator().manual_seed(0))
+    lags = []
+    for b in range(delayed.shape[0]):
+        lag = int(hidden[b].sum())  # the first `lag` steps are hidden, nothing else
+        assert hidden[b, :lag].all() and not hidden[b, lag:].any()
+        assert torch.equal(tokens[b, :, lag:], delayed[b, :, : delayed.shape[-1] - lag])
+        lags.append(lag)
+    lags = torch.tensor(lags)
+    assert 0.4 < float((lags > 0).float().mean()) < 0.6
+    assert set(lags[lags > 0].tolist()) == set(range(1, 7))
+    model.history_scale = 0.0  # a schedule at zero turns it off
+    tokens, hidden = model.corrupt_history(delayed, torch.Generator().manual_seed(0))
+    assert torch.equal(tokens, delayed) and not hidden.any()
+    with pytest.raises(ConfigError, match="history_shift_frames"):
+        StreamingDecoderConfig(history_shift_frames=0)
+
+
 def test_hide_history_removes_the_target_history():
     model = _model(0, 1)
     x, y, inst = _batch(0)

@@ -319,6 +319,7 @@ def test_track_dump_trains_on_fresh_crops_and_logs_reliance(track_dump, tmp_path
     common = ("steps=7", "crop_seconds=1.0", "batch_size=2", "valid_every=7",
               "checkpoint_every=100", "model.future_frames=5", "model.input_encoder=conv",
               "model.history_noise=0.2", "model.history_span=0.2", "history_scale_end=0.4",
+              "model.history_shift=0.5", "model.history_shift_frames=10",
               "model.onset_loss_weight=0.5", "log_every=1")
     a = _train(track_dump, tmp_path / "a", *common)
     assert a.train_data.input_frames == 55 and a.epoch >= 1
@@ -335,6 +336,14 @@ def test_track_dump_trains_on_fresh_crops_and_logs_reliance(track_dump, tmp_path
     b = _train(track_dump, tmp_path / "b", *common)
     sa, sb = a.model.state_dict(), b.model.state_dict()
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_prefix_decoder_trains_on_crops_of_a_track_dump(track_dump, tmp_path):
+    trainer = _train(track_dump, tmp_path, "family=prefix", "steps=3", "crop_seconds=1.0",
+                     "batch_size=2", "valid_every=3", "checkpoint_every=100")
+    assert trainer.step == 3 and trainer.train_data.input_frames == 50  # no look-ahead
+    valid = [m for m in _metrics(tmp_path) if "loss/valid" in m]
+    assert valid and all(torch.isfinite(torch.tensor(m["loss/valid"])) for m in valid)
 
 
 def test_input_features_train_warm_start_exactly_and_are_required_of_the_dump(
