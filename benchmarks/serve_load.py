@@ -38,7 +38,7 @@ def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray]) -> dict:
                              guidance=loaded.guidance) for i in range(n)]
     if mode == "batched":
         engine = Engine(loaded.model, loaded.codec, max_sessions=n, route=loaded.route.name,
-                        guided=loaded.guidance != 1)
+                        guided=loaded.guidance != 1, weights=loaded.weights)
         sessions = [engine.open(c, clock=WallClock()) for c in configs]
     else:
         sessions = [Session(loaded.model, loaded.codec, c, clock=WallClock()) for c in configs]
@@ -72,7 +72,7 @@ def round_split(n: int, loaded, inputs: list[np.ndarray], rounds: int = 150) -> 
     into the batched model steps and everything else (codec batches, per-session work)."""
     rate = loaded.codec.sample_rate
     engine = Engine(loaded.model, loaded.codec, max_sessions=n, route=loaded.route.name,
-                    guided=loaded.guidance != 1)
+                    guided=loaded.guidance != 1, weights=loaded.weights)
     sessions = [engine.open(SessionConfig(instrument=INSTRUMENTS[i % len(INSTRUMENTS)],
                                           input_sample_rate=rate, seed=i,
                                           guidance=loaded.guidance)) for i in range(n)]

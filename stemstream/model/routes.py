@@ -120,13 +120,24 @@ def export_step_onnx(model: torch.nn.Module, path: Path, weights: str = "fp32",
                 weights)
 
 
+def check_weights(route: str, weights: str) -> None:
+    """A :class:`ConfigError` for unknown ``weights``, a :class:`RouteError` for int8 weights
+    on a route other than ``onnx`` / ``auto`` (only ONNX Runtime runs them)."""
+    check_route(route)
+    if weights not in WEIGHT_MODES:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
+    if weights == "int8" and route not in ("auto", "onnx"):
+        raise RouteError(f"int8 weights run on the onnx route (ONNX Runtime), not "
+                         f"--route {route}")
+
+
 def rows_step(model: torch.nn.Module, route: str = "auto", quiet: bool = False,
               weights: str = "fp32") -> tuple[torch.nn.Module | None, RouteInfo]:
     """The per-row decode step (a batch of streams at their own positions, for
     :class:`~stemstream.model.batched.StreamPool`) on ``route``: ``(step, info)``, step
     ``None`` for eager (the pool then runs :class:`DecodeStep` itself). ``auto`` falls back to
-    eager as :func:`accelerate` does."""
-    check_route(route)
+    eager as :func:`accelerate` does; int8 ``weights`` need ``onnx`` or ``auto``."""
+    check_weights(route, weights)
     if route == "eager" or (route == "auto" and weights == "fp32" and
                             {p.dtype for p in model.parameters()} != {torch.float32}):
         return None, RouteInfo("eager")
@@ -160,13 +171,8 @@ def accelerate(model: torch.nn.Module, route: str = "auto", quiet: bool = False,
     Raises:
         RouteError: a route asked for by name that cannot run here.
     """
-    check_route(route)
-    if weights not in WEIGHT_MODES:
-        raise ConfigError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
+    check_weights(route, weights)
     model.step_route = None
-    if weights == "int8" and route not in ("auto", "onnx"):
-        raise RouteError(f"int8 weights run on the onnx route (ONNX Runtime), not "
-                         f"--route {route}")
     if route == "eager":
         return RouteInfo("eager")
     warmup = example_inputs(model, 1, WARMUP_CAPACITY)

@@ -262,7 +262,7 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
         guidance = loaded.guidance if config.guidance is None else config.guidance
         worker = EngineWorker(Engine(loaded.model, loaded.codec, config.max_sessions,
                                      route=loaded.route.name, quiet=False,
-                                     guided=guidance != 1))
+                                     guided=guidance != 1, weights=loaded.weights))
     app.state.engine_worker = worker
     trained = sorted({class_name(i) for i in range(loaded.model.config.num_classes)
                       if _playable(i)})

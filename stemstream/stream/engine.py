@@ -46,17 +46,19 @@ class Engine:
     (``guided``: room for that many sessions with input guidance, which take two rows
     each); ``window`` is every session's KV ring (default: the sessions' default); ``route``: how
     the batched model step runs (``eager``, or ``onnx`` / ``compiled`` / ``auto`` through
-    :func:`~stemstream.model.routes.rows_step`, built once and cached on disk)."""
+    :func:`~stemstream.model.routes.rows_step`, built once and cached on disk), with
+    ``weights`` (``int8``: on ``onnx``, as the single-stream step of a model loaded with
+    them)."""
 
     def __init__(self, model: torch.nn.Module, codec, max_sessions: int,
                  window: int | None = None, route: str = "eager", quiet: bool = True,
-                 guided: bool = False) -> None:
+                 guided: bool = False, weights: str = "fp32") -> None:
         from stemstream.model.routes import rows_step
 
         window = window or min(model.config.backbone.max_seq_len, DEFAULT_WINDOW)
         self.model, self.codec = model, codec
         if max_sessions >= 1 and model.config.chunk_frames == 1:
-            step, self.route = rows_step(model, route, quiet)
+            step, self.route = rows_step(model, route, quiet, weights)
         else:  # the pool says why it cannot batch this model
             step, self.route = None, None
         self.pool = StreamPool(model, max_sessions * (2 if guided else 1), window, step)

@@ -63,6 +63,7 @@ class StreamModel:
     route: RouteInfo = RouteInfo("eager")
     codec_route: RouteInfo = RouteInfo("eager")
     guidance: float = 1.0  # the input guidance the model is meant to be sampled with
+    weights: str = "fp32"  # what the decode step runs with (fp32, or int8 on onnx)
 
     def describe_routes(self) -> str:
         """One line: how the decode step and the codec run."""
@@ -124,7 +125,7 @@ def load_stream_model(
     if codec_route.note:
         log.info("codec: %s", codec_route.describe())
     return StreamModel(model, loaded.codec, source, loaded.trained, chosen, codec_route,
-                       loaded.guidance)
+                       loaded.guidance, weights)
 
 
 def _load(spec: str, codec_spec: str | None, future_frames: int | None,

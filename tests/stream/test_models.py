@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from stemstream.aot import RouteError
 from stemstream.errors import ConfigError
+from stemstream.stream.engine import Engine
 from stemstream.stream.models import load_stream_model
 from stemstream.stream.session import Session, SessionConfig, run_blocks, with_stream_args
 
@@ -44,6 +46,14 @@ def test_int8_weights_run_a_session_and_snapshot(tmp_path, monkeypatch):
     session.push(audio[:3000])
     session.save(tmp_path / "s.safetensors")  # hashing quantised weights works
     session.load(tmp_path / "s.safetensors")
+    # a batched engine over the int8 model runs int8 too, not silently float32
+    engine = Engine(int8.model, int8.codec, 2, route=int8.route.name, weights=int8.weights)
+    assert int8.weights == "int8" and "int8" in engine.route.engine
+    batched = engine.open(config)
+    assert np.all(np.isfinite(np.concatenate([batched.push(audio[i : i + 320])
+                                              for i in range(0, 4000, 320)])))
+    with pytest.raises(RouteError, match="int8 weights run on the onnx route"):
+        Engine(int8.model, int8.codec, 2, route="eager", weights="int8")
 
 
 def test_running_at_another_visibility_warns_and_shares_weights():
