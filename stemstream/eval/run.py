@@ -156,6 +156,8 @@ def _variant(config: Any) -> str:
         parts.append(f"history shift {config.history_shift:g}")
     if getattr(config, "onset_loss_weight", 0):
         parts.append("onset head")
+    if getattr(config, "anticipation_frames", 0):
+        parts.append(f"anticipation head ({config.anticipation_frames} frames)")
     if getattr(config, "input_dropout", 0):
         parts.append(f"input dropout {config.input_dropout:g}")
     return ", ".join(parts)

@@ -86,6 +86,12 @@ class StreamingDecoderConfig:
     # training only: weight of an auxiliary head that predicts, at the position deciding
     # frame t, whether a note of the target starts in frame t (0 = no head)
     onset_loss_weight: float = 0.0
+    # training only: an auxiliary head at each position predicts how much the input changes
+    # (its latent flux ||x_t - x_(t-1)||, over each window's mean) in each of the next
+    # anticipation_frames input frames it has not heard yet: only a representation of the
+    # input's beat phase can, which a t_f < 0 model needs to play on the beat (0 = no head)
+    anticipation_frames: int = 0
+    anticipation_loss_weight: float = 0.0
 
     def __post_init__(self):
         check_stream_args(self.future_frames, self.chunk_frames)
@@ -95,8 +101,12 @@ class StreamingDecoderConfig:
                      "input_dropout"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ConfigError(f"{name} must be in [0, 1], got {getattr(self, name)}")
-        if not self.onset_loss_weight >= 0:
-            raise ConfigError(f"onset_loss_weight must be >= 0, got {self.onset_loss_weight}")
+        for name in ("onset_loss_weight", "anticipation_loss_weight", "anticipation_frames"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if (self.anticipation_frames > 0) != (self.anticipation_loss_weight > 0):
+            raise ConfigError("anticipation_frames and anticipation_loss_weight go together: "
+                              "both > 0 (a head) or both 0")
         for name in ("history_span_frames", "history_shift_frames"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -117,12 +127,14 @@ class StreamOutput(NamedTuple):
     """``logits [B, L', K, V]`` at the trained positions and their ``targets [B, K, L']``
     (``pad_id`` where the delay pattern has no code), and the training ``loss``: the mean
     cross-entropy plus ``onset_loss_weight`` x ``onset_loss`` (the auxiliary onset head's
-    binary cross-entropy, when target onsets were given)."""
+    binary cross-entropy, when target onsets were given) plus ``anticipation_loss_weight`` x
+    ``anticipation_loss`` (the anticipation head's squared error, see the config)."""
 
     logits: torch.Tensor
     targets: torch.Tensor
     loss: torch.Tensor
     onset_loss: torch.Tensor | None = None
+    anticipation_loss: torch.Tensor | None = None
 
 
 class StreamingDecoder(nn.Module):
@@ -155,6 +167,8 @@ class StreamingDecoder(nn.Module):
         self.backbone = Transformer(config.backbone, **kw)
         self.heads = nn.Linear(dim, config.num_codebooks * config.codebook_size, **kw)
         self.onset_head = nn.Linear(dim, 1, **kw) if config.onset_loss_weight > 0 else None
+        self.anticipation_head = (nn.Linear(dim, config.anticipation_frames, **kw)
+                                  if config.anticipation_frames > 0 else None)
         for emb in [*self.token_emb, self.inst_emb]:
             nn.init.normal_(emb.weight, std=0.02)
         # multiplier of the history-corruption rates (a training schedule sets it per step)
@@ -298,6 +312,7 @@ class StreamingDecoder(nn.Module):
         frames = layout.input_frame
         heard = self.condition(input_latents.transpose(1, 2))[:, frames.clamp_min(0)]
         has_input = (frames >= 0) & (not hide_input)
+        deaf = None
         if self.training and self.config.input_dropout > 0:
             deaf = torch.rand(delayed.shape[0], device=device) < self.config.input_dropout
             has_input = has_input[None] & ~deaf[:, None]
@@ -324,7 +339,35 @@ class StreamingDecoder(nn.Module):
                 onset_logits.float(), onsets[:, :frames].float()
             )
             loss = loss + self.config.onset_loss_weight * onset_loss
-        return StreamOutput(logits, targets, loss, onset_loss)
+        anticipation_loss = None
+        if self.anticipation_head is not None and not hide_input:
+            anticipation_loss = self._anticipation_loss(
+                trained, input_latents, layout.input_frame[layout.loss], deaf)
+            if anticipation_loss is not None:
+                loss = loss + self.config.anticipation_loss_weight * anticipation_loss
+        return StreamOutput(logits, targets, loss, onset_loss, anticipation_loss)
+
+    def _anticipation_loss(self, trained: torch.Tensor, input_latents: torch.Tensor,
+                           heard: torch.Tensor, deaf: torch.Tensor | None) -> torch.Tensor | None:
+        """Squared error of the anticipation head at the trained positions ``trained
+        [B, L', D]`` whose newest heard input frames are ``heard [L']``: its targets are the
+        input's latent flux in frames ``heard + 1 .. heard + A`` (those inside the window);
+        windows that hear no input (``deaf [B]``) are left out. ``None`` when no target
+        frame lies inside the window."""
+        latents = input_latents[:, : self.config.input_dim].float()  # codec part only
+        flux = (latents[..., 1:] - latents[..., :-1]).norm(dim=1)  # [B, T_in - 1]: frame t+1
+        flux = F.pad(flux, (1, 0))  # frame 0 has no predecessor: no change
+        flux = flux / flux.mean(dim=-1, keepdim=True).clamp_min(1e-6)
+        ahead = torch.arange(1, self.config.anticipation_frames + 1, device=heard.device)
+        frames = heard[:, None] + ahead  # [L', A]
+        valid = ((frames >= 1) & (frames < flux.shape[-1]))[None].expand(flux.shape[0], -1, -1)
+        if deaf is not None:
+            valid = valid & ~deaf[:, None, None]
+        if not valid.any():
+            return None
+        target = flux[:, frames.clamp(0, flux.shape[-1] - 1)]  # [B, L', A]
+        predicted = self.anticipation_head(trained).float()
+        return ((predicted - target) ** 2)[valid].mean()
 
     # --------------------------------------------------------------------- generation
     def new_state(

@@ -45,6 +45,9 @@ class ModelSpec:
             longer tells where the beat falls now and the input must (the live model's lever).
         onset_loss_weight: streaming only: weight of an auxiliary head predicting the target's
             note onsets (needs a whole-track dump, which stores them; 0 = no head).
+        anticipation_frames: streaming only: frames of not-yet-heard input whose change
+            (latent flux) an auxiliary head predicts at each position (0 = no head).
+        anticipation_loss_weight: streaming only: that head's weight in the loss.
         input_dropout: streaming only: the probability that a training window hears no input
             at all, which trains the unconditional logits of input guidance (``--guidance``).
         num_classes: instrument classes (``None`` = :data:`~stemstream.data.instruments.
@@ -67,6 +70,8 @@ class ModelSpec:
     history_shift: float = 0.0
     history_shift_frames: int = 50
     onset_loss_weight: float = 0.0
+    anticipation_frames: int = 0
+    anticipation_loss_weight: float = 0.0
     input_dropout: float = 0.0
     num_classes: int | None = None
 

@@ -74,6 +74,8 @@ def _streaming() -> Family:
             history_shift=spec.history_shift,
             history_shift_frames=spec.history_shift_frames,
             onset_loss_weight=spec.onset_loss_weight,
+            anticipation_frames=spec.anticipation_frames,
+            anticipation_loss_weight=spec.anticipation_loss_weight,
             input_dropout=spec.input_dropout,
         )
 
@@ -91,7 +93,8 @@ def _offline(module: str, config_name: str, model_name: str) -> Callable[[], Fam
 
         def make(spec: ModelSpec, facts: DumpFacts) -> Any:
             streaming_only = ("history_dropout", "history_noise", "history_span",
-                              "history_shift", "onset_loss_weight", "input_dropout")
+                              "history_shift", "onset_loss_weight", "input_dropout",
+                              "anticipation_frames", "anticipation_loss_weight")
             for name in streaming_only:
                 if getattr(spec, name):
                     raise ConfigError(f"model.{name} applies to the streaming family only")

@@ -246,7 +246,7 @@ class ModelTrainer(TrainLoop):
         self.epoch = 0
         self.batch_index = 0  # next batch of ``epoch``
         self._valid: tuple[list[TokenBatch], list[TokenBatch]] | None = None
-        self._onset_loss: float | None = None
+        self._aux_losses: dict[str, float] = {}
         self._batch_stream: Iterator[TokenBatch] | None = None
         self._tokens = 0  # target tokens trained on since this run started
 
@@ -334,8 +334,10 @@ class ModelTrainer(TrainLoop):
         with self._autocast():
             out = net(latents, batch.target_codes.to(self.device),
                       batch.inst_class.to(self.device), **kwargs)
-        onset_loss = getattr(out, "onset_loss", None)  # streaming models with an onset head
-        self._onset_loss = None if onset_loss is None else float(onset_loss.detach())
+        # streaming models with auxiliary heads: their losses, logged beside the total
+        self._aux_losses = {f"loss/{name}": float(value.detach()) for name in
+                            ("onset", "anticipation")
+                            if (value := getattr(out, f"{name}_loss", None)) is not None}
         return out.loss.float()
 
     def train_step(self, batch: TokenBatch) -> dict[str, float]:
@@ -355,8 +357,7 @@ class ModelTrainer(TrainLoop):
         metrics = {"loss/train": float(loss.detach()), "grad_norm": float(grad_norm), "lr": lr}
         if isinstance(self.model, StreamingDecoder):
             metrics["history_scale"] = self.model.history_scale
-        if self._onset_loss is not None:
-            metrics["loss/onset"] = self._onset_loss
+        metrics.update(self._aux_losses)
         return metrics
 
     @torch.no_grad()

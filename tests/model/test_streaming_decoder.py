@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from stemstream.errors import ConfigError
-from stemstream.model.layout import one_chunk_layout
+from stemstream.model.layout import one_chunk_layout, training_layout
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
 from stemstream.model.transformer import TransformerConfig
@@ -303,6 +303,75 @@ def test_loss_falls_on_a_learnable_copy_task():
         optim.step()
         losses.append(float(out.loss.detach()))
     assert sum(losses[-10:]) / 10 < 0.5 * sum(losses[:10]) / 10
+
+
+def _pulses(batch: int, frames: int, generator: torch.Generator) -> torch.Tensor:
+    """Input latents ``[B, D_IN, frames]``: a frame held, with a step of length 3 in a random
+    direction every ``period`` frames (a period of 4 or 5 frames and a phase per row): the latent
+    flux is a beat that a model can extrapolate from what it has heard."""
+    x = torch.zeros(batch, D_IN, frames)
+    for b in range(batch):
+        period = int(torch.randint(4, 6, (1,), generator=generator))
+        phase = int(torch.randint(0, period, (1,), generator=generator))
+        current = torch.randn(D_IN, generator=generator)
+        for t in range(frames):
+            if t % period == phase:
+                current = current + 3 * F.normalize(torch.randn(D_IN, generator=generator), dim=0)
+            x[b, :, t] = current
+    return x
+
+
+def _flux_targets(x: torch.Tensor, heard: torch.Tensor, ahead: int) -> torch.Tensor:
+    """By hand: each heard frame's next ``ahead`` frames of input flux, over the window's mean
+    ``[B, L', ahead]`` (NaN past the window)."""
+    flux = F.pad((x[..., 1:] - x[..., :-1]).norm(dim=1), (1, 0))
+    flux = flux / flux.mean(-1, keepdim=True)
+    out = torch.full((x.shape[0], heard.shape[0], ahead), float("nan"))
+    for i, f in enumerate(heard.tolist()):
+        for a in range(ahead):
+            if 1 <= f + 1 + a < x.shape[-1]:
+                out[:, i, a] = flux[:, f + 1 + a]
+    return out
+
+
+def test_anticipation_head_targets_unheard_input_flux_and_learns_a_beat():
+    with pytest.raises(ConfigError, match="go together"):
+        StreamingDecoderConfig(anticipation_frames=3)
+    torch.manual_seed(0)
+    cfg = StreamingDecoderConfig(
+        backbone=TransformerConfig.preset("tiny"), num_codebooks=K, codebook_size=V,
+        input_dim=D_IN, future_frames=-3, input_encoder="conv", anticipation_frames=3,
+        anticipation_loss_weight=1.0)
+    model = StreamingDecoder(cfg)
+    gen = torch.Generator().manual_seed(0)
+    frames = 24
+    layout = training_layout(frames + K - 1, -3, 1, frames)
+    heard = layout.input_frame[layout.loss]  # the newest input frame each position hears
+    # the head's targets are the flux of the frames after the heard ones
+    x = _pulses(2, frames, gen)
+    states = torch.randn(2, heard.shape[0], cfg.backbone.dim, generator=gen)
+    targets = _flux_targets(x, heard, 3)
+    with torch.no_grad():
+        errors = (model.anticipation_head(states) - targets) ** 2
+        assert torch.allclose(model._anticipation_loss(states, x, heard, None),
+                              errors[~targets.isnan()].mean())
+        deaf = torch.tensor([True, False])  # a window that hears no input has no target
+        assert torch.allclose(model._anticipation_loss(states, x, heard, deaf),
+                              errors[1][~targets[1].isnan()].mean())
+    # predicted from what was heard (the causal backbone), the beat is learnable
+    optim = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses, spread = [], []
+    for _ in range(200):
+        x = _pulses(8, frames, gen)
+        out = model(x, torch.randint(0, V, (8, K, frames), generator=gen),
+                    torch.zeros(8, dtype=torch.long))
+        optim.zero_grad()
+        out.anticipation_loss.backward()
+        optim.step()
+        losses.append(float(out.anticipation_loss.detach()))
+        valid = _flux_targets(x, heard, 3)
+        spread.append(float(valid[~valid.isnan()].var()))  # predicting the mean scores this
+    assert sum(losses[-15:]) / 15 < 0.6 * sum(spread[-15:]) / 15  # 0.37 measured
 
 
 def test_reduced_precision_inference_runs():

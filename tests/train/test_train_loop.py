@@ -320,13 +320,16 @@ def test_track_dump_trains_on_fresh_crops_and_logs_reliance(track_dump, tmp_path
               "checkpoint_every=100", "model.future_frames=5", "model.input_encoder=conv",
               "model.history_noise=0.2", "model.history_span=0.2", "history_scale_end=0.4",
               "model.history_shift=0.5", "model.history_shift_frames=10",
-              "model.onset_loss_weight=0.5", "log_every=1")
+              "model.onset_loss_weight=0.5", "model.anticipation_frames=3",
+              "model.anticipation_loss_weight=0.5", "log_every=1")
     a = _train(track_dump, tmp_path / "a", *common)
     assert a.train_data.input_frames == 55 and a.epoch >= 1
     scales = [m["history_scale"] for m in _metrics(tmp_path / "a") if "history_scale" in m]
     assert scales[0] == 1.0 and scales[-1] == pytest.approx(0.4) and scales == sorted(scales)[::-1]
     onset = [m["loss/onset"] for m in _metrics(tmp_path / "a") if "loss/onset" in m]
     assert len(onset) == 7 and all(0 < v < 2 for v in onset)
+    ahead = [m["loss/anticipation"] for m in _metrics(tmp_path / "a") if "loss/anticipation" in m]
+    assert len(ahead) == 7 and all(0 < v < 100 for v in ahead)
     valid = [m for m in _metrics(tmp_path / "a") if "loss/valid" in m][-1]
     for key in ("reliance/all", "reliance/hidden", "loss/valid_other_input"):
         assert key in valid
