@@ -71,3 +71,16 @@ def test_tracker_errors_are_clear():
         resolve_tracker("tapping")
     with pytest.raises(ConfigError, match="beat_this.*checkpoint"):
         track_beats(clicks(seconds=2.0), SR, "beat_this:/nowhere/final0.ckpt")
+
+
+def test_onset_lag_finds_a_delay_and_nothing_in_unrelated_audio():
+    from stemstream.beats import onset_lag
+
+    mix = clicks(bpm=97.0, seconds=8.0)  # a period that is no multiple of the lags
+    late = np.concatenate([np.zeros(int(0.12 * SR), np.float32), mix])[: len(mix)]
+    curve = onset_lag(late, mix, SR, max_lag=0.2)
+    assert curve.shape == (41, 2) and curve[20, 0] == 0.0
+    assert curve[curve[:, 1].argmax(), 0] == pytest.approx(0.12, abs=0.011)
+    assert curve[:, 1].max() > 0.8
+    noise = np.random.default_rng(1).standard_normal(len(mix)).astype(np.float32)
+    assert np.abs(onset_lag(noise, mix, SR)[:, 1]).max() < 0.3

@@ -1,0 +1,58 @@
+"""Onset alignment of an evaluation run's stems with their inputs, lag by lag (issue 16):
+for each system, the correlation of stem and input onset envelopes averaged over the run's
+windows (:func:`stemstream.beats.onset_lag`), the best lag and the correlation at 0.
+
+A system in time peaks at 0 ms; one in time but late peaks at a positive lag; one that keeps
+its own time (or plays random material) stays near 0 at every lag.
+
+    python scripts/onset_lag.py runs/eval-guidance [--systems ground_truth live_shift ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from stemstream.beats import onset_lag
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("run", type=Path, help="an `stemstream eval run` output folder")
+    parser.add_argument("--systems", nargs="*", help="default: every system of the run")
+    parser.add_argument("--max-lag", type=float, default=0.2, help="seconds")
+    args = parser.parse_args()
+    examples = sorted(p for p in (args.run / "examples").iterdir() if p.is_dir())
+    if not examples:
+        raise SystemExit(f"{args.run}: no examples/ (not an eval run folder)")
+    systems = args.systems or sorted(
+        p.stem for p in examples[0].glob("*.wav") if p.stem != "input" and
+        not p.stem.endswith("_mix"))
+    print(f"{len(examples)} windows of {args.run}; lag > 0: the stem's onsets come later")
+    print(f"{'system':<24}{'best lag ms':>12}{'corr at best':>14}{'corr at 0':>11}")
+    for system in systems:
+        curves = []
+        for example in examples:
+            stem_path = example / f"{system}.wav"
+            if not stem_path.exists():
+                continue
+            mix, rate = sf.read(example / "input.wav", dtype="float32", always_2d=True)
+            stem, stem_rate = sf.read(stem_path, dtype="float32", always_2d=True)
+            if stem_rate != rate:
+                raise SystemExit(f"{stem_path}: {stem_rate} Hz, the input is {rate} Hz")
+            curves.append(onset_lag(stem.T, mix.T, rate, args.max_lag))
+        if not curves:
+            print(f"{system:<24}{'(no stems)':>12}")
+            continue
+        mean = np.mean(curves, axis=0)
+        best = int(mean[:, 1].argmax())
+        zero = int(np.abs(mean[:, 0]).argmin())
+        print(f"{system:<24}{mean[best, 0] * 1e3:>+12.0f}{mean[best, 1]:>14.3f}"
+              f"{mean[zero, 1]:>11.3f}")
+
+
+if __name__ == "__main__":
+    main()
