@@ -87,7 +87,7 @@ class StreamingDecoderConfig:
     # frame t, whether a note of the target starts in frame t (0 = no head)
     onset_loss_weight: float = 0.0
     # training only: an auxiliary head at each position predicts how much the input changes
-    # (its latent flux ||x_t - x_(t-1)||, over each window's mean) in each of the next
+    # (its latent flux ||x_t - x_(t-1)||, standardised per window) in each of the next
     # anticipation_frames input frames it has not heard yet: only a representation of the
     # input's beat phase can, which a t_f < 0 model needs to play on the beat (0 = no head)
     anticipation_frames: int = 0
@@ -351,13 +351,16 @@ class StreamingDecoder(nn.Module):
                            heard: torch.Tensor, deaf: torch.Tensor | None) -> torch.Tensor | None:
         """Squared error of the anticipation head at the trained positions ``trained
         [B, L', D]`` whose newest heard input frames are ``heard [L']``: its targets are the
-        input's latent flux in frames ``heard + 1 .. heard + A`` (those inside the window);
+        input's latent flux (standardised over the window) in frames ``heard + 1 .. heard + A``
+        (those inside the window);
         windows that hear no input (``deaf [B]``) are left out. ``None`` when no target
         frame lies inside the window."""
         latents = input_latents[:, : self.config.input_dim].float()  # codec part only
         flux = (latents[..., 1:] - latents[..., :-1]).norm(dim=1)  # [B, T_in - 1]: frame t+1
         flux = F.pad(flux, (1, 0))  # frame 0 has no predecessor: no change
-        flux = flux / flux.mean(dim=-1, keepdim=True).clamp_min(1e-6)
+        # standardised per window: predicting the mean scores 1, whatever the music's level
+        flux = (flux - flux.mean(dim=-1, keepdim=True)) / flux.std(
+            dim=-1, keepdim=True).clamp_min(1e-6)
         ahead = torch.arange(1, self.config.anticipation_frames + 1, device=heard.device)
         frames = heard[:, None] + ahead  # [L', A]
         valid = ((frames >= 1) & (frames < flux.shape[-1]))[None].expand(flux.shape[0], -1, -1)
