@@ -352,9 +352,8 @@ class StreamingDecoder(nn.Module):
         """Squared error of the anticipation head at the trained positions ``trained
         [B, L', D]`` whose newest heard input frames are ``heard [L']``: its targets are the
         input's latent flux (standardised over the window) in frames ``heard + 1 .. heard + A``
-        (those inside the window);
-        windows that hear no input (``deaf [B]``) are left out. ``None`` when no target
-        frame lies inside the window."""
+        (those inside the window); windows that hear no input (``deaf [B]``) are left out.
+        ``None`` when no target frame lies inside the window."""
         latents = input_latents[:, : self.config.input_dim].float()  # codec part only
         flux = (latents[..., 1:] - latents[..., :-1]).norm(dim=1)  # [B, T_in - 1]: frame t+1
         flux = F.pad(flux, (1, 0))  # frame 0 has no predecessor: no change
