@@ -26,8 +26,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -190,6 +191,7 @@ class EngineWorker:
         self._calls: list[tuple[Callable[[], Any], Future]] = []
         self._pushes: dict[Session, list[tuple[np.ndarray, Future]]] = {}
         self._stopped = False
+        self._held = 0  # > 0: pushes wait (see paused)
         self.rounds = 0  # batched rounds run (a measure of batching: pushes / rounds)
         self.pushes = 0
         self._thread = threading.Thread(target=self._loop, name="stemstream-engine",
@@ -216,6 +218,25 @@ class EngineWorker:
             self._cond.notify()
         return future
 
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the rounds while the block runs: pushes queue up (calls still run) and go as
+        one round when it ends, e.g. to gather every session's block before a round."""
+        with self._cond:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._held -= 1
+                self._cond.notify()
+
+    @property
+    def waiting(self) -> int:
+        """Sessions with blocks queued for the next round."""
+        with self._cond:
+            return len(self._pushes)
+
     def stop(self) -> None:
         with self._cond:
             self._stopped = True
@@ -229,12 +250,16 @@ class EngineWorker:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not (self._calls or self._pushes or self._stopped):
+                held = self._held and not self._stopped
+                while not (self._calls or (self._pushes and not held) or self._stopped):
                     self._cond.wait()
+                    held = self._held and not self._stopped
                 if self._stopped and not (self._calls or self._pushes):
                     return
                 calls, self._calls = self._calls, []
-                pushes, self._pushes = self._pushes, {}
+                pushes = {}
+                if not held:
+                    pushes, self._pushes = self._pushes, {}
             for fn, future in calls:
                 _settle(future, fn)
             if pushes:

@@ -5,6 +5,7 @@ for bit; every protocol violation gets an error message and its close code."""
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -209,19 +210,26 @@ def test_concurrent_clients_share_the_engine_and_each_gets_what_it_gets_alone(lo
     starts = [{"type": "start", "instrument": name, "sample_rate": RATE, "channels": 1}
               for name in ("Bass", "Piano")]
     size = 441
+    worker = client.app.state.engine_worker
     with client.websocket_connect("/ws") as first, client.websocket_connect("/ws") as second:
         sockets = [first, second]
         for ws, start in zip(sockets, starts, strict=True):
             ws.send_text(json.dumps(start))
             assert ws.receive_json()["type"] == "ready"
-        for at in range(0, max(len(w) for w in waves), size):
+        with worker.paused():  # both first blocks queue up: the first round holds both
+            for ws, wave in zip(sockets, waves, strict=True):
+                ws.send_bytes(np.ascontiguousarray(wave[:size]).tobytes())
+            deadline = time.monotonic() + 30
+            while worker.waiting < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert worker.waiting == 2
+        for at in range(size, max(len(w) for w in waves), size):
             for ws, wave in zip(sockets, waves, strict=True):
                 if at < len(wave):
                     ws.send_bytes(np.ascontiguousarray(wave[at : at + size]).tobytes())
         for ws in sockets:
             ws.send_text(json.dumps({"type": "stop"}))
         results = [_drain(ws) for ws in sockets]
-    worker = client.app.state.engine_worker
     assert worker.pushes > worker.rounds  # some rounds advanced both sessions together
     for (audio, texts, close), wave, start in zip(results, waves, starts, strict=True):
         assert close["code"] == Close.NORMAL and texts[-1]["type"] == "done"
