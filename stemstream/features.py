@@ -36,6 +36,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from stemstream.errors import ConfigError
 
+BEAT_UNIT_SECONDS = 0.5  # the beat's log2-period channel is 0 at this period (120 BPM)
 FEATURE_DIMS = {"onset": 1, "loudness": 1, "chroma": 12, "beat": 4}
 FEATURE_NAMES = tuple(FEATURE_DIMS)
 
@@ -79,6 +80,11 @@ def feature_channels(names: Sequence[str], within: Sequence[str] = FEATURE_NAMES
         i = within.index(name)
         index.extend(range(starts[i], starts[i + 1]))
     return np.asarray(index, dtype=np.int64)
+
+
+def feature_offset(names: Sequence[str], name: str) -> int:
+    """The first channel of feature ``name`` among the features ``names`` (in that order)."""
+    return int(feature_channels([name], names)[0])
 
 
 class _Groups:
@@ -145,7 +151,7 @@ class FeatureStream:
                                int(np.ceil(60 * rate / _BPM_RANGE[0])) + 1)
         prior_lag = 60 * rate / _PRIOR_BPM
         self._prior = np.exp(-0.5 * (np.log2(self._lags / prior_lag) / _PRIOR_OCTAVES) ** 2)
-        self._unit_lag = 0.5 * rate  # log2 period feature is 0 at 120 BPM
+        self._unit_lag = BEAT_UNIT_SECONDS * rate
         self.history_frames = max(int(round(_HISTORY_SECONDS * rate)),
                                   _COMB_BEATS * int(self._lags[-1]) + 2,
                                   3 * int(self._lags[-1]))

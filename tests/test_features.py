@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from stemstream.errors import ConfigError
 from stemstream.features import (
@@ -15,6 +16,7 @@ from stemstream.features import (
     feature_dim,
     features,
 )
+from stemstream.model.streaming import advance_beat
 
 RATE, HOP = 16000, 320
 FRAME_RATE = RATE / HOP
@@ -89,6 +91,29 @@ def test_beat_tracker_finds_a_click_tracks_tempo_and_beats(bpm):
     assert np.mean(cos[beats] > 0.9) > 0.8
     half = beats + int(round(30 * FRAME_RATE / bpm))
     assert np.mean(cos[half] < -0.5) > 0.8
+
+
+@pytest.mark.parametrize("bpm", [75.0, 140.0])
+def test_beat_advanced_by_a_lead_is_the_phase_the_tracker_reports_that_much_later(bpm):
+    """What a live model hears (StreamingDecoderConfig.beat_lead_seconds): the phase at
+    frame f rotated by 7 frames at the tracked period is the phase tracked at frame f + 7."""
+    lead = 7
+    out = features(_clicks(bpm, 10.0, offset_s=0.13), RATE, HOP, ["beat"])
+    beat = torch.from_numpy(out[:3].T.copy())  # [T, 3]
+    ahead = advance_beat(beat, lead / FRAME_RATE)
+    settled = slice(int(5 * FRAME_RATE), out.shape[1] - lead)
+    later = slice(int(5 * FRAME_RATE) + lead, None)
+    error = torch.atan2(ahead[settled, 0], ahead[settled, 1]) - torch.atan2(
+        beat[later, 0], beat[later, 1])
+    error = torch.remainder(error + torch.pi, 2 * torch.pi) - torch.pi
+    period = 60 * FRAME_RATE / bpm
+    assert error.abs().median() < 2 * np.pi * 1.0 / period  # within a frame of phase
+    unmoved = torch.atan2(beat[settled, 0], beat[settled, 1]) - torch.atan2(
+        beat[later, 0], beat[later, 1])
+    unmoved = torch.remainder(unmoved + torch.pi, 2 * torch.pi) - torch.pi
+    assert unmoved.abs().median() > 2 * np.pi * (lead - 1) / period  # the lead mattered
+    torch.testing.assert_close(ahead[:, 2], beat[:, 2])  # the period channel is unchanged
+    assert advance_beat(torch.zeros(5, 3), 0.1).abs().max() == 0  # silence stays silent
 
 
 def test_chroma_names_a_sines_pitch_class_and_loudness_follows_the_level():

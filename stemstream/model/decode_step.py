@@ -117,6 +117,7 @@ class DecodeStep(nn.Module):
         """What the position hears ``[B, D]``: :meth:`StreamingDecoder.condition` of the
         window's last frame, frames before the stream zeroed as the encoder's padding is."""
         model = self.model
+        window = model.input_view(window)
         projected = model.in_proj(window)
         encoder = model.input_encoder
         if encoder is None:

@@ -29,6 +29,7 @@ the next chunk is generated — ``2k`` positions per chunk, cost linear in strea
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, NamedTuple
 
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from stemstream.errors import ConfigError
-from stemstream.features import check_features, feature_dim
+from stemstream.features import BEAT_UNIT_SECONDS, check_features, feature_dim, feature_offset
 from stemstream.model.decode_step import NO_WINDOW, stack_caches
 from stemstream.model.delay import DelayPattern
 from stemstream.model.input_encoder import InputEncoder, check_input_encoder
@@ -66,6 +67,11 @@ class StreamingDecoderConfig:
     # musical features of the input audio (stemstream.features) heard beside the latents:
     # the input stream then has input_dim + their channels, features last
     input_features: tuple[str, ...] = ()
+    # seconds by which the ``beat`` feature's phase is advanced before the model hears it
+    # (rotated by 2 pi lead / period, the period its own channel gives): at (1 - t_f) frames
+    # for k = 1, a position hears the beat phase of the frame it decides, extrapolated from
+    # the input it has heard (a live model, t_f < 0, must play on beats it has not heard)
+    beat_lead_seconds: float = 0.0
     # training only, forcing the input path: the probability that a window's whole target
     # history is hidden (its token embeddings zeroed; the instrument token stays), the
     # fraction of history tokens replaced by random codes, and the fraction of history steps
@@ -97,6 +103,10 @@ class StreamingDecoderConfig:
         check_stream_args(self.future_frames, self.chunk_frames)
         check_input_encoder(self.input_encoder, self.input_window)
         object.__setattr__(self, "input_features", check_features(self.input_features))
+        if self.beat_lead_seconds and "beat" not in self.input_features:
+            raise ConfigError("beat_lead_seconds needs the 'beat' input feature")
+        if not math.isfinite(self.beat_lead_seconds):
+            raise ConfigError(f"beat_lead_seconds must be finite, got {self.beat_lead_seconds}")
         for name in ("history_dropout", "history_noise", "history_span", "history_shift",
                      "input_dropout"):
             if not 0 <= getattr(self, name) <= 1:
@@ -121,6 +131,17 @@ class StreamingDecoderConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"input_features": list(self.input_features)}
+
+
+def advance_beat(beat: torch.Tensor, lead_seconds: float) -> torch.Tensor:
+    """``beat [..., 3]`` (``sin``, ``cos`` of the phase and ``log2`` of the period over
+    :data:`~stemstream.features.BEAT_UNIT_SECONDS`, as :mod:`stemstream.features` gives them)
+    -> the same with the phase ``lead_seconds`` later at that period."""
+    sin, cos, log_period = beat.unbind(-1)
+    turn = (2 * math.pi * lead_seconds / BEAT_UNIT_SECONDS) * torch.exp2(-log_period)
+    turn_sin, turn_cos = torch.sin(turn), torch.cos(turn)
+    return torch.stack([sin * turn_cos + cos * turn_sin, cos * turn_cos - sin * turn_sin,
+                        log_period], dim=-1)
 
 
 class StreamOutput(NamedTuple):
@@ -190,10 +211,23 @@ class StreamingDecoder(nn.Module):
         """Raw input frames before the newest visible one that a position also hears."""
         return 0 if self.input_encoder is None else self.input_encoder.context
 
+    def input_view(self, latents: torch.Tensor) -> torch.Tensor:
+        """The raw input stream ``[..., D_in]`` as the model reads it: unchanged, or with the
+        ``beat`` feature's phase advanced by ``beat_lead_seconds`` (frame by frame, no
+        learned part; an all-zero frame stays zero)."""
+        lead = self.config.beat_lead_seconds
+        if not lead:
+            return latents
+        first = self.config.input_dim + feature_offset(self.config.input_features, "beat")
+        return torch.cat([latents[..., :first],
+                          advance_beat(latents[..., first : first + 3], lead),
+                          latents[..., first + 3 :]], dim=-1)
+
     def condition(self, latents: torch.Tensor) -> torch.Tensor:
         """Input latents of consecutive frames ``[B, T, D_in]`` (frame 0 = the stream's first,
         or a frame at least :attr:`input_context` frames later) -> what a position whose newest
         visible frame is ``t`` hears, ``[B, T, D]``."""
+        latents = self.input_view(latents)
         projected = self.in_proj(latents)
         if self.input_encoder is None:
             return projected

@@ -33,6 +33,9 @@ class ModelSpec:
         input_features: streaming only: musical features of the input audio heard beside the
             latents (names from :data:`stemstream.features.FEATURE_NAMES`; needs a track dump
             that stores them, see ``stemstream data dump-features``).
+        beat_lead_seconds: streaming only: how far the ``beat`` feature's phase is advanced
+            before the model hears it; ``(1 - t_f) / frame rate`` makes a ``k = 1`` position
+            hear the phase of the frame it decides (see ``StreamingDecoderConfig``).
         history_dropout: streaming family only: the probability that a training window hides
             its whole target history from the model, which must then predict from the input
             and the instrument alone (an input-forcing regulariser; 0 = off).
@@ -63,6 +66,7 @@ class ModelSpec:
     input_encoder: str = "frame"
     input_window: int = 8
     input_features: tuple[str, ...] = ()
+    beat_lead_seconds: float = 0.0
     history_dropout: float = 0.0
     history_noise: float = 0.0
     history_span: float = 0.0

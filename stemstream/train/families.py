@@ -67,6 +67,7 @@ def _streaming() -> Family:
             input_encoder=spec.input_encoder,
             input_window=spec.input_window,
             input_features=spec.input_features,
+            beat_lead_seconds=spec.beat_lead_seconds,
             history_dropout=spec.history_dropout,
             history_noise=spec.history_noise,
             history_span=spec.history_span,

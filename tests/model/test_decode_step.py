@@ -37,6 +37,7 @@ def _model(encoder: str = "conv+features", seed: int = 0) -> StreamingDecoder:
         backbone=TransformerConfig.preset("tiny"), num_codebooks=K, codebook_size=V,
         input_dim=D_IN, future_frames=2, chunk_frames=1, input_encoder=encoder,
         input_window=4, input_features=("onset", "beat") if extra else (),
+        beat_lead_seconds=0.1 if extra else 0.0,  # the beat heard 0.1 s ahead
     )
     model = StreamingDecoder(cfg).eval()
     with torch.no_grad():

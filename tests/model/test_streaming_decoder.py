@@ -31,6 +31,7 @@ def _model(t_f: int, k: int, seed: int = 0, encoder: str = "frame") -> Streaming
         input_encoder=encoder,
         input_window=4,
         input_features=("onset", "beat") if extra else (),
+        beat_lead_seconds=0.1 if extra else 0.0,  # the beat heard 0.1 s ahead
     )
     model = StreamingDecoder(cfg).eval()
     with torch.no_grad():
