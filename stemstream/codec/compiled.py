@@ -1,11 +1,11 @@
-"""The :class:`~stemstream.codec.framecodec.FrameCodec`'s streaming trunks, one frame per
-call, captured whole and run on ONNX Runtime (route ``onnx``, the fastest measured: 0.5 ms to
+"""The :class:`~stemstream.codec.framecodec.FrameCodec`'s streaming trunks, a block of frames
+per call, captured whole and run on ONNX Runtime (route ``onnx``, the fastest measured: 0.5 ms to
 encode and 0.8 ms to decode a frame against 4.4 and 4.0 eager on a 2-core CPU) or compiled
 with AOTInductor (route ``compiled``) (issue 17; machinery in :mod:`stemstream.aot`).
 
 A streaming codec step is ~20 small matrix products and ~150 other operations per frame and
 direction; on a slow CPU the per-operation overhead costs as much as the arithmetic. The
-compiled route captures, for one frame,
+compiled route captures, for a block of ``1..ROUTE_MAX_FRAMES`` frames,
 
 * encoding: the trunk from the STFT features to the latent plus the residual quantiser
   (features in, codes and the convolution histories out), and
@@ -13,8 +13,9 @@ compiled route captures, for one frame,
   deviations (codes in, spectra and histories out),
 
 while the FFTs, the phase integration and the overlap-add stay eager (a handful of calls).
-Blocks of several frames run frame by frame: the trunks are causal, so the result is the
-frame-by-frame eager one.
+A block of several frames (``SessionConfig.codec_block``) is one call, not one per frame: the
+trunks are causal, so its result is the frame-by-frame one (within float rounding: the matrix
+products see several columns at once).
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ from stemstream.aot import (
 from stemstream.codec import framecodec
 
 EXAMPLE_BATCH = 2
+EXAMPLE_FRAMES = 2
 MAX_BATCH = 4096
 
 
+
 class EncodeFrame(nn.Module):
-    """``feats [B, 3F, 1]``, ``histories [blocks, B, C, kernel-1]`` -> ``codes [B, K', 1]``
+    """``feats [B, 3F, T]``, ``histories [blocks, B, C, kernel-1]`` -> ``codes [B, K', T]``
     and the new histories."""
 
     def __init__(self, codec: framecodec.FrameCodec, num_codebooks: int) -> None:
@@ -55,8 +58,8 @@ class EncodeFrame(nn.Module):
 
 
 class DecodeFrame(nn.Module):
-    """``codes [B, K', 1]``, ``histories [blocks, B, C, kernel-1]`` -> log-magnitudes and
-    phase deviations ``[B, F, 1]`` each and the new histories."""
+    """``codes [B, K', T]``, ``histories [blocks, B, C, kernel-1]`` -> log-magnitudes and
+    phase deviations ``[B, F, T]`` each and the new histories."""
 
     def __init__(self, codec: framecodec.FrameCodec) -> None:
         super().__init__()
@@ -78,7 +81,14 @@ class CompiledTrunks:
 def _examples(codec: framecodec.FrameCodec, num_codebooks: int, blocks: int, batch: int):
     cfg = codec.config
     histories = torch.zeros(blocks, batch, cfg.channels, cfg.kernel_size - 1)
-    return histories, torch.zeros(batch, num_codebooks, 1, dtype=torch.long)
+    return histories, torch.zeros(batch, num_codebooks, EXAMPLE_FRAMES, dtype=torch.long)
+
+
+def _dims():
+    """The export's dynamic dimensions: batch and frames."""
+    from torch.export import Dim
+
+    return Dim("batch", min=1, max=MAX_BATCH), Dim("frames", min=1, max=framecodec.ROUTE_MAX_FRAMES)
 
 
 ENCODE_IO = (["feats", "histories"], ["codes", "new_histories"])
@@ -86,21 +96,18 @@ DECODE_IO = (["codes", "histories"], ["log_mag", "deviation", "new_histories"])
 
 
 def _encoder_export(codec, num_codebooks: int) -> tuple:
-    from torch.export import Dim
-
     cfg = codec.config
-    batch = Dim("batch", min=1, max=MAX_BATCH)
+    batch, frames = _dims()
     histories, _ = _examples(codec, num_codebooks, cfg.enc_blocks, EXAMPLE_BATCH)
-    feats = torch.zeros(EXAMPLE_BATCH, 3 * (cfg.enc_n_fft // 2 + 1), 1)
-    return EncodeFrame(codec, num_codebooks), (feats, histories), ({0: batch}, {1: batch})
+    feats = torch.zeros(EXAMPLE_BATCH, 3 * (cfg.enc_n_fft // 2 + 1), EXAMPLE_FRAMES)
+    return (EncodeFrame(codec, num_codebooks), (feats, histories),
+            ({0: batch, 2: frames}, {1: batch}))
 
 
 def _decoder_export(codec, num_codebooks: int) -> tuple:
-    from torch.export import Dim
-
-    batch = Dim("batch", min=1, max=MAX_BATCH)
+    batch, frames = _dims()
     histories, codes = _examples(codec, num_codebooks, codec.config.dec_blocks, EXAMPLE_BATCH)
-    return DecodeFrame(codec), (codes, histories), ({0: batch}, {1: batch})
+    return DecodeFrame(codec), (codes, histories), ({0: batch, 2: frames}, {1: batch})
 
 
 def _load_trunks(codec, num_codebooks: int, route: str, quiet: bool) -> tuple:
@@ -112,7 +119,7 @@ def _load_trunks(codec, num_codebooks: int, route: str, quiet: bool) -> tuple:
                                 ("decoder", _decoder_export, DECODE_IO)):
         module, example, dynamic = export(codec, num_codebooks)
         first, histories = example  # batch 1: dim 0 of the first, dim 1 of the histories
-        warmup = (first[:1], histories[:, :1].contiguous())
+        warmup = (first[:1, :, :1].contiguous(), histories[:, :1].contiguous())
         if route == "compiled":
             step, info = load_or_compile(
                 f"codec {name}", key,

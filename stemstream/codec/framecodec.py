@@ -87,6 +87,9 @@ class FrameCodecConfig:
 
 
 _UNFOLD_MAX_FRAMES = 64
+# Frames per call of a compiled streaming trunk (stemstream.codec.compiled); longer inputs run
+# in pieces.
+ROUTE_MAX_FRAMES = 32
 
 
 class CausalConvNeXt(nn.Module):
@@ -110,9 +113,10 @@ class CausalConvNeXt(nn.Module):
         if history is None:
             history = x.new_zeros(x.shape[0], x.shape[1], self.context)
         padded = torch.cat([history, x], dim=-1)
-        if padded.shape[-1] <= _UNFOLD_MAX_FRAMES:
+        if padded.shape[-1] <= _UNFOLD_MAX_FRAMES and not torch.compiler.is_exporting():
             # For a few frames (streaming, training crops) multiply-and-sum over the kernel
-            # is ~6x faster than conv1d on CPU, whose per-call set-up dominates there.
+            # is ~6x faster than conv1d on CPU, whose per-call set-up dominates there. An export
+            # (stemstream.codec.compiled) keeps the convolution: one node, any number of frames.
             taps = padded.unfold(-1, self.context + 1, 1)  # [B, C, T, k]
             weight = self.dwconv.weight[:, 0]  # [C, k]
             h = (taps * weight[:, None, :]).sum(-1) + self.dwconv.bias[:, None]
@@ -304,22 +308,25 @@ class FrameCodec(Codec):
         return FrameStreamingDecoder(self)
 
 
-def _frame_by_frame(step, inputs: torch.Tensor, histories: list | None, blocks: int,
-                    config: FrameCodecConfig) -> tuple:
-    """Run a compiled one-frame trunk (:mod:`stemstream.codec.compiled`) of ``blocks``
-    convolution blocks over the frames of ``inputs [B, *, T]``: returns its outputs
-    concatenated over frames (one tensor, or a tuple when it has several) and the final
-    histories as a list (``None`` histories start at zero, as in the eager trunk)."""
+def _in_blocks(step, inputs: torch.Tensor, histories: list | None, blocks: int,
+               config: FrameCodecConfig) -> tuple:
+    """Run a compiled trunk (:mod:`stemstream.codec.compiled`) of ``blocks`` convolution
+    blocks over the frames of ``inputs [B, *, T]``, at most ````ROUTE_MAX_FRAMES`` per call:
+    returns its outputs over all frames (one tensor, or a tuple when it has several) and the
+    final histories as a list (``None`` histories start at zero, as in the eager trunk)."""
     if histories is None:
         shape = (blocks, inputs.shape[0], config.channels, config.kernel_size - 1)
         stacked = torch.zeros(shape, device=inputs.device)
     else:
         stacked = torch.stack(histories)
     outputs = []
-    for t in range(inputs.shape[-1]):
-        *out, stacked = step(inputs[..., t : t + 1].contiguous(), stacked)
+    for start in range(0, inputs.shape[-1], ROUTE_MAX_FRAMES):
+        *out, stacked = step(inputs[..., start : start + ROUTE_MAX_FRAMES].contiguous(), stacked)
         outputs.append(out)
-    joined = [torch.cat(parts, dim=-1) for parts in zip(*outputs, strict=True)]
+    if len(outputs) == 1:
+        joined = outputs[0]
+    else:
+        joined = [torch.cat(parts, dim=-1) for parts in zip(*outputs, strict=True)]
     return (joined[0] if len(joined) == 1 else tuple(joined)), list(stacked.unbind(0))
 
 
@@ -358,7 +365,7 @@ def encode_streams(encoders: list[FrameStreamingEncoder],
     histories = _histories(encoders, blocks, cfg, joined)
     route = codec.trunk_route
     if route is not None and route.num_codebooks == num_codebooks:
-        codes, new = _frame_by_frame(route.encode, feats, histories, blocks, cfg)
+        codes, new = _in_blocks(route.encode, feats, histories, blocks, cfg)
     else:
         latent, new = codec._encoder_trunk(feats, histories)
         codes = codec.quantizer.encode(latent, num_codebooks)
@@ -380,7 +387,7 @@ def decode_streams(decoders: list[FrameStreamingDecoder],
     histories = _histories(decoders, blocks, cfg, codec.dec_window)
     route = codec.trunk_route
     if route is not None and route.num_codebooks == joined.shape[1]:
-        (log_mag, dev), new = _frame_by_frame(route.decode, joined, histories, blocks, cfg)
+        (log_mag, dev), new = _in_blocks(route.decode, joined, histories, blocks, cfg)
     else:
         latent = codec.quantizer.embed(joined)
         log_mag, dev, new = codec._decoder_trunk(latent, histories)
