@@ -43,7 +43,6 @@ EXAMPLE_FRAMES = 2
 MAX_BATCH = 4096
 
 
-
 class EncodeFrame(nn.Module):
     """``feats [B, 3F, T]``, ``histories [blocks, B, C, kernel-1]`` -> ``codes [B, K', T]``
     and the new histories."""
@@ -88,7 +87,8 @@ def _dims():
     """The export's dynamic dimensions: batch and frames."""
     from torch.export import Dim
 
-    return Dim("batch", min=1, max=MAX_BATCH), Dim("frames", min=1, max=framecodec.ROUTE_MAX_FRAMES)
+    return (Dim("batch", min=1, max=MAX_BATCH),
+            Dim("frames", min=1, max=framecodec.ROUTE_MAX_FRAMES))
 
 
 ENCODE_IO = (["feats", "histories"], ["codes", "new_histories"])

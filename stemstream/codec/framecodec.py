@@ -311,7 +311,7 @@ class FrameCodec(Codec):
 def _in_blocks(step, inputs: torch.Tensor, histories: list | None, blocks: int,
                config: FrameCodecConfig) -> tuple:
     """Run a compiled trunk (:mod:`stemstream.codec.compiled`) of ``blocks`` convolution
-    blocks over the frames of ``inputs [B, *, T]``, at most ````ROUTE_MAX_FRAMES`` per call:
+    blocks over the frames of ``inputs [B, *, T]``, at most ``ROUTE_MAX_FRAMES`` per call:
     returns its outputs over all frames (one tensor, or a tuple when it has several) and the
     final histories as a list (``None`` histories start at zero, as in the eager trunk)."""
     if histories is None:

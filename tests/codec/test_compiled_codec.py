@@ -11,6 +11,7 @@ from codec_helpers import make_audio
 from test_framecodec import HOP, tiny_frame_codec
 from test_streaming import stream_decode, stream_encode
 
+from stemstream.codec import framecodec
 from stemstream.codec.compiled import accelerate_codec
 from stemstream.codec.mock import MockCodec, MockCodecConfig
 
@@ -41,6 +42,20 @@ def test_compiled_trunks_stream_like_the_eager_codec(codecs):
         routed = stream_decode(compiled, codes, frames)
     assert torch.allclose(routed, audio, atol=1e-4), (routed - audio).abs().max()
     assert audio.abs().max() > 1e-3  # the comparison is not between silences
+
+
+def test_blocks_longer_than_one_call_run_in_pieces(codecs, monkeypatch):
+    """A block of more frames than one compiled call takes runs in pieces, carrying the
+    convolution histories across them: the same codes and audio as the eager codec."""
+    eager, compiled = codecs
+    monkeypatch.setattr(framecodec, "ROUTE_MAX_FRAMES", 2)
+    wave = make_audio(samples=7 * HOP)
+    with torch.inference_mode():
+        codes = stream_encode(eager, wave, [7 * HOP], K)
+        assert torch.equal(stream_encode(compiled, wave, [7 * HOP], K), codes)
+        audio = stream_decode(eager, codes, [codes.shape[-1]])
+        routed = stream_decode(compiled, codes, [codes.shape[-1]])
+    assert torch.allclose(routed, audio, atol=1e-4), (routed - audio).abs().max()
 
 
 def test_other_levels_and_codecs_stay_eager(codecs, tmp_path, monkeypatch):
