@@ -586,7 +586,8 @@ def demo(out_dir, instrument, model, corpus, route, threads):
                    "INPUT).")
 @click.option("--model", default="default", show_default=True,
               help="default (t_f = +0.1 s, for files), default-live (t_f < 0), default-v2 / "
-                   "default-v1 (earlier defaults), random-cpu, random-tiny, random-tiny-mock "
+                   "default-v1 / default-live-v1 (earlier defaults), random-cpu, random-tiny, "
+                   "random-tiny-mock "
                    "or a streaming model checkpoint.")
 @click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
 @click.option("--tf", "tf_seconds", type=float, default=None,
@@ -665,7 +666,8 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
 @cli.command("bench")
 @click.option("--model", default="default", show_default=True,
               help="default (t_f = +0.1 s, for files), default-live (t_f < 0), default-v2 / "
-                   "default-v1 (earlier defaults), random-cpu, random-tiny, random-tiny-mock "
+                   "default-v1 / default-live-v1 (earlier defaults), random-cpu, random-tiny, "
+                   "random-tiny-mock "
                    "or a streaming checkpoint.")
 @click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
 @click.option("--seconds", type=click.FloatRange(min=0.1), default=10.0, show_default=True,

@@ -9,10 +9,13 @@
   ``t_f = 0``). Without a shipped default, an *untrained* ``cpu``-preset streaming decoder
   over the shipped codec (random weights, seed 0) stands in, with a warning: timings are
   real, the music is noise.
-* ``default-live`` — the shipped live model (``streaming-live.safetensors``: 3 blocks,
+* ``default-live`` — the shipped live model (``streaming-live-beat.safetensors``: 3 blocks,
   ``t_f = -120 ms``, so it can play in time with the musician, fast enough for a laptop
-  CPU). ``stemstream live`` resolves ``default`` to it. Falls back to ``default`` (with a
-  warning) where it is not shipped.
+  CPU; it hears onset, loudness, chroma and the tracked beat phase advanced to the frame it
+  decides, and is sampled with input guidance 3; card ``models/streaming-listen-live-beat``).
+  ``stemstream live`` resolves ``default`` to it. Falls back to ``default`` (with a
+  warning) where it is not shipped. The previous live model stays shipped as
+  ``default-live-v1`` (``streaming-live.safetensors``: the paper's fusion, no features).
 * ``random-cpu`` / ``random-tiny`` / ``random-paper`` — untrained decoders of that preset over
   the shipped codec (``random-tiny-mock``: over :class:`~stemstream.codec.mock.MockCodec`, for
   tests; ``random-paper``: the paper's 218M-parameter backbone, for speed measurements);
@@ -48,7 +51,8 @@ MODEL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 DEFAULT_MODEL = MODEL_ASSETS / "streaming-listen-more.safetensors"
 SECOND_DEFAULT = MODEL_ASSETS / "streaming-listen.safetensors"
 PREVIOUS_DEFAULT = MODEL_ASSETS / "streaming-cpu.safetensors"
-LIVE_MODEL = MODEL_ASSETS / "streaming-live.safetensors"
+LIVE_MODEL = MODEL_ASSETS / "streaming-live-beat.safetensors"
+PREVIOUS_LIVE = MODEL_ASSETS / "streaming-live.safetensors"
 RANDOM_SPECS = ("random-cpu", "random-tiny", "random-tiny-mock", "random-paper")
 
 
@@ -86,9 +90,10 @@ def random_model(preset: str, codec: Codec, num_codebooks: int = 4, seed: int = 
 
 
 def shipped_path(spec: str | Path) -> str:
-    """The file behind a shipped model name (``default``, ``default-live``, ``default-v1``);
-    any other spec unchanged."""
+    """The file behind a shipped model name (``default``, ``default-live``, ``default-v1``,
+    ...); any other spec unchanged."""
     shipped = {"default": DEFAULT_MODEL, "default-live": LIVE_MODEL,
+               "default-live-v1": PREVIOUS_LIVE,
                "default-v1": PREVIOUS_DEFAULT, "default-v2": SECOND_DEFAULT}
     return str(shipped.get(str(spec), spec))
 
@@ -163,8 +168,8 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
     path = Path(spec)
     if not path.exists():
         raise ConfigError(
-            f"--model {spec!r}: no such file; use default, default-live, default-v1, "
-            "default-v2, "
+            f"--model {spec!r}: no such file; use default, default-live, default-live-v1, "
+            "default-v1, default-v2, "
             f"{', '.join(RANDOM_SPECS)} or a "
             "streaming model checkpoint"
         )

@@ -93,3 +93,18 @@ def test_default_live_is_the_shipped_live_model_or_warns(monkeypatch, tmp_path):
     with pytest.warns(UserWarning, match="no live model is shipped"):
         fallback = load_stream_model("default-live")
     assert fallback.source == str(path)
+
+
+def test_shipped_live_models_are_what_the_docs_say():
+    """`default-live` plays ahead (t_f < 0) hearing the beat phase of the frame it decides,
+    sampled with input guidance 3; `default-live-v1` is the earlier live model."""
+    live = load_stream_model("default-live")
+    config = live.model.config
+    assert live.trained and live.source.endswith("streaming-live-beat.safetensors")
+    assert config.future_frames == -6 and config.chunk_frames == 1
+    assert "beat" in config.input_features
+    assert config.beat_lead_seconds == pytest.approx((1 - config.future_frames) / 50)
+    assert live.guidance == 3
+    earlier = load_stream_model("default-live-v1")
+    assert earlier.source.endswith("streaming-live.safetensors")
+    assert earlier.model.config.future_frames < 0 and not earlier.model.config.input_features
