@@ -6,8 +6,14 @@ Every route runs the same windows through ``generate_chunk`` with the true token
 the logits of every step are comparable: the script prints the cross-entropy per route, its
 change against eager (fp32), the largest logit difference and how often the argmax differs.
 
+``--rings 128 256`` also streams on the eager route with KV rings of those many positions (the
+attention window ``SessionConfig.window``; a batched step's attention cost grows with it,
+issue 18) and prints their loss against the full context, over all steps and over the steps
+after the first ``max(rings)`` (a long stream's steady state: every ring has wrapped); use
+windows longer than the largest ring (``--seconds 20``).
+
     python benchmarks/route_quality.py [--model default] [--dump dumps/synth10h-tracks]
-        [--windows 16] [--seconds 10] [--json]
+        [--windows 16] [--seconds 10] [--rings 128 256 512] [--json]
 """
 
 from __future__ import annotations
@@ -30,9 +36,10 @@ from stemstream.stream.models import load_stream_model
 ROUTES = (("eager", "fp32"), ("compiled", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
 
 
-def stream_logits(model, latents: torch.Tensor, delayed: torch.Tensor, inst: torch.Tensor
-                  ) -> torch.Tensor:
-    """Logits ``[B, S, K, V]`` of every step of a teacher-forced stream (``k = 1``)."""
+def stream_logits(model, latents: torch.Tensor, delayed: torch.Tensor, inst: torch.Tensor,
+                  ring: int | None = None) -> torch.Tensor:
+    """Logits ``[B, S, K, V]`` of every step of a teacher-forced stream (``k = 1``) whose KV
+    cache is a ring of ``ring`` positions (default: the whole stream)."""
     seen: list[torch.Tensor] = []
     original = streaming.sample_tokens
 
@@ -42,7 +49,7 @@ def stream_logits(model, latents: torch.Tensor, delayed: torch.Tensor, inst: tor
 
     streaming.sample_tokens = recording
     try:
-        state = model.new_state(inst, window=delayed.shape[-1] + 1)
+        state = model.new_state(inst, window=ring or delayed.shape[-1] + 1)
         with torch.inference_mode():
             for step in range(delayed.shape[-1]):
                 model.generate_chunk(state, latents, SamplingConfig(temperature=0),
@@ -71,7 +78,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     valid = (delayed != model.delay.pad_id).transpose(1, 2)  # [B, S, K]
     results: dict[str, Any] = {}
     reference = None
-    for route, weights in ROUTES:
+    chosen = [(r, w) for r, w in ROUTES
+              if args.routes is None or r == "eager" or (f"{r}-{w}" if w == "int8" else r)
+              in args.routes]
+    for route, weights in chosen:
         info = accelerate(model, route, weights=weights)
         began = time.perf_counter()
         logits = stream_logits(model, latents, delayed, inst)
@@ -88,8 +98,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 (logits.argmax(-1) != reference.argmax(-1))[valid].float().mean())
         results[f"{route} {weights}"] = row
     accelerate(model, "eager")
+    rings = ring_losses(model, latents, delayed, inst, valid, reference, args.rings)
     return {"model": loaded.source, "windows": len(examples), "seconds": args.seconds,
-            "tokens": int(valid.sum()), "routes": results}
+            "tokens": int(valid.sum()), "routes": results, "rings": rings}
+
+
+def ring_losses(model, latents, delayed, inst, valid, full_logits, rings: list[int]
+                ) -> dict[str, Any]:
+    """Loss of eager streams with KV rings of ``rings`` positions against the full context
+    (``full_logits``), over all steps and after the first ``max(rings)`` steps."""
+    if not rings:
+        return {}
+    steady = torch.zeros_like(valid)
+    steady[:, max(rings):] = True
+    targets = delayed.transpose(1, 2)
+
+    def losses(logits):
+        return {"loss": float(F.cross_entropy(logits[valid], targets[valid])),
+                "loss_steady": (float(F.cross_entropy(logits[valid & steady],
+                                                      targets[valid & steady]))
+                                if (valid & steady).any() else float("nan"))}
+
+    out = {"full": losses(full_logits) | {"steady_tokens": int((valid & steady).sum())}}
+    for ring in sorted(rings):
+        logits = stream_logits(model, latents, delayed, inst, ring)
+        out[str(ring)] = losses(logits) | {"argmax_differs": float(
+            (logits.argmax(-1) != full_logits.argmax(-1))[valid].float().mean())}
+    return out
 
 
 def main() -> None:
@@ -100,6 +135,11 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rings", type=int, nargs="*", default=[],
+                        help="also stream with KV rings of these many positions (eager)")
+    parser.add_argument("--routes", nargs="*", default=None,
+                        help="routes to compare (default: all of eager, compiled, onnx, "
+                             "onnx-int8); eager always runs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     result = run(args)
@@ -115,6 +155,17 @@ def main() -> None:
               f"{100 * row.get('argmax_differs', 0.0):>15.2f}%")
     for name, row in result["routes"].items():
         print(f"  {name}: {row['route']}")
+    rings = result["rings"]
+    if rings:
+        full = rings["full"]
+        print(f"KV ring (eager): loss over all steps / over the {full['steady_tokens']} tokens "
+              "after the largest ring has wrapped")
+        for name, row in rings.items():
+            change = "" if name == "full" else (
+                f"  ({row['loss'] - full['loss']:+.4f} / "
+                f"{row['loss_steady'] - full['loss_steady']:+.4f}; argmax differs "
+                f"{100 * row['argmax_differs']:.2f}%)")
+            print(f"  {name:>6}: {row['loss']:.4f} / {row['loss_steady']:.4f}{change}")
 
 
 if __name__ == "__main__":

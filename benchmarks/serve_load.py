@@ -9,7 +9,12 @@ and counts as missed deadlines at latency ``--latency``. ``n`` grows until a run
 (``--max-sessions`` at most). Prints, per mode and ``n``: missed chunks, the round's wall time
 p50 / p99 against the block, and the most sessions held with zero misses.
 
-    python benchmarks/serve_load.py [--model default] [--seconds 6] [--max-sessions 16] [--json]
+    python benchmarks/serve_load.py [--model default] [--seconds 6] [--max-sessions 16]
+        [--window 512] [--weights fp32|int8] [--json]
+
+``--window`` is every session's KV ring in positions (``stemstream serve --window``): a
+batched step's attention reads every row's ring, so a shorter ring holds more sessions; what
+it costs in loss: ``python benchmarks/route_quality.py --seconds 20 --rings 128 256 512``.
 """
 
 from __future__ import annotations
@@ -35,10 +40,11 @@ def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray]) -> dict:
     rate = loaded.codec.sample_rate
     configs = [SessionConfig(instrument=INSTRUMENTS[i % len(INSTRUMENTS)],
                              input_sample_rate=rate, latency=args.latency, seed=i,
-                             guidance=loaded.guidance) for i in range(n)]
+                             guidance=loaded.guidance, window=args.window) for i in range(n)]
     if mode == "batched":
         engine = Engine(loaded.model, loaded.codec, max_sessions=n, route=loaded.route.name,
-                        guided=loaded.guidance != 1, weights=loaded.weights)
+                        guided=loaded.guidance != 1, weights=loaded.weights,
+                        window=args.window)
         sessions = [engine.open(c, clock=WallClock()) for c in configs]
     else:
         sessions = [Session(loaded.model, loaded.codec, c, clock=WallClock()) for c in configs]
@@ -67,12 +73,13 @@ def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray]) -> dict:
             "round_ms_p99": float(np.percentile(warm, 99)), "block_ms": args.block_ms}
 
 
-def round_split(n: int, loaded, inputs: list[np.ndarray], rounds: int = 150) -> dict:
+def round_split(n: int, loaded, inputs: list[np.ndarray], window: int | None,
+                rounds: int = 150) -> dict:
     """The batched engine unpaced: mean ms per round of ``n`` sessions' 20 ms blocks, split
     into the batched model steps and everything else (codec batches, per-session work)."""
     rate = loaded.codec.sample_rate
     engine = Engine(loaded.model, loaded.codec, max_sessions=n, route=loaded.route.name,
-                    guided=loaded.guidance != 1, weights=loaded.weights)
+                    guided=loaded.guidance != 1, weights=loaded.weights, window=window)
     sessions = [engine.open(SessionConfig(instrument=INSTRUMENTS[i % len(INSTRUMENTS)],
                                           input_sample_rate=rate, seed=i,
                                           guidance=loaded.guidance)) for i in range(n)]
@@ -105,18 +112,21 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.2)
     parser.add_argument("--max-sessions", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--window", type=int, default=None,
+                        help="KV ring in positions (default: the sessions' default)")
+    parser.add_argument("--weights", choices=["fp32", "int8"], default="fp32")
     parser.add_argument("--split", nargs="*", type=int, default=[1, 4, 8],
                         help="also time unpaced engine rounds of these many sessions, split "
                              "into model steps and the rest")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_stream_model(args.model, route=args.route)
+    loaded = load_stream_model(args.model, route=args.route, weights=args.weights)
     rate = loaded.codec.sample_rate
     inputs = [synthetic_music(args.seconds + 1, rate, seed=i) for i in range(args.max_sessions)]
     inputs += [synthetic_music(4.0, rate, seed=100 + i)
                for i in range(max([0, *args.split]) - len(inputs))]
-    splits = [round_split(n, loaded, inputs) for n in args.split]
+    splits = [round_split(n, loaded, inputs, args.window) for n in args.split]
     for row in splits:
         print(f"engine, {row['sessions']:>2} sessions unpaced: round {row['round_ms']:6.1f} ms = "
               f"model steps {row['model_ms']:5.1f} + the rest {row['rest_ms']:5.1f} "
@@ -137,10 +147,12 @@ def main() -> None:
             n = n + 1 if n < 4 else n + 2
     ratio = held["batched"] / max(held["alone"], 1)
     print(f"sessions held with 0 misses: one by one ({loaded.route.name} route) "
-          f"{held['alone']}, batched engine {held['batched']} ({ratio:.1f}x)")
+          f"{held['alone']}, batched engine {held['batched']} ({ratio:.1f}x); weights "
+          f"{loaded.weights}, KV ring {args.window or 'default'}")
     if args.json:
         print(json.dumps({"model": loaded.source, "route": loaded.route.name, "rows": rows,
-                          "held": held, "splits": splits, "guidance": loaded.guidance},
+                          "held": held, "splits": splits, "guidance": loaded.guidance,
+                          "weights": loaded.weights, "window": args.window},
                          indent=1))
 
 

@@ -776,10 +776,13 @@ def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sampl
               show_default=True, help="Default output delay L in seconds (a client may ask "
                                       "for another).")
 @click.option("--weights", type=click.Choice(["fp32", "int8"]), default="fp32", show_default=True)
+@click.option("--window", type=click.IntRange(min=16), default=None,
+              help="Every session's KV ring in positions [default: 512, ~10 s]; a shorter "
+                   "ring serves more sessions at once (docs/serve.md: what it costs).")
 @_route_option("auto")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
-def serve_command(host, port, model, codec_spec, max_sessions, token, latency, weights, route,
-                  threads):
+def serve_command(host, port, model, codec_spec, max_sessions, token, latency, weights, window,
+                  route, threads):
     """Serve the accompanist over a WebSocket with a web page (microphone or file in,
     accompaniment out); protocol in docs/serve.md."""
     import torch
@@ -795,7 +798,7 @@ def serve_command(host, port, model, codec_spec, max_sessions, token, latency, w
     click.echo(f"open http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
                f"{query}")
     serve(loaded, ServeConfig(host=host, port=port, max_sessions=max_sessions, token=token,
-                              latency=latency))
+                              latency=latency, window=window))
 
 
 # --- eval

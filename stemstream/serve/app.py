@@ -89,6 +89,9 @@ class ServeConfig:
         temperature / top_k / seed: sampling.
         guidance: input guidance (``None``: the model's own).
         batch: run the sessions in one batched engine when the model allows (``k = 1``).
+        window: every session's KV ring in positions (``None``: the sessions' default,
+            :data:`~stemstream.stream.session.DEFAULT_WINDOW`); a batched step's attention
+            reads every row's ring, so a shorter ring serves more sessions.
     """
 
     host: str = "127.0.0.1"
@@ -102,6 +105,7 @@ class ServeConfig:
     seed: int = 0
     guidance: float | None = None
     batch: bool = True
+    window: int | None = None
 
 
 def resolve_token(host: str, token: str | None) -> str | None:
@@ -174,7 +178,8 @@ def session_config(request: StartRequest, config: ServeConfig,
         instrument=request.instrument, input_sample_rate=request.sample_rate,
         output_sample_rate=request.sample_rate, latency=request.latency,
         temperature=config.temperature, top_k=config.top_k, seed=config.seed,
-        guidance=loaded.guidance if config.guidance is None else config.guidance)
+        guidance=loaded.guidance if config.guidance is None else config.guidance,
+        window=config.window)
 
 
 def open_session(loaded: StreamModel, request: StartRequest, config: ServeConfig) -> Session:
@@ -262,7 +267,8 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
         guidance = loaded.guidance if config.guidance is None else config.guidance
         worker = EngineWorker(Engine(loaded.model, loaded.codec, config.max_sessions,
                                      route=loaded.route.name, quiet=False,
-                                     guided=guidance != 1, weights=loaded.weights))
+                                     guided=guidance != 1, weights=loaded.weights,
+                                     window=config.window))
     app.state.engine_worker = worker
     trained = sorted({class_name(i) for i in range(loaded.model.config.num_classes)
                       if _playable(i)})
@@ -280,6 +286,7 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
             "default_instrument": "Bass", "token_required": config.token is not None,
             "routes": loaded.describe_routes(), "batched": worker is not None,
             "batched_step": worker.engine.route.describe() if worker else None,
+            "kv_ring": worker.engine.pool.window if worker else config.window,
         })
 
     async def refuse(ws: WebSocket, message: str, code: Close) -> None:

@@ -63,19 +63,34 @@ class InputStream:
     def step_many(streams: Sequence[InputStream], waves: Sequence[torch.Tensor],
                   final: bool = False) -> list[torch.Tensor]:
         """Each stream's :meth:`step` of its wave (the sessions of an engine), the codec's
-        encoders run as one batch where the codec can (same results)."""
+        encoders run as one batch where the codec can, and the frames of all streams
+        embedded in one call (same results: a frame's embedding is its own)."""
         if not streams:
             return []
         codes = AudioStreamEncoder.step_many([s.encoder for s in streams], waves)
-        return [s._latents(c, w, final) for s, c, w in zip(streams, codes, waves, strict=True)]
+        codes = [s._flushed(c, final) for s, c in zip(streams, codes, strict=True)]
+        counts = [c.shape[-1] for c in codes]
+        if sum(counts):
+            latents = streams[0].codec.embed(torch.cat(codes, dim=-1)).float()
+            latents = latents.split(counts, dim=-1)
+        else:
+            latents = [streams[0]._no_latents() for _ in streams]
+        return [s._with_features(latent, w, final)
+                for s, latent, w in zip(streams, latents, waves, strict=True)]
 
     def _latents(self, codes: torch.Tensor, wave: torch.Tensor, final: bool) -> torch.Tensor:
-        if final:
-            codes = torch.cat([codes, self.encoder.flush()], dim=-1)
-        if codes.shape[-1]:
-            latents = self.codec.embed(codes).float()
-        else:
-            latents = torch.zeros(1, self.codec.latent_dim, 0)
+        codes = self._flushed(codes, final)
+        latents = self.codec.embed(codes).float() if codes.shape[-1] else self._no_latents()
+        return self._with_features(latents, wave, final)
+
+    def _flushed(self, codes: torch.Tensor, final: bool) -> torch.Tensor:
+        return torch.cat([codes, self.encoder.flush()], dim=-1) if final else codes
+
+    def _no_latents(self) -> torch.Tensor:
+        return torch.zeros(1, self.codec.latent_dim, 0)
+
+    def _with_features(self, latents: torch.Tensor, wave: torch.Tensor, final: bool
+                       ) -> torch.Tensor:
         if self.features is None:
             return latents
         samples = wave[0, 0].detach().float().cpu().numpy()

@@ -85,6 +85,26 @@ def test_a_served_stream_is_the_session_alone_bit_for_bit(loaded, channels):
     assert stats["chunks"] == done["chunks"] and stats["missed"] == done["missed_chunks"]
 
 
+def test_a_served_stream_keeps_the_servers_kv_ring(loaded):
+    """`serve --window`: every served session attends over that ring (it wraps in this
+    stream), exactly as a session alone with it, and /health says so."""
+    wave = _music(1.3)
+    start = {"type": "start", "instrument": "Bass", "sample_rate": RATE, "channels": 1}
+    client = _client(loaded, window=24)
+    assert client.get("/health").json()["kv_ring"] == 24
+    _, audio, texts, _ = _stream(client, wave, [1000], start)
+    assert texts[-1]["type"] == "done"
+
+    def alone(window):
+        session = Session(loaded.model, loaded.codec, SessionConfig(
+            instrument="Bass", input_sample_rate=RATE, output_sample_rate=RATE, latency=0.2,
+            window=window))
+        return run_blocks(session, wave[:, 0], [1000])
+
+    np.testing.assert_array_equal(audio, alone(24))
+    assert not np.array_equal(audio, alone(None))  # the ring mattered
+
+
 def test_health_and_page(loaded):
     client = _client(loaded, max_sessions=3)
     health = client.get("/health").json()
