@@ -10,7 +10,7 @@ and counts as missed deadlines at latency ``--latency``. ``n`` grows until a run
 p50 / p99 against the block, and the most sessions held with zero misses.
 
     python benchmarks/serve_load.py [--model default] [--seconds 6] [--max-sessions 16]
-        [--window 512] [--weights fp32|int8] [--json]
+        [--window 512] [--weights fp32|int8] [--codec-block N] [--json]
 
 ``--window`` is every session's KV ring in positions (``stemstream serve --window``): a
 batched step's attention reads every row's ring, so a shorter ring holds more sessions; what
@@ -40,7 +40,8 @@ def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray]) -> dict:
     rate = loaded.codec.sample_rate
     configs = [SessionConfig(instrument=INSTRUMENTS[i % len(INSTRUMENTS)],
                              input_sample_rate=rate, latency=args.latency, seed=i,
-                             guidance=loaded.guidance, window=args.window) for i in range(n)]
+                             guidance=loaded.guidance, window=args.window,
+                             codec_block=args.codec_block) for i in range(n)]
     if mode == "batched":
         engine = Engine(loaded.model, loaded.codec, max_sessions=n, route=loaded.route.name,
                         guided=loaded.guidance != 1, weights=loaded.weights,
@@ -115,6 +116,9 @@ def main() -> None:
     parser.add_argument("--window", type=int, default=None,
                         help="KV ring in positions (default: the sessions' default)")
     parser.add_argument("--weights", choices=["fp32", "int8"], default="fp32")
+    parser.add_argument("--codec-block", type=int, default=None,
+                        help="codec frames per call (default: what the latency allows, "
+                             "SessionConfig.codec_block)")
     parser.add_argument("--split", nargs="*", type=int, default=[1, 4, 8],
                         help="also time unpaced engine rounds of these many sessions, split "
                              "into model steps and the rest")
