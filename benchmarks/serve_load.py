@@ -9,7 +9,7 @@ and counts as missed deadlines at latency ``--latency``. ``n`` grows until a run
 (``--max-sessions`` at most). Prints, per mode and ``n``: missed chunks, the round's wall time
 p50 / p99 against the block, and the most sessions held with zero misses.
 
-    python benchmarks/serve_load.py [--model default] [--seconds 6] [--max-sessions 16]
+    python benchmarks/serve_load.py [--model default-live] [--seconds 6] [--max-sessions 16]
         [--window 512] [--weights fp32|int8] [--codec-block N] [--json]
 
 ``--window`` is every session's KV ring in positions (``stemstream serve --window``): a
@@ -105,7 +105,7 @@ def round_split(n: int, loaded, inputs: list[np.ndarray], window: int | None,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="default")
+    parser.add_argument("--model", default="default-live")
     parser.add_argument("--route", default="auto",
                         help="decode-step route, one by one and (its per-row form) batched")
     parser.add_argument("--seconds", type=float, default=6.0)

@@ -2,7 +2,7 @@
 serve` on a free port, opens the page in headless Chromium whose fake microphone plays the
 bundled example (a band without its bass), streams for ``--seconds`` and saves the page.
 
-    python scripts/serve_screenshot.py [--model default] [--seconds 10] [--out docs/serve.png]
+    python scripts/serve_screenshot.py [--model default-live] [--seconds 10] [--out docs/serve.png]
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="default")
+    parser.add_argument("--model", default="default-live")
     parser.add_argument("--route", default="auto")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--out", type=Path, default=Path("docs/serve.png"))

@@ -764,8 +764,10 @@ def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sampl
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; beyond localhost a token is always required.")
 @click.option("--port", type=click.IntRange(min=1, max=65535), default=8765, show_default=True)
-@click.option("--model", default="default", show_default=True,
-              help="default, default-live, random-cpu, random-tiny or a streaming checkpoint.")
+@click.option("--model", default="default-live", show_default=True,
+              help="default-live (t_f < 0: in time with a player at L = 0, the most sessions), "
+                   "default (the file model), random-cpu, random-tiny or a streaming "
+                   "checkpoint.")
 @click.option("--codec", "codec_spec", default=None, help=_CODEC_HELP)
 @click.option("--max-sessions", type=click.IntRange(min=1), default=4, show_default=True,
               help="Streams served at once; more are refused (close code 1013).")
