@@ -26,7 +26,7 @@ import torch
 from stemstream.errors import ConfigError
 from stemstream.model.decode_step import NO_WINDOW, DecodeStep
 from stemstream.model.kv_cache import CacheOverflowError
-from stemstream.model.sampling import SamplingConfig, guided_logits
+from stemstream.model.sampling import SamplingConfig, guided_logits, sample_streams
 from stemstream.model.streaming import GenerationState, StreamingDecoder
 
 
@@ -198,7 +198,7 @@ class StreamPool:
         self.kv[:, :, rows_t, :, slots_t] = new.permute(2, 0, 1, 3, 4)
         self.positions[rows_t, slots_t] = steps_t
         self.next_position[rows_t] = steps_t + 1
-        out, index = [], 0
+        stream_logits, settings, index = [], [], 0
         for item in streams:
             state = item.state
             sampling = item.sampling or SamplingConfig()
@@ -210,7 +210,13 @@ class StreamPool:
                 step_logits = guided_logits(step_logits, logits[index + 1 : index + 2],
                                             sampling.guidance)
             index += 2 if state.guided else 1
-            out.append(model.emit(state, step_logits, sampling, item.generator, None,
-                                  state.step))
-            state.step += 1
+            stream_logits.append(step_logits)
+            settings.append((sampling.temperature, sampling.top_k))
+        # one top-k for all streams, each drawing from its own generator (as alone)
+        tokens = sample_streams(stream_logits, settings, [item.generator for item in streams],
+                                valid_vocab=cfg.codebook_size)
+        out = []
+        for item, chosen in zip(streams, tokens, strict=True):
+            out.append(model.append_tokens(item.state, chosen, item.state.step))
+            item.state.step += 1
         return out

@@ -7,6 +7,7 @@ logits (the reference code could emit them, which deleted frames).
 """
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -150,6 +151,39 @@ def sample_tokens(
     batch, num_codebooks, k = probs.shape
     choice = torch.multinomial(probs.reshape(-1, k), 1, generator=generator)  # (B*K, 1)
     return top_ids.gather(-1, choice.reshape(batch, num_codebooks, 1)).squeeze(-1)
+
+
+def sample_streams(
+    logits: Sequence[torch.Tensor],
+    settings: Sequence[tuple[float, int]],
+    generators: Sequence[torch.Generator | None],
+    *,
+    valid_vocab: int,
+) -> list[torch.Tensor]:
+    """:func:`sample_tokens` of many streams (an engine's sessions), each ``logits[i]``
+    ``[1, K, V']`` with its own ``(temperature, top_k)`` and generator: one top-k and softmax
+    over all streams that share their settings, then each stream's draw from its own
+    generator, so every stream gets exactly the tokens it gets alone. Returns ``[1, K]`` each."""
+    out: list[torch.Tensor | None] = [None] * len(logits)
+    groups: dict[tuple[float, int], list[int]] = {}
+    for i, setting in enumerate(settings):
+        groups.setdefault(setting, []).append(i)
+    for (temperature, top_k), members in groups.items():
+        _check_temperature(temperature)
+        _check_top_k(top_k)
+        batch = torch.cat([logits[i] for i in members])
+        _check_logits(batch, valid_vocab, min_dim=3, max_dim=3)
+        codec_logits = batch[..., :valid_vocab].float()  # (n, K, V)
+        if temperature == 0:
+            for i, tokens in zip(members, codec_logits.argmax(dim=-1), strict=True):
+                out[i] = tokens[None]
+            continue
+        top_logits, top_ids = codec_logits.topk(min(top_k, valid_vocab), dim=-1)
+        probs = torch.softmax(top_logits / temperature, dim=-1)  # (n, K, k)
+        for row, i in enumerate(members):
+            choice = torch.multinomial(probs[row], 1, generator=generators[i])  # (K, 1)
+            out[i] = top_ids[row].gather(-1, choice).squeeze(-1)[None]
+    return out  # type: ignore[return-value]
 
 
 def stemgen_confidence(

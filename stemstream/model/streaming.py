@@ -511,6 +511,12 @@ class StreamingDecoder(nn.Module):
         )
         if forced is not None:
             tokens = forced
+        return self.append_tokens(state, tokens, step)
+
+    def append_tokens(self, state: GenerationState, tokens: torch.Tensor, step: int
+                      ) -> torch.Tensor:
+        """Force the delay pattern's pads into the delayed tokens ``[B, K]`` of ``step`` and
+        append them to ``state`` (what :meth:`emit` does after sampling)."""
         tokens = self._apply_pads(tokens, step)
         state.tokens.append(tokens)
         return tokens

@@ -10,6 +10,7 @@ from stemstream.model.sampling import (
     cosine_schedule,
     masked_logits,
     num_to_mask,
+    sample_streams,
     sample_tokens,
     stemgen_confidence,
 )
@@ -197,3 +198,22 @@ def test_num_to_mask():
         num_to_mask(3, 0, 10, num_masked=4)
     with pytest.raises(ConfigError, match="num_tokens"):
         num_to_mask(-1, 0, 10)
+
+
+def test_streams_sampled_together_draw_exactly_what_each_draws_alone():
+    """An engine samples all sessions with one top-k (`sample_streams`): each stream's tokens
+    equal `sample_tokens` on its logits alone with a generator in the same state, whatever
+    mix of settings (greedy, top-k 1 to all ids) the streams have."""
+    torch.manual_seed(0)
+    settings = [(1.0, 200), (0.0, 200), (0.7, 5), (1.0, 200), (1.3, 1), (1.0, 5000), (0.7, 5)]
+    logits = [torch.randn(1, 4, 1030) * 3 for _ in settings]
+    together = sample_streams(logits, settings,
+                              [torch.Generator().manual_seed(i) for i in range(len(settings))],
+                              valid_vocab=1024)
+    for i, ((temperature, top_k), row) in enumerate(zip(settings, logits, strict=True)):
+        alone = sample_tokens(row, temperature, top_k, torch.Generator().manual_seed(i),
+                              valid_vocab=1024)
+        assert together[i].shape == (1, 4) and torch.equal(together[i], alone), i
+        assert int(together[i].max()) < 1024
+    with pytest.raises(ConfigError):
+        sample_streams(logits[:1], [(-1.0, 5)], [None], valid_vocab=1024)
