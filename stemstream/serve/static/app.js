@@ -29,6 +29,8 @@ let result = null; // recordings of the last session, for the downloads
 
 const setState = (state) => { document.body.dataset.state = state; };
 const setStatus = (text) => { ui.status.textContent = text; };
+// a model's file name, not the server's path to it
+const fileName = (path) => String(path).split(/[\\/]/).pop();
 
 function showError(text) {
   ui.error.textContent = text;
@@ -62,7 +64,7 @@ async function loadHealth() {
       setStatus('Ready: pick an instrument, then play from the microphone or an audio file.');
     }
     const needsToken = health.token_required && !TOKEN;
-    ui.serverInfo.textContent = [`model ${health.model}`, `codec ${health.codec}`,
+    ui.serverInfo.textContent = [`model ${fileName(health.model)}`, `codec ${health.codec}`,
       `sessions ${health.sessions}/${health.capacity}`,
       ...(needsToken ? ['this server needs ?token=… in the page address'] : [])].join(' · ');
     ui.serverInfo.classList.toggle('warn', needsToken);
@@ -277,7 +279,7 @@ function onReady(s, msg) {
   setStat('latency', `${ms} ms`);
   setState('streaming');
   updateButtons();
-  setStatus(`Streaming the ${s.label}: ${msg.model || 'the model'} plays ${msg.instrument || s.instrument}, `
+  setStatus(`Streaming the ${s.label}: ${msg.model ? fileName(msg.model) : 'the model'} plays ${msg.instrument || s.instrument}, `
     + `heard ${ms} + ${JITTER_S * 1000} ms later.`);
 }
 
