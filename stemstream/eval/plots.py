@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -91,7 +92,7 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]
             err = np.where(np.isfinite(err), err, 0.0)
             label = (f"streaming k={k}" + (f", backbone {size}" if len(sizes) > 1 else "")
                      + (f", {variant}" if variant else ""))
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=label,
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=textwrap.fill(label, 70),
                         color=next(line_colors, None))
         offline_colors = iter(OFFLINE_COLORS)
         for row in selected:
@@ -106,10 +107,11 @@ def plot_runs(run_dirs: Sequence[str | Path], out_dir: str | Path) -> list[Path]
         ax.set_ylabel(f"{metric} ({better} is better)")
         ax.set_title(metric)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
+        # below the axes: a variant's description is long and would cover the lines
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1,
+                  frameon=False)
         path = out / f"{metric}.png"
-        fig.savefig(path, dpi=120)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
         plt.close(fig)
         written.append(path)
     return written
