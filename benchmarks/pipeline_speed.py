@@ -42,13 +42,13 @@ class OutputStage:
 
     def __init__(self, loaded, inst: int, seed: int, codec_block: int) -> None:
         model, cfg = loaded.model, loaded.model.config
-        self.model, self.codec, self.cfg = model, loaded.codec, cfg
+        self.model, self.cfg = model, cfg
         self.sampling = SamplingConfig(guidance=loaded.guidance)
         self.state = model.new_state(torch.tensor([inst]), window=DEFAULT_WINDOW,
                                      guided=self.sampling.guided)
         self.generator = torch.Generator().manual_seed(seed)
         self.decoder = loaded.codec.streaming_decoder()
-        self.latents = torch.zeros(1, 0, 0)
+        self.latents: torch.Tensor | None = None  # heard frames from `offset` on
         self.offset, self.heard, self.frames_out = 0, 0, 0
         self.delayed = torch.zeros(1, cfg.num_codebooks, 0, dtype=torch.long)
         self.codec_block = codec_block
@@ -56,10 +56,8 @@ class OutputStage:
 
     def take(self, latents: torch.Tensor) -> None:
         """Hear ``latents [1, D_in, n]`` and produce every frame they allow."""
-        if not self.latents.shape[-1] and not self.heard:
-            self.latents = latents
-        else:
-            self.latents = torch.cat([self.latents, latents], dim=-1)
+        self.latents = latents if self.latents is None else torch.cat([self.latents, latents],
+                                                                      dim=-1)
         self.heard += latents.shape[-1]
         cfg = self.cfg
         while self.state.step + cfg.future_frames <= self.heard:
@@ -119,12 +117,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     wave = synthetic_music(args.seconds, rate, seed=0).astype(np.float32)
     block = hop * args.codec_block
     stream(loaded, wave[: rate], block, args.codec_block, pipelined=False)  # warm-up
-    rows = {}
-    audio = {}
-    for mode in ("serial", "pipelined", "serial ", "pipelined "):  # twice each, interleaved
-        out, seconds = stream(loaded, wave, block, args.codec_block, mode.strip() == "pipelined")
-        audio.setdefault(mode.strip(), out)
-        rows.setdefault(mode.strip(), []).append(seconds / args.seconds)
+    rows: dict[str, list[float]] = {}
+    audio: dict[str, np.ndarray] = {}
+    for mode in ("serial", "pipelined") * 2:  # twice each, interleaved
+        out, seconds = stream(loaded, wave, block, args.codec_block, mode == "pipelined")
+        audio.setdefault(mode, out)
+        rows.setdefault(mode, []).append(seconds / args.seconds)
     same = bool(np.array_equal(audio["serial"], audio["pipelined"]))
     return {"model": loaded.source, "weights": loaded.weights, "routes": loaded.describe_routes(),
             "seconds": args.seconds, "codec_block": args.codec_block,

@@ -138,6 +138,19 @@ def sample_tokens(
         ConfigError: Bad shape or dtype, ``valid_vocab`` outside ``[1, V']``, negative
             temperature or ``top_k < 1``.
     """
+    candidates = _candidates(logits, temperature, top_k, valid_vocab)
+    if temperature == 0:
+        return candidates
+    top_ids, probs = candidates
+    batch, num_codebooks, k = probs.shape
+    choice = torch.multinomial(probs.reshape(-1, k), 1, generator=generator)  # (B*K, 1)
+    return top_ids.gather(-1, choice.reshape(batch, num_codebooks, 1)).squeeze(-1)
+
+
+def _candidates(logits: torch.Tensor, temperature: float, top_k: int, valid_vocab: int):
+    """The validated first half of sampling ``[B, K, V']`` logits: the argmax ``[B, K]``
+    when ``temperature == 0``, else the top-k ids and their softmax probabilities
+    (``[B, K, k]`` each)."""
     _check_logits(logits, valid_vocab, min_dim=3, max_dim=3)
     _check_temperature(temperature)
     _check_top_k(top_k)
@@ -147,10 +160,7 @@ def sample_tokens(
     if temperature == 0:
         return codec_logits.argmax(dim=-1)
     top_logits, top_ids = codec_logits.topk(min(top_k, valid_vocab), dim=-1)  # (B, K, k)
-    probs = torch.softmax(top_logits / temperature, dim=-1)
-    batch, num_codebooks, k = probs.shape
-    choice = torch.multinomial(probs.reshape(-1, k), 1, generator=generator)  # (B*K, 1)
-    return top_ids.gather(-1, choice.reshape(batch, num_codebooks, 1)).squeeze(-1)
+    return top_ids, torch.softmax(top_logits / temperature, dim=-1)
 
 
 def sample_streams(
@@ -169,17 +179,13 @@ def sample_streams(
     for i, setting in enumerate(settings):
         groups.setdefault(setting, []).append(i)
     for (temperature, top_k), members in groups.items():
-        _check_temperature(temperature)
-        _check_top_k(top_k)
-        batch = torch.cat([logits[i] for i in members])
-        _check_logits(batch, valid_vocab, min_dim=3, max_dim=3)
-        codec_logits = batch[..., :valid_vocab].float()  # (n, K, V)
+        candidates = _candidates(torch.cat([logits[i] for i in members]), temperature, top_k,
+                                 valid_vocab)
         if temperature == 0:
-            for i, tokens in zip(members, codec_logits.argmax(dim=-1), strict=True):
+            for i, tokens in zip(members, candidates, strict=True):
                 out[i] = tokens[None]
             continue
-        top_logits, top_ids = codec_logits.topk(min(top_k, valid_vocab), dim=-1)
-        probs = torch.softmax(top_logits / temperature, dim=-1)  # (n, K, k)
+        top_ids, probs = candidates  # (n, K, k) each
         for row, i in enumerate(members):
             choice = torch.multinomial(probs[row], 1, generator=generators[i])  # (K, 1)
             out[i] = top_ids[row].gather(-1, choice).squeeze(-1)[None]
