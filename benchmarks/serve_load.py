@@ -10,7 +10,10 @@ and counts as missed deadlines at latency ``--latency``. ``n`` grows until a run
 p50 / p99 against the block, and the most sessions held with zero misses.
 
     python benchmarks/serve_load.py [--model default-live] [--seconds 6] [--max-sessions 16]
-        [--window 512] [--weights fp32|int8] [--codec-block N] [--json]
+        [--window 512] [--weights fp32|int8] [--codec-block N] [--engines 1 2] [--json]
+
+``--engines 2``: the sessions spread over two engine processes (one per core; ``stemstream
+serve --engines 2``), one by one or batched in each.
 
 ``--window`` is every session's KV ring in positions (``stemstream serve --window``): a
 batched step's attention reads every row's ring, so a shorter ring holds more sessions; what
@@ -22,27 +25,41 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from contextlib import ExitStack
 
 import numpy as np
 import torch
 
 from stemstream.stream.bench import synthetic_music
 from stemstream.stream.clock import WallClock
-from stemstream.stream.engine import Engine
+from stemstream.stream.engine import Engine, EngineWorker
 from stemstream.stream.models import load_stream_model
+from stemstream.stream.remote import RemoteEngine
 from stemstream.stream.session import Session, SessionConfig
 
 INSTRUMENTS = ["Bass", "Drums", "Piano", "Guitar", "Strings", "Organ", "Reed", "Brass"]
 
 
-def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray]) -> dict:
-    """``n`` sessions paced in real time for ``args.seconds``; ``mode`` "alone" or "batched"."""
+def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray], engines: int = 1) -> dict:
+    """``n`` sessions paced in real time for ``args.seconds``; ``mode`` "alone" or "batched";
+    ``engines`` > 1: spread over that many engine processes (``stemstream serve --engines``),
+    each driven by its :class:`EngineWorker` as the server drives it."""
     rate = loaded.codec.sample_rate
     configs = [SessionConfig(instrument=INSTRUMENTS[i % len(INSTRUMENTS)],
                              input_sample_rate=rate, latency=args.latency, seed=i,
                              guidance=loaded.guidance, window=args.window,
                              codec_block=args.codec_block) for i in range(n)]
-    if mode == "batched":
+    workers = []
+    if engines > 1:
+        share = -(-n // engines)
+        workers = [EngineWorker(RemoteEngine(loaded.loader, share, window=args.window,
+                                             guided=loaded.guidance != 1,
+                                             batched=mode == "batched"))
+                   for _ in range(engines)]
+        owners = [workers[i % engines] for i in range(n)]
+        sessions = [w.call(w.engine.open, c, WallClock()).result()
+                    for w, c in zip(owners, configs, strict=True)]
+    elif mode == "batched":
         engine = Engine(loaded.model, loaded.codec, max_sessions=n, route=loaded.route.name,
                         guided=loaded.guidance != 1, weights=loaded.weights,
                         window=args.window)
@@ -60,17 +77,27 @@ def run(mode: str, n: int, loaded, args, inputs: list[np.ndarray]) -> dict:
             time.sleep(pause)
         t0 = time.perf_counter()
         blocks = {s: inputs[i][r * block : (r + 1) * block] for i, s in enumerate(sessions)}
-        if mode == "batched":
+        if workers:
+            with ExitStack() as held:  # every engine's round starts with all its sessions
+                for worker in workers:
+                    held.enter_context(worker.paused())
+                futures = [owner.push(s, b) for owner, (s, b) in zip(owners, blocks.items(),
+                                                                     strict=True)]
+            for future in futures:
+                future.result()
+        elif mode == "batched":
             engine.push(blocks)
         else:
             for session, b in blocks.items():
                 session.push(b)
         round_ms.append((time.perf_counter() - t0) * 1e3)
+    for worker in workers:
+        worker.stop()
     missed = sum(s.stats.missed_chunks for s in sessions)
     chunks = sum(s.stats.chunks for s in sessions)
     warm = np.array(round_ms[len(round_ms) // 10:])  # past the first tenth (warm-up)
-    return {"mode": mode, "sessions": n, "missed_chunks": missed, "chunks": chunks,
-            "round_ms_p50": float(np.percentile(warm, 50)),
+    return {"mode": mode, "engines": engines, "sessions": n, "missed_chunks": missed,
+            "chunks": chunks, "round_ms_p50": float(np.percentile(warm, 50)),
             "round_ms_p99": float(np.percentile(warm, 99)), "block_ms": args.block_ms}
 
 
@@ -119,6 +146,9 @@ def main() -> None:
     parser.add_argument("--codec-block", type=int, default=None,
                         help="codec frames per call (default: what the latency allows, "
                              "SessionConfig.codec_block)")
+    parser.add_argument("--engines", nargs="+", type=int, default=[1],
+                        help="engine processes (stemstream serve --engines): 1 runs in this "
+                             "process; more, each in a child process with its share")
     parser.add_argument("--split", nargs="*", type=int, default=[1, 4, 8],
                         help="also time unpaced engine rounds of these many sessions, split "
                              "into model steps and the rest")
@@ -136,23 +166,28 @@ def main() -> None:
               f"model steps {row['model_ms']:5.1f} + the rest {row['rest_ms']:5.1f} "
               f"({row['rest_ms'] / row['sessions']:.1f} per session)", flush=True)
     rows, held = [], {}
-    for mode in ("alone", "batched"):
-        held[mode] = 0
-        n = 1
-        while n <= args.max_sessions:
-            row = run(mode, n, loaded, args, inputs)
-            rows.append(row)
-            print(f"{mode:>8} n={n:>2}: missed {row['missed_chunks']:>5} of {row['chunks']:>5} "
-                  f"chunks, round p50 {row['round_ms_p50']:6.1f} ms, p99 "
-                  f"{row['round_ms_p99']:6.1f} ms (block {args.block_ms:g} ms)", flush=True)
-            if row["missed_chunks"]:
-                break
-            held[mode] = n
-            n = n + 1 if n < 4 else n + 2
-    ratio = held["batched"] / max(held["alone"], 1)
-    print(f"sessions held with 0 misses: one by one ({loaded.route.name} route) "
-          f"{held['alone']}, batched engine {held['batched']} ({ratio:.1f}x); weights "
-          f"{loaded.weights}, KV ring {args.window or 'default'}")
+    for engines in args.engines:
+        for mode in ("alone", "batched"):
+            key = f"{mode}, {engines} engine{'s' if engines > 1 else ''}"
+            held[key] = 0
+            n = engines
+            while n <= args.max_sessions:
+                row = run(mode, n, loaded, args, inputs, engines)
+                rows.append(row)
+                print(f"{key:>19} n={n:>2}: missed {row['missed_chunks']:>5} of "
+                      f"{row['chunks']:>5} chunks, round p50 {row['round_ms_p50']:6.1f} ms, "
+                      f"p99 {row['round_ms_p99']:6.1f} ms (block {args.block_ms:g} ms)",
+                      flush=True)
+                if row["missed_chunks"]:
+                    break
+                held[key] = n
+                n = n + 1 if n < 4 else n + 2
+        alone, batched = (held[f"{m}, {engines} engine{'s' if engines > 1 else ''}"]
+                          for m in ("alone", "batched"))
+        print(f"sessions held with 0 misses, {engines} process{'es' if engines > 1 else ''}: "
+              f"one by one ({loaded.route.name} route) {alone}, batched engine {batched} "
+              f"({batched / max(alone, 1):.1f}x); weights {loaded.weights}, KV ring "
+              f"{args.window or 'default'}", flush=True)
     if args.json:
         print(json.dumps({"model": loaded.source, "route": loaded.route.name, "rows": rows,
                           "held": held, "splits": splits, "guidance": loaded.guidance,

@@ -781,10 +781,13 @@ def live(instrument, model, codec_spec, tf_seconds, chunk_frames, latency, sampl
 @click.option("--window", type=click.IntRange(min=16), default=None,
               help="Every session's KV ring in positions [default: 512, ~10 s]; a shorter "
                    "ring serves more sessions at once (docs/serve.md: what it costs).")
+@click.option("--engines", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Batched engines; more than one run in child processes, one per core "
+                   "serves the most sessions (docs/serve.md).")
 @_route_option("auto")
 @click.option("--threads", type=click.IntRange(min=1), default=1, show_default=True)
 def serve_command(host, port, model, codec_spec, max_sessions, token, latency, weights, window,
-                  route, threads):
+                  engines, route, threads):
     """Serve the accompanist over a WebSocket with a web page (microphone or file in,
     accompaniment out); protocol in docs/serve.md."""
     import torch
@@ -800,7 +803,7 @@ def serve_command(host, port, model, codec_spec, max_sessions, token, latency, w
     click.echo(f"open http://{'localhost' if host in ('127.0.0.1', '::1') else host}:{port}/"
                f"{query}")
     serve(loaded, ServeConfig(host=host, port=port, max_sessions=max_sessions, token=token,
-                              latency=latency, window=window))
+                              latency=latency, window=window, engines=engines))
 
 
 # --- eval

@@ -16,8 +16,11 @@ Protocol (docs/serve.md has it in full):
 Each connection runs its own :class:`~stemstream.stream.session.Session`; ``max_sessions``
 bounds how many run at once. With a ``k = 1`` model (the defaults) the sessions share one
 batched engine (:class:`~stemstream.stream.engine.EngineWorker`): the blocks of all clients
-that arrive together advance in one model forward. A client asking for another ``t_f``
-(``future_seconds``) gets a session of its own on a worker thread.
+that arrive together advance in one model forward. With ``engines`` > 1, that many engines run
+in child processes (:class:`~stemstream.stream.remote.RemoteEngine`: one per core, since one
+process runs one round at a time), each batching the sessions it holds; a new session goes to
+the engine holding the fewest. A client asking for another ``t_f`` (``future_seconds``) gets a
+session of its own on a worker thread.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ import logging
 import math
 import secrets
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import IntEnum
 from pathlib import Path
@@ -40,10 +45,10 @@ from fastapi.staticfiles import StaticFiles
 
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import NEVER_TARGET, class_name, playable_class
-from stemstream.errors import StemstreamError
+from stemstream.errors import ConfigError, StemstreamError
 from stemstream.stream.engine import Engine, EngineWorker
 from stemstream.stream.models import StreamModel
-from stemstream.stream.session import Session, SessionConfig, with_stream_args
+from stemstream.stream.session import Session, SessionConfig, kv_ring, with_stream_args
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +97,8 @@ class ServeConfig:
         window: every session's KV ring in positions (``None``: the sessions' default,
             :data:`~stemstream.stream.session.DEFAULT_WINDOW`); a batched step's attention
             reads every row's ring, so a shorter ring serves more sessions.
+        engines: batched engines; more than one run in child processes (one per core serves
+            the most sessions), each holding an equal share of ``max_sessions``.
     """
 
     host: str = "127.0.0.1"
@@ -106,6 +113,7 @@ class ServeConfig:
     guidance: float | None = None
     batch: bool = True
     window: int | None = None
+    engines: int = 1
 
 
 def resolve_token(host: str, token: str | None) -> str | None:
@@ -200,19 +208,28 @@ def open_session(loaded: StreamModel, request: StartRequest, config: ServeConfig
 class _Stream:
     """One connection's session, run alone on worker threads or in the shared engine."""
 
-    def __init__(self, session: Session, worker: EngineWorker | None = None) -> None:
-        self.session, self.worker = session, worker
+    def __init__(self, session: Session, worker: EngineWorker | None = None,
+                 load: dict[EngineWorker, int] | None = None) -> None:
+        self.session, self.worker, self.load = session, worker, load
 
     @classmethod
     async def open(cls, loaded: StreamModel, request: StartRequest, config: ServeConfig,
-                   worker: EngineWorker | None) -> _Stream:
-        if worker is None or request.future_frames is not None:
+                   load: dict[EngineWorker, int]) -> _Stream:
+        """A session in the engine holding the fewest (``load``: sessions per engine
+        worker), or of its own where no engine can hold it."""
+        if not load or request.future_frames is not None:
             return cls(await asyncio.to_thread(open_session, loaded, request, config))
         from stemstream.stream.clock import make_clock
 
-        future = worker.call(worker.engine.open, session_config(request, config, loaded),
-                             make_clock(config.realtime))
-        return cls(await asyncio.wrap_future(future), worker)
+        worker = min(load, key=load.get)
+        load[worker] += 1
+        try:
+            future = worker.call(worker.engine.open, session_config(request, config, loaded),
+                                 make_clock(config.realtime))
+            return cls(await asyncio.wrap_future(future), worker, load)
+        except BaseException:
+            load[worker] -= 1
+            raise
 
     async def push(self, block: np.ndarray) -> np.ndarray:
         if self.worker is None:
@@ -230,6 +247,7 @@ class _Stream:
         """Give the engine row back (not awaited: a vanished client never waits)."""
         if self.worker is not None:
             self.worker.call(self.worker.engine.close, self.session)
+            self.load[self.worker] -= 1
 
 
 def stats_message(session: Session) -> dict[str, Any]:
@@ -258,18 +276,22 @@ def report_summary(session: Session) -> dict[str, Any]:
 def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAPI:
     """The ASGI app (FastAPI) serving ``loaded`` under ``config``."""
     config = config or ServeConfig()
-    app = FastAPI(title="stemstream", docs_url=None, redoc_url=None)
+    workers = engine_workers(loaded, config)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        for each in workers:  # the engines' threads and child processes end with the server
+            each.stop()
+
+    app = FastAPI(title="stemstream", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     slots = asyncio.Semaphore(config.max_sessions)
     active = {"sessions": 0}
-    worker = None
-    if config.batch and loaded.model.config.chunk_frames == 1:
-        guidance = loaded.guidance if config.guidance is None else config.guidance
-        worker = EngineWorker(Engine(loaded.model, loaded.codec, config.max_sessions,
-                                     route=loaded.route.name, quiet=False,
-                                     guided=guidance != 1, weights=loaded.weights,
-                                     window=config.window))
-    app.state.engine_worker = worker
+    load = {worker: 0 for worker in workers}  # sessions per engine (the event loop's only)
+    app.state.engine_workers = workers
+    app.state.engine_worker = workers[0] if workers else None
+    worker = app.state.engine_worker
     trained = sorted({class_name(i) for i in range(loaded.model.config.num_classes)
                       if _playable(i)})
 
@@ -285,8 +307,9 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
             "capacity": config.max_sessions, "instruments": trained,
             "default_instrument": "Bass", "token_required": config.token is not None,
             "routes": loaded.describe_routes(), "batched": worker is not None,
+            "engines": len(workers), "engine_sessions": list(load.values()),
             "batched_step": worker.engine.route.describe() if worker else None,
-            "kv_ring": worker.engine.pool.window if worker else config.window,
+            "kv_ring": worker.engine.window if worker else kv_ring(loaded.model, config.window),
         })
 
     async def refuse(ws: WebSocket, message: str, code: Close) -> None:
@@ -307,7 +330,7 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
         async with slots:
             active["sessions"] += 1
             try:
-                await _serve(ws, loaded, config, worker)
+                await _serve(ws, loaded, config, load)
             except WebSocketDisconnect:
                 log.info("client left")
             except ProtocolError as err:
@@ -322,13 +345,36 @@ def create_app(loaded: StreamModel, config: ServeConfig | None = None) -> FastAP
     return app
 
 
+def engine_workers(loaded: StreamModel, config: ServeConfig) -> list[EngineWorker]:
+    """The batched engines a server runs (none where the model cannot batch: ``k > 1``):
+    one in this process, or ``config.engines`` in child processes sharing
+    ``max_sessions``."""
+    if not config.batch or loaded.model.config.chunk_frames != 1:
+        return []
+    guidance = loaded.guidance if config.guidance is None else config.guidance
+    if config.engines == 1:
+        return [EngineWorker(Engine(loaded.model, loaded.codec, config.max_sessions,
+                                    route=loaded.route.name, quiet=False,
+                                    guided=guidance != 1, weights=loaded.weights,
+                                    window=config.window))]
+    from stemstream.stream.remote import RemoteEngine
+
+    if loaded.loader is None:
+        raise ConfigError("engines in child processes need a model loaded by "
+                          "load_stream_model (it says how to load it again)")
+    share = math.ceil(config.max_sessions / config.engines)
+    return [EngineWorker(RemoteEngine(loaded.loader, share, window=config.window,
+                                      guided=guidance != 1, quiet=False))
+            for _ in range(config.engines)]
+
+
 def _playable(inst: int) -> bool:
     """Whether training ever targets the class (no model plays Vocal or Unknown)."""
     return inst not in NEVER_TARGET
 
 
 async def _serve(ws: WebSocket, loaded: StreamModel, config: ServeConfig,
-                 worker: EngineWorker | None) -> None:
+                 load: dict[EngineWorker, int]) -> None:
     first = await ws.receive()
     if first.get("type") == "websocket.disconnect":
         return
@@ -336,7 +382,7 @@ async def _serve(ws: WebSocket, loaded: StreamModel, config: ServeConfig,
         raise ProtocolError("the first message must be the text start message",
                             Close.UNSUPPORTED_DATA)
     request = parse_start(first["text"], loaded, config.latency)
-    stream = await _Stream.open(loaded, request, config, worker)
+    stream = await _Stream.open(loaded, request, config, load)
     try:
         await _play(ws, loaded, request, stream)
     finally:
@@ -350,7 +396,8 @@ async def _play(ws: WebSocket, loaded: StreamModel, request: StartRequest,
         "type": "ready", "sample_rate": request.sample_rate,
         "instrument": class_name(request.instrument), "latency": request.latency,
         "model": loaded.source, "frame_ms": 1e3 / loaded.codec.frame_rate,
-        "future_frames": session.model.config.future_frames,
+        "future_frames": (loaded.model.config.future_frames if request.future_frames is None
+                          else request.future_frames),
     }))
     last_stats = time.monotonic()
     frames_in = frames_out = 0  # samples per channel received and sent

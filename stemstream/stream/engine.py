@@ -39,7 +39,7 @@ from stemstream.errors import ConfigError
 from stemstream.model.batched import StreamPool, StreamStep
 from stemstream.stream.clock import Clock
 from stemstream.stream.inputs import InputStream
-from stemstream.stream.session import DEFAULT_WINDOW, Session, SessionConfig
+from stemstream.stream.session import Session, SessionConfig, kv_ring
 
 
 class Engine:
@@ -56,7 +56,7 @@ class Engine:
                  guided: bool = False, weights: str = "fp32") -> None:
         from stemstream.model.routes import rows_step
 
-        window = window or min(model.config.backbone.max_seq_len, DEFAULT_WINDOW)
+        window = kv_ring(model, window)
         self.model, self.codec = model, codec
         if max_sessions >= 1 and model.config.chunk_frames == 1:
             step, self.route = rows_step(model, route, quiet, weights)
@@ -68,6 +68,14 @@ class Engine:
     @property
     def capacity(self) -> int:
         return self.pool.rows
+
+    @property
+    def window(self) -> int:
+        """Every session's KV ring in positions."""
+        return self.pool.window
+
+    def stop(self) -> None:
+        """Nothing to release (an engine in a child process ends it here)."""
 
     def open(self, config: SessionConfig, clock: Clock | None = None) -> Session:
         """A new session in a free row (a :class:`ConfigError` when the engine is full or the
@@ -238,10 +246,12 @@ class EngineWorker:
             return len(self._pushes)
 
     def stop(self) -> None:
+        """Finish what is queued, end the thread, then the engine (:meth:`Engine.stop`)."""
         with self._cond:
             self._stopped = True
             self._cond.notify()
         self._thread.join()
+        self.engine.stop()
 
     def _check_running(self) -> None:
         if self._stopped:

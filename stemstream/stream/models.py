@@ -30,9 +30,12 @@ float32 so its tokens are the ones the model was trained on.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,6 +71,8 @@ class StreamModel:
     codec_route: RouteInfo = RouteInfo("eager")
     guidance: float = 1.0  # the input guidance the model is meant to be sampled with
     weights: str = "fp32"  # what the decode step runs with (fp32, or int8 on onnx)
+    # the same model loaded again (picklable: an engine process loads its own copy)
+    loader: Callable[[], StreamModel] | None = None
 
     def describe_routes(self) -> str:
         """One line: how the decode step and the codec run."""
@@ -129,8 +134,10 @@ def load_stream_model(
     codec_route = accelerate_codec(loaded.codec, model.config.num_codebooks, route)
     if codec_route.note:
         log.info("codec: %s", codec_route.describe())
+    loader = functools.partial(load_stream_model, spec, codec_spec, future_frames,
+                               chunk_frames, weights, route)
     return StreamModel(model, loaded.codec, source, loaded.trained, chosen, codec_route,
-                       loaded.guidance, weights)
+                       loaded.guidance, weights, loader)
 
 
 def _load(spec: str, codec_spec: str | None, future_frames: int | None,
@@ -214,5 +221,6 @@ def resolve_stream_model(spec: str | Path = "default", codec_spec: str | None = 
         if not loaded.trained:
             warnings.simplefilter("ignore")
         model = with_stream_args(loaded.model, future_frames, chunk_frames)
-    return StreamModel(model, loaded.codec, loaded.source, loaded.trained, loaded.route,
-                       loaded.codec_route, loaded.guidance)
+    loader = functools.partial(resolve_stream_model, spec, codec_spec, tf_seconds,
+                               chunk_frames, weights, route)
+    return dataclasses.replace(loaded, model=model, loader=loader)

@@ -60,6 +60,12 @@ POLICIES = ("silence", "late")
 # Default KV ring: the ~10 s context streaming models are trained on (504 positions at K = 4);
 # a longer ring costs attention time and shows the model distances it never saw.
 DEFAULT_WINDOW = 512
+
+
+def kv_ring(model: StreamingDecoder, window: int | None = None) -> int:
+    """The KV ring (positions) a session of ``model`` uses: ``window``, or
+    :data:`DEFAULT_WINDOW` capped by the model's ``max_seq_len``."""
+    return window or min(model.config.backbone.max_seq_len, DEFAULT_WINDOW)
 SESSION_FORMAT = "stemstream-session"
 
 
@@ -247,7 +253,7 @@ class Session:
         self.policy = self.config.policy or ("silence" if self.clock.realtime else "late")
         self.sampling = SamplingConfig(self.config.temperature, self.config.top_k,
                                        self.config.guidance)
-        self.window = self.config.window or min(mcfg.backbone.max_seq_len, DEFAULT_WINDOW)
+        self.window = kv_ring(model, self.config.window)
         self.sample_rate = codec.sample_rate
         self.hop = codec.hop_length
         self.frame_seconds = self.hop / self.sample_rate

@@ -258,3 +258,37 @@ def test_concurrent_clients_share_the_engine_and_each_gets_what_it_gets_alone(lo
             latency=0.2))
         np.testing.assert_array_equal(audio, run_blocks(alone, wave[:, 0], [size]))
     assert client.get("/health").json()["batched"] is True
+
+
+def test_two_engine_processes_share_the_clients_and_each_gets_what_it_gets_alone(loaded):
+    """`serve --engines 2`: each client goes to the engine holding the fewest sessions (here
+    one each, in two child processes) and gets exactly its stream alone."""
+    waves = [_music(0.9, seed=3), _music(0.8, seed=4)]
+    starts = [{"type": "start", "instrument": name, "sample_rate": RATE, "channels": 1}
+              for name in ("Bass", "Drums")]
+    size = 500
+    with TestClient(create_app(loaded, ServeConfig(realtime=False, engines=2,
+                                                   max_sessions=2))) as client:
+        assert client.get("/health").json()["engines"] == 2
+        with client.websocket_connect("/ws") as first, client.websocket_connect("/ws") as second:
+            sockets = [first, second]
+            for ws, start in zip(sockets, starts, strict=True):
+                ws.send_text(json.dumps(start))
+                assert ws.receive_json()["type"] == "ready"
+            assert client.get("/health").json()["engine_sessions"] == [1, 1]
+            for at in range(0, max(len(w) for w in waves), size):
+                for ws, wave in zip(sockets, waves, strict=True):
+                    if at < len(wave):
+                        ws.send_bytes(np.ascontiguousarray(wave[at : at + size]).tobytes())
+            for ws in sockets:
+                ws.send_text(json.dumps({"type": "stop"}))
+            results = [_drain(ws) for ws in sockets]
+        for (audio, texts, close), wave, start in zip(results, waves, starts, strict=True):
+            assert close["code"] == Close.NORMAL and texts[-1]["type"] == "done"
+            assert texts[-1]["report"]["chunks"] > 0
+            alone = Session(loaded.model, loaded.codec, SessionConfig(
+                instrument=start["instrument"], input_sample_rate=RATE,
+                output_sample_rate=RATE, latency=0.2))
+            np.testing.assert_array_equal(audio, run_blocks(alone, wave[:, 0], [size]))
+        workers = client.app.state.engine_workers
+    assert all(not w.engine._process.is_alive() for w in workers)  # stopped with the app
