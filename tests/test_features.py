@@ -55,6 +55,38 @@ def test_streaming_equals_offline_bit_for_bit_for_any_push_sizes():
     np.testing.assert_array_equal(np.concatenate(pieces, axis=1), offline)
 
 
+def test_streams_pushed_together_equal_each_pushed_alone_bit_for_bit():
+    """An engine's sessions push their features together (one vectorised frame for all):
+    the same float32 frames as each stream alone, for streams at different tempos, a silent
+    one, one that joins late, pieces that complete different numbers of frames, and a stream
+    of another kind (mono features only) among them."""
+    signals = [_clicks(72, 9.0), _music(9.0, seed=1), np.zeros(int(9.0 * RATE)),
+               _clicks(150, 9.0, offset_s=0.13) + _music(9.0, seed=2),
+               np.random.default_rng(5).standard_normal(int(9.0 * RATE)) * 0.2]
+    names = [FEATURE_NAMES] * 4 + [("onset", "chroma")]
+    alone = [features(x, RATE, HOP, n) for x, n in zip(signals, names, strict=True)]
+    streams = [FeatureStream(RATE, HOP, n) for n in names]
+    got: list[list[np.ndarray]] = [[] for _ in signals]
+    sizes = [320, 517, 320, 1111, 320]
+    joins = [0, 0, 0, 40, 0]  # the fourth stream starts at piece 40
+    at = [0] * len(signals)
+    for piece in range(1000):
+        active = [i for i in range(len(signals))
+                  if piece >= joins[i] and at[i] < signals[i].shape[0]]
+        if not active:
+            break
+        blocks = [signals[i][at[i] : at[i] + sizes[i]] for i in active]
+        for i, frames in zip(active, FeatureStream.push_many([streams[i] for i in active],
+                                                             blocks), strict=True):
+            got[i].append(frames)
+            at[i] += sizes[i]
+    for i, stream in enumerate(streams):
+        out = np.concatenate([*got[i], stream.flush()], axis=1)
+        assert out.shape == alone[i].shape, i
+        assert np.array_equal(out, alone[i]), f"stream {i} differs from alone"
+    assert np.abs(alone[0][-4:]).sum() > 0 and np.abs(alone[2]).sum() == 0  # beat; silence
+
+
 def test_state_dict_continues_bit_identically():
     signal = _music(5.0)
     whole = features(signal, RATE, HOP)

@@ -75,13 +75,23 @@ class InputStream:
             latents = latents.split(counts, dim=-1)
         else:
             latents = [streams[0]._no_latents() for _ in streams]
-        return [s._with_features(latent, w, final)
-                for s, latent, w in zip(streams, latents, waves, strict=True)]
+        # the feature frames of all streams computed together (same numbers as alone)
+        hearing = [i for i, s in enumerate(streams) if s.features is not None]
+        pushed: list[np.ndarray | None] = [None] * len(streams)
+        frames = FeatureStream.push_many([streams[i].features for i in hearing],
+                                         [_samples(waves[i]) for i in hearing])
+        for i, new in zip(hearing, frames, strict=True):
+            pushed[i] = streams[i]._flushed_features(new, final)
+        return [s._with_features(latent, new)
+                for s, latent, new in zip(streams, latents, pushed, strict=True)]
 
     def _latents(self, codes: torch.Tensor, wave: torch.Tensor, final: bool) -> torch.Tensor:
         codes = self._flushed(codes, final)
         latents = self.codec.embed(codes).float() if codes.shape[-1] else self._no_latents()
-        return self._with_features(latents, wave, final)
+        if self.features is None:
+            return latents
+        new = self._flushed_features(self.features.push(_samples(wave)), final)
+        return self._with_features(latents, new)
 
     def _flushed(self, codes: torch.Tensor, final: bool) -> torch.Tensor:
         return torch.cat([codes, self.encoder.flush()], dim=-1) if final else codes
@@ -89,15 +99,15 @@ class InputStream:
     def _no_latents(self) -> torch.Tensor:
         return torch.zeros(1, self.codec.latent_dim, 0)
 
-    def _with_features(self, latents: torch.Tensor, wave: torch.Tensor, final: bool
-                       ) -> torch.Tensor:
-        if self.features is None:
+    def _flushed_features(self, frames: np.ndarray, final: bool) -> np.ndarray:
+        return np.concatenate([frames, self.features.flush()], axis=1) if final else frames
+
+    def _with_features(self, latents: torch.Tensor, new: np.ndarray | None) -> torch.Tensor:
+        """``latents`` with the feature frames that go with them (``new``: the frames the
+        features just completed; ``None``: the model hears no features)."""
+        if new is None:
             return latents
-        samples = wave[0, 0].detach().float().cpu().numpy()
-        parts = [self._pending, self.features.push(samples)]
-        if final:
-            parts.append(self.features.flush())
-        ready = np.concatenate(parts, axis=1)
+        ready = np.concatenate([self._pending, new], axis=1)
         count = latents.shape[-1]
         if ready.shape[1] < count:
             raise StreamError(f"the codec emitted {count} frames but only {ready.shape[1]} "
@@ -125,3 +135,8 @@ class InputStream:
             saved = {k: v.numpy() for k, v in part("features").items()}
             self._pending = np.array(saved.pop("pending_frames"), np.float32)
             self.features.load_state_dict(saved)
+
+
+def _samples(wave: torch.Tensor) -> np.ndarray:
+    """``[1, 1, n]`` -> float ``[n]`` for the feature streams."""
+    return wave[0, 0].detach().float().cpu().numpy()
