@@ -222,6 +222,28 @@ def test_the_command_serves_over_real_sockets(served_url):
     assert last["type"] == "done" and received == len(wave)
 
 
+def _interleave_to_the_end(sockets, waves, size: int, start: int = 0) -> list[tuple]:
+    """Each client's wave from sample ``start`` in blocks of ``size``, the clients' blocks
+    interleaved, then stop; every client's drained messages."""
+    for at in range(start, max(len(w) for w in waves), size):
+        for ws, wave in zip(sockets, waves, strict=True):
+            if at < len(wave):
+                ws.send_bytes(np.ascontiguousarray(wave[at : at + size]).tobytes())
+    for ws in sockets:
+        ws.send_text(json.dumps({"type": "stop"}))
+    return [_drain(ws) for ws in sockets]
+
+
+def _assert_each_as_alone(loaded, results, waves, starts, size: int) -> None:
+    """Every client's stream ended normally with exactly what its session gives alone."""
+    for (audio, texts, close), wave, start in zip(results, waves, starts, strict=True):
+        assert close["code"] == Close.NORMAL and texts[-1]["type"] == "done"
+        alone = Session(loaded.model, loaded.codec, SessionConfig(
+            instrument=start["instrument"], input_sample_rate=RATE, output_sample_rate=RATE,
+            latency=0.2))
+        np.testing.assert_array_equal(audio, run_blocks(alone, wave[:, 0], [size]))
+
+
 def test_concurrent_clients_share_the_engine_and_each_gets_what_it_gets_alone(loaded):
     """Two clients streaming at once, blocks interleaved: the engine batches their steps
     (rounds with both sessions) and neither stream leaks into the other."""
@@ -243,20 +265,9 @@ def test_concurrent_clients_share_the_engine_and_each_gets_what_it_gets_alone(lo
             while worker.waiting < 2 and time.monotonic() < deadline:
                 time.sleep(0.01)
             assert worker.waiting == 2
-        for at in range(size, max(len(w) for w in waves), size):
-            for ws, wave in zip(sockets, waves, strict=True):
-                if at < len(wave):
-                    ws.send_bytes(np.ascontiguousarray(wave[at : at + size]).tobytes())
-        for ws in sockets:
-            ws.send_text(json.dumps({"type": "stop"}))
-        results = [_drain(ws) for ws in sockets]
+        results = _interleave_to_the_end(sockets, waves, size, start=size)
     assert worker.pushes > worker.rounds  # some rounds advanced both sessions together
-    for (audio, texts, close), wave, start in zip(results, waves, starts, strict=True):
-        assert close["code"] == Close.NORMAL and texts[-1]["type"] == "done"
-        alone = Session(loaded.model, loaded.codec, SessionConfig(
-            instrument=start["instrument"], input_sample_rate=RATE, output_sample_rate=RATE,
-            latency=0.2))
-        np.testing.assert_array_equal(audio, run_blocks(alone, wave[:, 0], [size]))
+    _assert_each_as_alone(loaded, results, waves, starts, size)
     assert client.get("/health").json()["batched"] is True
 
 
@@ -276,19 +287,8 @@ def test_two_engine_processes_share_the_clients_and_each_gets_what_it_gets_alone
                 ws.send_text(json.dumps(start))
                 assert ws.receive_json()["type"] == "ready"
             assert client.get("/health").json()["engine_sessions"] == [1, 1]
-            for at in range(0, max(len(w) for w in waves), size):
-                for ws, wave in zip(sockets, waves, strict=True):
-                    if at < len(wave):
-                        ws.send_bytes(np.ascontiguousarray(wave[at : at + size]).tobytes())
-            for ws in sockets:
-                ws.send_text(json.dumps({"type": "stop"}))
-            results = [_drain(ws) for ws in sockets]
-        for (audio, texts, close), wave, start in zip(results, waves, starts, strict=True):
-            assert close["code"] == Close.NORMAL and texts[-1]["type"] == "done"
-            assert texts[-1]["report"]["chunks"] > 0
-            alone = Session(loaded.model, loaded.codec, SessionConfig(
-                instrument=start["instrument"], input_sample_rate=RATE,
-                output_sample_rate=RATE, latency=0.2))
-            np.testing.assert_array_equal(audio, run_blocks(alone, wave[:, 0], [size]))
+            results = _interleave_to_the_end(sockets, waves, size)
+        _assert_each_as_alone(loaded, results, waves, starts, size)
+        assert all(texts[-1]["report"]["chunks"] > 0 for _, texts, _ in results)
         workers = client.app.state.engine_workers
     assert all(not w.engine._process.is_alive() for w in workers)  # stopped with the app
