@@ -32,7 +32,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
+from numpy.lib.stride_tricks import as_strided
 
 from stemstream.errors import ConfigError
 
@@ -161,10 +161,13 @@ class FeatureStream:
         self.reset()
 
     def _lagged(self, centred: np.ndarray) -> np.ndarray:
-        """``[max_lag, n - max_lag]``: row ``i`` is ``centred`` delayed by ``i + 1`` frames,
-        aligned with ``centred[max_lag:]`` (a strided view, no copy)."""
-        windows = sliding_window_view(centred, centred.shape[0] - self._max_lag)
-        return windows[self._max_lag - 1 :: -1][: self._max_lag]
+        """``centred [..., n]`` -> ``[..., max_lag, n - max_lag]``: row ``i`` is ``centred``
+        delayed by ``i + 1`` frames, aligned with ``centred[..., max_lag:]`` (a strided view,
+        no copy)."""
+        step = centred.strides[-1]
+        return as_strided(centred[..., self._max_lag - 1 :],
+                          (*centred.shape[:-1], self._max_lag, centred.shape[-1] - self._max_lag),
+                          (*centred.strides[:-1], -step, step), writeable=False)
 
     def reset(self) -> None:
         """Back to the start of a stream."""
@@ -177,10 +180,7 @@ class FeatureStream:
     # ----------------------------------------------------------------------- pushing
     def push(self, samples: np.ndarray) -> np.ndarray:
         """Mono ``samples [N]`` -> ``float32 [F, n]`` for the ``n`` frames they complete."""
-        samples = np.asarray(samples, np.float64).reshape(-1)
-        pending = np.concatenate([self._pending, samples])
-        count = pending.shape[0] // self.hop
-        self._pending = pending[count * self.hop :]
+        pending, count = self._take(samples)
         out = np.empty((self.dim, count), np.float32)
         for i in range(count):
             out[:, i] = self._frame(pending[i * self.hop : (i + 1) * self.hop])
@@ -212,13 +212,8 @@ class FeatureStream:
     def _push_together(streams: Sequence[FeatureStream], samples: Sequence[np.ndarray]
                        ) -> list[np.ndarray]:
         first, hop = streams[0], streams[0].hop
-        pendings, counts = [], []
-        for stream, x in zip(streams, samples, strict=True):
-            pending = np.concatenate([stream._pending, np.asarray(x, np.float64).reshape(-1)])
-            count = pending.shape[0] // hop
-            stream._pending = pending[count * hop :]
-            pendings.append(pending)
-            counts.append(count)
+        pendings, counts = zip(*(s._take(x) for s, x in zip(streams, samples, strict=True)),
+                               strict=True)
         out = [np.empty((first.dim, count), np.float32) for count in counts]
         for i in range(max(counts)):
             rows = [j for j, count in enumerate(counts) if count > i]
@@ -227,6 +222,14 @@ class FeatureStream:
             for k, j in enumerate(rows):
                 out[j][:, i] = frames[k]
         return out
+
+    def _take(self, samples: np.ndarray) -> tuple[np.ndarray, int]:
+        """The held and new samples, and how many whole frames they make (the rest is held
+        for the next push)."""
+        pending = np.concatenate([self._pending, np.asarray(samples, np.float64).reshape(-1)])
+        count = pending.shape[0] // self.hop
+        self._pending = pending[count * self.hop :]
+        return pending, count
 
     def flush(self) -> np.ndarray:
         """The last partial frame zero-padded (as a codec pads), ``[F, 0 or 1]``; then the
@@ -361,11 +364,7 @@ class FeatureStream:
             return out
         env, centred, tail, energy = envelope[live], centred[live], tail[live], energy[live]
         rows = np.arange(env.shape[0])
-        # lagged[s, i] = centred[s] delayed by i + 1 frames, aligned with tail (a view)
-        step = centred.strides[1]
-        lagged = as_strided(centred[:, self._max_lag - 1 :],
-                            (centred.shape[0], self._max_lag, tail.shape[1]),
-                            (centred.strides[0], -step, step), writeable=False)
+        lagged = self._lagged(centred)
         corr = np.stack([m @ t for m, t in zip(lagged, tail, strict=True)]) / energy[:, None]
         lags = self._lags
         # a beat's multiples are periodic too: credit each lag with its double, so the

@@ -61,12 +61,13 @@ POLICIES = ("silence", "late")
 # a longer ring costs attention time and shows the model distances it never saw.
 DEFAULT_WINDOW = 512
 
+SESSION_FORMAT = "stemstream-session"
+
 
 def kv_ring(model: StreamingDecoder, window: int | None = None) -> int:
     """The KV ring (positions) a session of ``model`` uses: ``window``, or
     :data:`DEFAULT_WINDOW` capped by the model's ``max_seq_len``."""
     return window or min(model.config.backbone.max_seq_len, DEFAULT_WINDOW)
-SESSION_FORMAT = "stemstream-session"
 
 
 @dataclass(frozen=True)
