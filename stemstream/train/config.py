@@ -13,6 +13,7 @@ from typing import Any
 
 from stemstream.errors import ConfigError
 from stemstream.features import check_features
+from stemstream.model.sampling import check_guidance
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,13 @@ class ModelTrainConfig:
     init_from: Path | None = None
     init_layers: tuple[int, ...] | None = None
     init_shared: bool = False
+    # Guidance distillation (streaming family, stemstream.train.distill): the model learns the
+    # logits the checkpoint at ``distill_from`` samples from under input guidance
+    # ``distill_guidance`` (None = the guidance stored in it), KL(teacher || model) weighted
+    # ``distill_weight`` and the usual loss on the true tokens ``1 - distill_weight``
+    distill_from: Path | None = None
+    distill_guidance: float | None = None
+    distill_weight: float = 1.0
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "steps", "log_every", "valid_every", "checkpoint_every")
@@ -166,6 +174,15 @@ class ModelTrainConfig:
             raise ConfigError("init_layers needs init_from")
         if self.init_shared and self.init_from is None:
             raise ConfigError("init_shared needs init_from")
+        if self.distill_from is not None and self.family != "streaming":
+            raise ConfigError(f"distill_from applies to the streaming family, not "
+                              f"{self.family!r}")
+        if self.distill_from is None and self.distill_guidance is not None:
+            raise ConfigError("distill_guidance needs distill_from")
+        if self.distill_guidance is not None:
+            check_guidance(self.distill_guidance)
+        if not 0 <= self.distill_weight <= 1:
+            raise ConfigError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
 
 
 def resolve_future_frames(

@@ -49,6 +49,7 @@ from stemstream.model.checkpoints import (  # noqa: F401 (the training API re-ex
 from stemstream.model.streaming import StreamingDecoder
 from stemstream.schedule import warmup_cosine
 from stemstream.train.config import ModelTrainConfig, resolve_future_frames
+from stemstream.train.distill import GuidedTeacher, distill_loss
 from stemstream.train.families import DumpFacts, get_family
 from stemstream.train.inputs import BatchInputs
 from stemstream.train.reliance import measure_reliance
@@ -226,6 +227,12 @@ class ModelTrainer(TrainLoop):
             log.info("initialised from %s (blocks %s)%s", config.init_from,
                      "all" if config.init_layers is None else list(config.init_layers),
                      f"; kept fresh: {', '.join(fresh)}" if fresh else "")
+        self.teacher = None
+        if config.distill_from is not None:
+            self.teacher = GuidedTeacher(config.distill_from, config.distill_guidance,
+                                         self.model_config, self.codec_identity, self.device)
+            log.info("distilling %s sampled with guidance %g", config.distill_from,
+                     self.teacher.guidance)
         self.net: nn.Module = self.model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -331,14 +338,20 @@ class ModelTrainer(TrainLoop):
         kwargs = {}
         if batch.onsets is not None and getattr(self.model, "onset_head", None) is not None:
             kwargs["onsets"] = batch.onsets.to(self.device)
+        target, inst = batch.target_codes.to(self.device), batch.inst_class.to(self.device)
         with self._autocast():
-            out = net(latents, batch.target_codes.to(self.device),
-                      batch.inst_class.to(self.device), **kwargs)
+            out = net(latents, target, inst, **kwargs)
+            taught = None if self.teacher is None else self.teacher.logits(latents, target, inst)
         # streaming models with auxiliary heads: their losses, logged beside the total
         self._aux_losses = {f"loss/{name}": float(value.detach()) for name in
                             ("onset", "anticipation")
                             if (value := getattr(out, f"{name}_loss", None)) is not None}
-        return out.loss.float()
+        if taught is None:
+            return out.loss.float()
+        kl = distill_loss(out.logits, taught, out.targets, self.model.delay.pad_id)
+        self._aux_losses["loss/distill"] = float(kl.detach())
+        weight = self.config.distill_weight
+        return weight * kl + (1 - weight) * out.loss.float()
 
     def train_step(self, batch: TokenBatch) -> dict[str, float]:
         cfg = self.config
@@ -369,10 +382,26 @@ class ModelTrainer(TrainLoop):
             return {}
         if isinstance(self.model, StreamingDecoder):
             with self._autocast():
-                return measure_reliance(self.model, self.inputs, batches, others)
+                metrics = measure_reliance(self.model, self.inputs, batches, others)
+                if self.teacher is not None:
+                    metrics["loss/valid_distill"] = self._valid_distill(batches)
+            return metrics
         self.model.eval()
         losses = [float(self._loss(self.model, batch)) for batch in batches]
         return {"loss/valid": sum(losses) / len(losses)}
+
+    @torch.no_grad()
+    def _valid_distill(self, batches: list[TokenBatch]) -> float:
+        """Mean KL from the teacher's guided logits to the model's on validation."""
+        self.model.eval()
+        total = 0.0
+        for batch in batches:
+            latents = self.inputs(batch, self.device)
+            target, inst = batch.target_codes.to(self.device), batch.inst_class.to(self.device)
+            out = self.model(latents, target, inst)
+            total += float(distill_loss(out.logits, self.teacher.logits(latents, target, inst),
+                                        out.targets, self.model.delay.pad_id))
+        return total / len(batches)
 
     # ------------------------------------------------------------------ checkpoints
     def _model_meta(self) -> dict[str, Any]:

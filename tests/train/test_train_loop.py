@@ -426,3 +426,57 @@ def test_reliance_is_zero_for_the_same_input_and_positive_for_a_listening_model(
     assert deaf["reliance/all"] == 0.0 and deaf["reliance/hidden"] == 0.0
     guided = measure_reliance(model, inputs, [batch], [other], guidance=2.0)
     assert guided["reliance/all"] != result["reliance/all"]
+
+
+def test_guidance_distillation_learns_the_guided_logits_and_resumes_exactly(
+        track_dump, tmp_path):
+    """A student warm-started from its teacher matches the teacher's plain logits exactly (KL
+    0 at w = 1); under w = 3 training lowers the KL to the guided logits on validation, which
+    the same steps on the true tokens alone do not; a killed run resumes bit-identically."""
+    common = ("crop_seconds=1.0", "batch_size=2", "checkpoint_every=100",
+              "model.future_frames=3", "model.input_encoder=conv")
+    teacher = _train(track_dump, tmp_path / "teacher", "steps=20", "lr=3e-3", "valid_every=100",
+                     "model.input_dropout=0.3", *common)
+    path = teacher.export(tmp_path / "teacher.safetensors")
+    student = (*common, f"init_from={path}", f"distill_from={path}", "valid_every=100")
+
+    plain = ModelTrainer(_config(track_dump, tmp_path / "plain", *student,
+                                 "distill_guidance=1"))
+    assert plain.teacher.guidance == 1.0
+    assert plain._valid_distill(plain.valid_batches()) == pytest.approx(0.0, abs=1e-6)
+
+    run = (*student, "distill_guidance=3", "steps=12", "lr=3e-3", "warmup_steps=1", "log_every=1")
+    a = ModelTrainer(_config(track_dump, tmp_path / "a", *run))
+    before = a._valid_distill(a.valid_batches())
+    assert before > 0.01
+    a.run(progress=False)
+    after = a.validate()
+    # the same steps on the true tokens alone (distill_weight 0) do not teach the guided logits
+    control = _train(track_dump, tmp_path / "control", *run, "distill_weight=0")
+    unguided = control._valid_distill(control.valid_batches())
+    assert after["loss/valid_distill"] < 0.75 * before
+    assert after["loss/valid_distill"] < 0.75 * unguided
+    logged = [m["loss/distill"] for m in _metrics(tmp_path / "a") if "loss/distill" in m]
+    assert len(logged) == 12 and all(v >= 0 for v in logged)
+
+    first = _train(track_dump, tmp_path / "b", *run, stop_after=5)
+    assert first.step == 5
+    b = _train(track_dump, tmp_path / "b", *run)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_guidance_distillation_refusals(track_dump, tmp_path):
+    common = ("crop_seconds=1.0", "batch_size=2", "model.future_frames=3",
+              "model.input_encoder=conv")
+    path = _train(track_dump, tmp_path / "t", "steps=1", *common).export(tmp_path / "t.st")
+    with pytest.raises(ConfigError, match="future_frames = 3, the student 2"):
+        ModelTrainer(_config(track_dump, tmp_path / "s", "crop_seconds=1.0", "batch_size=2",
+                             "model.future_frames=2", "model.input_encoder=conv",
+                             f"distill_from={path}"))
+    with pytest.raises(ConfigError, match="streaming family"):
+        _config(track_dump, tmp_path / "s", "family=prefix", f"distill_from={path}")
+    with pytest.raises(ConfigError, match="needs distill_from"):
+        _config(track_dump, tmp_path / "s", "distill_guidance=2")
+    with pytest.raises(ConfigError, match="distill_weight"):
+        _config(track_dump, tmp_path / "s", f"distill_from={path}", "distill_weight=1.5")
