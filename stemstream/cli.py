@@ -85,8 +85,17 @@ def data() -> None:
     default=None,
     help="Parallel render processes (default: CPU count).",
 )
+@click.option(
+    "--split",
+    "splits",
+    type=click.Choice(["train", "validation", "test"]),
+    multiple=True,
+    help="Render only the planned tracks of this split (repeatable; default: all). The plan "
+    "is the whole corpus's, so held-out splits can be rendered first.",
+)
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def data_synth(out_dir, tracks, seed, sources, soundfont, sample_rate, seconds, jobs, progress):
+def data_synth(out_dir, tracks, seed, sources, soundfont, sample_rate, seconds, jobs, splits,
+               progress):
     """Render a synthetic multitrack corpus with FluidSynth."""
     from stemstream.data.synth import SynthConfig, synthesize_corpus
 
@@ -98,7 +107,8 @@ def data_synth(out_dir, tracks, seed, sources, soundfont, sample_rate, seconds, 
         sample_rate=sample_rate,
         song_seconds=seconds,
     )
-    stats = synthesize_corpus(out_dir, config, jobs=jobs, progress=progress)
+    stats = synthesize_corpus(out_dir, config, jobs=jobs, progress=progress,
+                              splits=splits or None)
     click.echo(stats.format())
 
 

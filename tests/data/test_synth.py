@@ -81,13 +81,21 @@ def test_mix_is_sum_of_stems(corpus):
         assert np.sqrt(np.mean(mix**2)) > 1e-3, "silent mix"
 
 
-def test_rendering_is_deterministic(corpus, tmp_path):
+def test_rendering_is_deterministic_and_a_split_renders_alone(corpus, tmp_path):
+    """The held-out splits rendered alone are exactly those tracks of the full render."""
     config = SynthConfig(num_tracks=10, seed=7, song_seconds=16.0, chorale_fraction=0.2)
-    synthesize_corpus(tmp_path, config, jobs=1, progress=False)
-    for track in _tracks(corpus)[:4]:
+    stats = synthesize_corpus(tmp_path, config, jobs=1, progress=False,
+                              splits=("validation", "test"))
+    held_out = [t for t in _tracks(corpus) if t.parent.name != "train"]
+    assert held_out and [t.relative_to(corpus) for t in held_out] == [
+        t.relative_to(tmp_path) for t in _tracks(tmp_path)]
+    assert stats.rendered_tracks == len(held_out)
+    for track in held_out:
         twin = tmp_path / track.parent.name / track.name
         for stem in sorted((track / "stems").glob("*.flac")):
             np.testing.assert_array_equal(_read(stem), _read(twin / "stems" / stem.name))
+    with pytest.raises(ConfigError, match="unknown split"):
+        synthesize_corpus(tmp_path, config, splits=("dev",))
 
 
 def _onset_f(reference: np.ndarray, estimated: np.ndarray, window: float = 0.05) -> float:
