@@ -58,6 +58,18 @@ def _train(dump: Path, out: Path, *overrides: str, **run) -> ModelTrainer:
     return trainer
 
 
+def _assert_resumes_exactly(dump: Path, out: Path, uninterrupted: ModelTrainer,
+                            *overrides: str, stop_after: int) -> None:
+    """A run killed after ``stop_after`` steps and rerun with the same command ends with
+    exactly the weights of ``uninterrupted``."""
+    first = _train(dump, out, *overrides, stop_after=stop_after)
+    assert first.step == stop_after
+    resumed = _train(dump, out, *overrides)
+    sa, sb = uninterrupted.model.state_dict(), resumed.model.state_dict()
+    assert sa.keys() == sb.keys()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
 def _metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -334,11 +346,7 @@ def test_track_dump_trains_on_fresh_crops_and_logs_reliance(track_dump, tmp_path
     for key in ("reliance/all", "reliance/hidden", "loss/valid_other_input"):
         assert key in valid
     # killed and resumed with the same command: bit-identical (crops depend on seed, epoch, row)
-    first = _train(track_dump, tmp_path / "b", *common, stop_after=3)
-    assert first.step == 3
-    b = _train(track_dump, tmp_path / "b", *common)
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    _assert_resumes_exactly(track_dump, tmp_path / "b", a, *common, stop_after=3)
 
 
 def test_prefix_decoder_trains_on_crops_of_a_track_dump(track_dump, tmp_path):
@@ -458,12 +466,7 @@ def test_guidance_distillation_learns_the_guided_logits_and_resumes_exactly(
     assert after["loss/valid_distill"] < 0.75 * unguided
     logged = [m["loss/distill"] for m in _metrics(tmp_path / "a") if "loss/distill" in m]
     assert len(logged) == 12 and all(v >= 0 for v in logged)
-
-    first = _train(track_dump, tmp_path / "b", *run, stop_after=5)
-    assert first.step == 5
-    b = _train(track_dump, tmp_path / "b", *run)
-    sa, sb = a.model.state_dict(), b.model.state_dict()
-    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    _assert_resumes_exactly(track_dump, tmp_path / "b", a, *run, stop_after=5)
 
 
 def test_guidance_distillation_refusals(track_dump, tmp_path):
