@@ -334,24 +334,32 @@ class ModelTrainer(TrainLoop):
         return nullcontext()
 
     def _loss(self, net: nn.Module, batch: TokenBatch) -> torch.Tensor:
-        latents = self.inputs(batch, self.device)  # [B, D_in, T_in]
         kwargs = {}
         if batch.onsets is not None and getattr(self.model, "onset_head", None) is not None:
             kwargs["onsets"] = batch.onsets.to(self.device)
-        target, inst = batch.target_codes.to(self.device), batch.inst_class.to(self.device)
-        with self._autocast():
-            out = net(latents, target, inst, **kwargs)
-            taught = None if self.teacher is None else self.teacher.logits(latents, target, inst)
+        out, kl = self._forward(net, batch, **kwargs)
         # streaming models with auxiliary heads: their losses, logged beside the total
         self._aux_losses = {f"loss/{name}": float(value.detach()) for name in
                             ("onset", "anticipation")
                             if (value := getattr(out, f"{name}_loss", None)) is not None}
-        if taught is None:
+        if kl is None:
             return out.loss.float()
-        kl = distill_loss(out.logits, taught, out.targets, self.model.delay.pad_id)
         self._aux_losses["loss/distill"] = float(kl.detach())
         weight = self.config.distill_weight
         return weight * kl + (1 - weight) * out.loss.float()
+
+    def _forward(self, net: nn.Module, batch: TokenBatch, **kwargs
+                 ) -> tuple[Any, torch.Tensor | None]:
+        """The teacher-forced output of ``net`` for ``batch`` and, when distilling, its KL to
+        the teacher's guided logits (``None`` otherwise)."""
+        latents = self.inputs(batch, self.device)  # [B, D_in, T_in]
+        target, inst = batch.target_codes.to(self.device), batch.inst_class.to(self.device)
+        with self._autocast():
+            out = net(latents, target, inst, **kwargs)
+            if self.teacher is None:
+                return out, None
+            taught = self.teacher.logits(latents, target, inst)
+            return out, distill_loss(out.logits, taught, out.targets, self.model.delay.pad_id)
 
     def train_step(self, batch: TokenBatch) -> dict[str, float]:
         cfg = self.config
@@ -383,8 +391,8 @@ class ModelTrainer(TrainLoop):
         if isinstance(self.model, StreamingDecoder):
             with self._autocast():
                 metrics = measure_reliance(self.model, self.inputs, batches, others)
-                if self.teacher is not None:
-                    metrics["loss/valid_distill"] = self._valid_distill(batches)
+            if self.teacher is not None:
+                metrics["loss/valid_distill"] = self._valid_distill(batches)
             return metrics
         self.model.eval()
         losses = [float(self._loss(self.model, batch)) for batch in batches]
@@ -393,14 +401,10 @@ class ModelTrainer(TrainLoop):
     @torch.no_grad()
     def _valid_distill(self, batches: list[TokenBatch]) -> float:
         """Mean KL from the teacher's guided logits to the model's on validation."""
+        was_training = self.model.training
         self.model.eval()
-        total = 0.0
-        for batch in batches:
-            latents = self.inputs(batch, self.device)
-            target, inst = batch.target_codes.to(self.device), batch.inst_class.to(self.device)
-            out = self.model(latents, target, inst)
-            total += float(distill_loss(out.logits, self.teacher.logits(latents, target, inst),
-                                        out.targets, self.model.delay.pad_id))
+        total = sum(float(self._forward(self.model, batch)[1]) for batch in batches)
+        self.model.train(was_training)
         return total / len(batches)
 
     # ------------------------------------------------------------------ checkpoints
