@@ -15,8 +15,10 @@ The claims are derived from the systems the run holds (``run.json``: family, ``t
    ``t_f`` against the next smaller, and with three or more, the largest against the
    smallest);
 3. larger ``k`` hurts (same ``t_f``, backbone and variant, smaller ``k`` against larger);
-4. ``t_f < 0`` collapses towards random pairing: such a model against random pairing, where
-   "not shown" (or a small difference) *supports* the paper.
+4. ``t_f < 0`` is no better than random pairing (:data:`NO_BETTER`), a claim that A does
+   *not* beat B. Its verdicts read in the claim's direction: **refuted** when A beats B as
+   above, **consistent** otherwise (the data show no gain; absence of a difference is not
+   proof of none).
 
 Only per-window metrics take part (COCOLA, beat F); FAD is a set statistic with no per-window
 value, so it is reported by ``eval run`` with its own intervals and is not tested here.
@@ -38,6 +40,8 @@ from stemstream.errors import ConfigError
 from stemstream.outputs import write_text
 
 PAIRED_METRICS = ("cocola_harmonic", "cocola_percussive", "cocola_both", "beat_f")
+NO_BETTER = "t_f < 0 is no better than random pairing"
+"""The one claim that A does not beat B (the paper's finding for its ``t_f < 0`` streamers)."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +139,7 @@ def _claims(systems: dict[str, dict[str, Any]], present: set[str]) -> list[tuple
         claims += [("larger k hurts", small, large)
                    for (_, small), (_, large) in zip(group, group[1:], strict=False)]
     if "random_pairing" in present:
-        claims += [("t_f < 0 is no better than random pairing", name, "random_pairing")
+        claims += [(NO_BETTER, name, "random_pairing")
                    for name, desc in sorted(streaming.items()) if desc["future_frames"] < 0]
     return claims
 
@@ -167,6 +171,8 @@ def _judge(c: Comparison, alpha: float, tests: int) -> Comparison:
         verdict = "reversed"
     else:
         verdict = "not shown"
+    if c.claim == NO_BETTER:
+        verdict = "refuted" if verdict == "holds" else "consistent"
     values = asdict(c) | {"p_adjusted": adjusted, "verdict": verdict}
     return Comparison(**values)
 

@@ -145,11 +145,14 @@ class ModelTrainConfig:
     init_shared: bool = False
     # Guidance distillation (streaming family, stemstream.train.distill): the model learns the
     # logits the checkpoint at ``distill_from`` samples from under input guidance
-    # ``distill_guidance`` (None = the guidance stored in it), KL(teacher || model) weighted
-    # ``distill_weight`` and the usual loss on the true tokens ``1 - distill_weight``
+    # ``distill_guidance`` (None = the guidance stored in it; one number, or one per codebook),
+    # KL(teacher || model) weighted ``distill_weight`` and the usual loss on the true tokens
+    # ``1 - distill_weight``; the KL of tokens just after a target note onset counts
+    # ``distill_onset_weight`` times (whole-track dumps, which know the onsets)
     distill_from: Path | None = None
-    distill_guidance: float | None = None
+    distill_guidance: float | tuple[float, ...] | None = None
     distill_weight: float = 1.0
+    distill_onset_weight: float = 1.0
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "steps", "log_every", "valid_every", "checkpoint_every")
@@ -180,7 +183,14 @@ class ModelTrainConfig:
         if self.distill_from is None and self.distill_guidance is not None:
             raise ConfigError("distill_guidance needs distill_from")
         if self.distill_guidance is not None:
-            check_guidance(self.distill_guidance)
+            for w in (self.distill_guidance if isinstance(self.distill_guidance, tuple)
+                      else (self.distill_guidance,)):
+                check_guidance(w)
+        if self.distill_from is None and self.distill_onset_weight != 1:
+            raise ConfigError("distill_onset_weight needs distill_from")
+        if not (math.isfinite(self.distill_onset_weight) and self.distill_onset_weight > 0):
+            raise ConfigError(f"distill_onset_weight must be > 0, got "
+                              f"{self.distill_onset_weight}")
         if not 0 <= self.distill_weight <= 1:
             raise ConfigError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
 

@@ -9,6 +9,12 @@ guided logits (forward KL, teacher-forced on the same windows with the true hist
 that distribution with one pass, and its own logits carry as much of the guided reliance as
 it learns (measured in ``models/streaming-*-distill``: most over all frames, less at onsets).
 
+The guidance may differ per codebook (``distill_guidance: [4, 1, 1, 1]``): the coarse codebook
+carries the notes and their timing, the finer ones codec detail that guidance turns into
+noise (``models/streaming-listen-distill``). ``distill_onset_weight`` counts the KL on the
+tokens of frames right after a target note onset (:func:`~stemstream.train.reliance.onset_window`)
+that many times, where the students fall furthest behind their teachers.
+
 The teacher must decide the same tokens from the same input: same ``t_f``, ``k``, codebooks,
 codebook size and input channels (features and beat lead included). Its weights are frozen and
 it runs in eval mode, so a resumed run sees exactly the targets an uninterrupted one did.
@@ -16,6 +22,7 @@ it runs in eval mode, so a resumed run sees exactly the targets an uninterrupted
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,17 +44,19 @@ class GuidedTeacher:
 
     Args:
         path: the teacher's model checkpoint (exported or training).
-        guidance: ``w``; ``None`` = the guidance stored in the checkpoint at export.
+        guidance: ``w``, or one ``w`` per codebook; ``None`` = the guidance stored in the
+            checkpoint at export.
         student: the student's :class:`~stemstream.model.streaming.StreamingDecoderConfig`.
         codec: the identity of the codec the student trains on.
         device: where the teacher runs.
 
     Raises:
         CheckpointError: not a streaming model checkpoint.
-        ConfigError: another codec's tokens, or a field of :data:`MATCHED_FIELDS` differs.
+        ConfigError: another codec's tokens, a field of :data:`MATCHED_FIELDS` differs, or
+            not one guidance per codebook.
     """
 
-    def __init__(self, path: str | Path, guidance: float | None, student: Any,
+    def __init__(self, path: str | Path, guidance: float | Sequence[float] | None, student: Any,
                  codec: dict[str, Any], device: torch.device | str):
         from stemstream.model.checkpoints import load_model
 
@@ -62,7 +71,14 @@ class GuidedTeacher:
                 raise ConfigError(f"distill_from {path} has {name} = {theirs!r}, the student "
                                   f"{ours!r}: a teacher must decide the same tokens from the "
                                   "same input")
-        self.guidance = loaded.guidance if guidance is None else float(guidance)
+        if guidance is None:
+            guidance = loaded.guidance
+        if isinstance(guidance, int | float):
+            guidance = (float(guidance),) * student.num_codebooks
+        if len(guidance) != student.num_codebooks:
+            raise ConfigError(f"distill_guidance has {len(guidance)} values for "
+                              f"{student.num_codebooks} codebooks: give one, or one per codebook")
+        self.guidance: tuple[float, ...] = tuple(float(w) for w in guidance)
         self.model = loaded.model.to(device).eval().requires_grad_(False)
 
     @torch.no_grad()
@@ -71,14 +87,21 @@ class GuidedTeacher:
         """The guided logits ``[B, L, K, V]`` (float32) the teacher samples from for these
         teacher-forced windows (same arguments as the decoder's ``forward``)."""
         heard = self.model(latents, target_codes, inst).logits
-        if self.guidance == 1:
+        if all(w == 1 for w in self.guidance):
             return heard.float()
         deaf = self.model(latents, target_codes, inst, hide_input=True).logits
-        return guided_logits(heard, deaf, self.guidance)
+        return torch.stack([guided_logits(heard[:, :, q], deaf[:, :, q], w)
+                            for q, w in enumerate(self.guidance)], dim=2)
+
+    def describe(self) -> str:
+        """The guidance, as a person would write it: ``4`` or ``4/1/1/1`` per codebook."""
+        if len(set(self.guidance)) == 1:
+            return f"{self.guidance[0]:g}"
+        return "/".join(f"{w:g}" for w in self.guidance)
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Tensor,
-                 pad_id: int) -> torch.Tensor:
+                 pad_id: int, weights: torch.Tensor | None = None) -> torch.Tensor:
     """Mean ``KL(teacher || student)`` in nats over the tokens that are codes.
 
     Args:
@@ -86,9 +109,13 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Te
         teacher: logits of the same shape (no gradient flows into them).
         targets: the true tokens ``[B, K, L]``; delay pads (``pad_id``) are left out, as in
             the cross-entropy.
+        weights: ``[B, K, L]``, how much each token counts (a weighted mean); ``None``: alike.
     """
     per_token = F.kl_div(F.log_softmax(student.float(), dim=-1),
                          F.log_softmax(teacher.detach().float(), dim=-1),
                          reduction="none", log_target=True).sum(-1)  # [B, L, K]
     valid = targets.transpose(1, 2) != pad_id
-    return per_token[valid].mean()
+    if weights is None:
+        return per_token[valid].mean()
+    weights = weights.transpose(1, 2).float() * valid
+    return (per_token * weights).sum() / weights.sum().clamp_min(1e-12)

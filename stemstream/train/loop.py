@@ -52,7 +52,7 @@ from stemstream.train.config import ModelTrainConfig, resolve_future_frames
 from stemstream.train.distill import GuidedTeacher, distill_loss
 from stemstream.train.families import DumpFacts, get_family
 from stemstream.train.inputs import BatchInputs
-from stemstream.train.reliance import measure_reliance
+from stemstream.train.reliance import measure_reliance, onset_window, token_losses, token_onsets
 from stemstream.training import TrainLoop, pick_device
 
 log = logging.getLogger(__name__)
@@ -231,8 +231,8 @@ class ModelTrainer(TrainLoop):
         if config.distill_from is not None:
             self.teacher = GuidedTeacher(config.distill_from, config.distill_guidance,
                                          self.model_config, self.codec_identity, self.device)
-            log.info("distilling %s sampled with guidance %g", config.distill_from,
-                     self.teacher.guidance)
+            log.info("distilling %s sampled with guidance %s (KL at onsets x%g)",
+                     config.distill_from, self.teacher.describe(), config.distill_onset_weight)
         self.net: nn.Module = self.model
         if self.dist.world > 1:
             from torch.nn.parallel import DistributedDataParallel
@@ -337,7 +337,7 @@ class ModelTrainer(TrainLoop):
         kwargs = {}
         if batch.onsets is not None and getattr(self.model, "onset_head", None) is not None:
             kwargs["onsets"] = batch.onsets.to(self.device)
-        out, kl = self._forward(net, batch, **kwargs)
+        out, kl = self._forward(net, batch, self.config.distill_onset_weight, **kwargs)
         # streaming models with auxiliary heads: their losses, logged beside the total
         self._aux_losses = {f"loss/{name}": float(value.detach()) for name in
                             ("onset", "anticipation")
@@ -348,10 +348,11 @@ class ModelTrainer(TrainLoop):
         weight = self.config.distill_weight
         return weight * kl + (1 - weight) * out.loss.float()
 
-    def _forward(self, net: nn.Module, batch: TokenBatch, **kwargs
-                 ) -> tuple[Any, torch.Tensor | None]:
+    def _forward(self, net: nn.Module, batch: TokenBatch, onset_weight: float = 1.0,
+                 **kwargs) -> tuple[Any, torch.Tensor | None]:
         """The teacher-forced output of ``net`` for ``batch`` and, when distilling, its KL to
-        the teacher's guided logits (``None`` otherwise)."""
+        the teacher's guided logits (``None`` otherwise), tokens at onsets counted
+        ``onset_weight`` times."""
         latents = self.inputs(batch, self.device)  # [B, D_in, T_in]
         target, inst = batch.target_codes.to(self.device), batch.inst_class.to(self.device)
         with self._autocast():
@@ -359,7 +360,16 @@ class ModelTrainer(TrainLoop):
             if self.teacher is None:
                 return out, None
             taught = self.teacher.logits(latents, target, inst)
-            return out, distill_loss(out.logits, taught, out.targets, self.model.delay.pad_id)
+            weights = None
+            if onset_weight != 1:
+                if batch.onsets is None:
+                    raise ConfigError("distill_onset_weight needs a whole-track dump (it knows "
+                                      "the target's onsets); this dump has none")
+                _, _, frame = token_losses(out, self.model.delay.pad_id)
+                at = token_onsets(onset_window(batch.onsets.to(self.device)), frame)
+                weights = 1 + (onset_weight - 1) * at.float()
+            return out, distill_loss(out.logits, taught, out.targets, self.model.delay.pad_id,
+                                     weights)
 
     def train_step(self, batch: TokenBatch) -> dict[str, float]:
         cfg = self.config

@@ -39,6 +39,14 @@ def onset_window(onsets: torch.Tensor, span: int = ONSET_FRAMES) -> torch.Tensor
     return F.max_pool1d(padded, span, stride=1)[:, 0] > 0
 
 
+def token_onsets(window: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """bool ``[B, K, S]``: which tokens belong to a frame of the onset ``window`` (``[B, T]``,
+    :func:`onset_window`), for the tokens' frames ``frame`` (``[K, S]``, :func:`token_losses`);
+    tokens outside ``0 <= frame < T`` (delay pads) belong to none."""
+    inside = (frame >= 0) & (frame < window.shape[1])
+    return window[:, frame.clamp(0, window.shape[1] - 1)] & inside[None]
+
+
 def token_losses(out, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-token cross-entropy ``[B, K, S]`` of a teacher-forced output, whether each token is
     a code (not a delay pad), and each token's frame ``s - q`` (``[K, S]``)."""
@@ -85,7 +93,8 @@ def measure_reliance(
     Returns:
         ``loss/valid`` (true input), ``loss/valid_other_input``, ``reliance/all``,
         ``reliance/hidden`` and, when the batches carry onsets, ``reliance/onsets`` and
-        ``loss/valid_onsets``.
+        ``loss/valid_onsets``; ``reliance/all_q{q}`` (and ``reliance/onsets_q{q}``) per codebook
+        ``q``, whose mean over codebooks, weighted by token counts, is the overall figure.
     """
     was_training = model.training
     model.eval()
@@ -112,9 +121,16 @@ def measure_reliance(
                 losses, valid, frame = token_losses(out, pad_id)
                 key = f"{name}{'_hidden' if hidden else ''}"
                 sums.add(key, losses, valid)
-                if onsets is not None and not hidden:
-                    at = onsets[:, frame.clamp(0, onsets.shape[1] - 1)] & (frame >= 0)[None]
-                    sums.add(f"{name}_onsets", losses, valid & at & (frame < onsets.shape[1]))
+                if hidden:
+                    continue
+                at = None
+                if onsets is not None:
+                    at = valid & token_onsets(onsets, frame)
+                    sums.add(f"{name}_onsets", losses, at)
+                for q in range(losses.shape[1]):
+                    sums.add(f"{name}_q{q}", losses[:, q], valid[:, q])
+                    if at is not None:
+                        sums.add(f"{name}_onsets_q{q}", losses[:, q], at[:, q])
     model.train(was_training)
     result = {
         "loss/valid": sums.mean("true"),
@@ -122,7 +138,13 @@ def measure_reliance(
         "reliance/all": sums.mean("other") - sums.mean("true"),
         "reliance/hidden": sums.mean("other_hidden") - sums.mean("true_hidden"),
     }
-    if "true_onsets" in sums.loss and sums.count["true_onsets"] > 0:
+    has_onsets = "true_onsets" in sums.loss and sums.count["true_onsets"] > 0
+    if has_onsets:
         result["loss/valid_onsets"] = sums.mean("true_onsets")
         result["reliance/onsets"] = sums.mean("other_onsets") - sums.mean("true_onsets")
+    for q in range(model.config.num_codebooks):
+        result[f"reliance/all_q{q}"] = sums.mean(f"other_q{q}") - sums.mean(f"true_q{q}")
+        if has_onsets:
+            result[f"reliance/onsets_q{q}"] = (sums.mean(f"other_onsets_q{q}")
+                                               - sums.mean(f"true_onsets_q{q}"))
     return result

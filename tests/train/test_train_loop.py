@@ -428,6 +428,24 @@ def test_reliance_is_zero_for_the_same_input_and_positive_for_a_listening_model(
     assert model.training  # restored
     assert result["reliance/all"] > 0.5 and result["reliance/hidden"] > 0.5
     assert result["reliance/onsets"] > 0.5
+    # per codebook: when the target's codebooks 1-3 are constant, only codebook 0 (the one
+    # ``embed`` shows) depends on the input, and the overall figure is a mean of the four
+    plain = codes.clone()
+    plain[:, 1:] = 0
+    flat = StreamingDecoder(StreamingDecoderConfig(
+        backbone=TransformerConfig.preset("tiny"), codebook_size=16, input_dim=16))
+    opt = torch.optim.Adam(flat.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = flat(embed(plain), plain, batch.inst_class).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    by_q = measure_reliance(flat, inputs, [batch._replace(target_codes=plain)],
+                            [other._replace(target_codes=plain)])
+    per_q = [by_q[f"reliance/all_q{q}"] for q in range(4)]
+    assert per_q[0] > 1.0 and all(abs(r) < 0.1 for r in per_q[1:])
+    assert min(per_q) < by_q["reliance/all"] < max(per_q)
+    assert by_q["reliance/onsets_q0"] > 1.0
     # guided logits: w = 1 is the model's own, w = 0 the model hearing nothing (no reliance)
     assert measure_reliance(model, inputs, [batch], [other], guidance=1.0) == result
     deaf = measure_reliance(model, inputs, [batch], [other], guidance=0.0)
@@ -450,7 +468,7 @@ def test_guidance_distillation_learns_the_guided_logits_and_resumes_exactly(
 
     plain = ModelTrainer(_config(track_dump, tmp_path / "plain", *student,
                                  "distill_guidance=1"))
-    assert plain.teacher.guidance == 1.0
+    assert plain.teacher.guidance == (1.0,) * 4
     assert plain._valid_distill(plain.valid_batches()) == pytest.approx(0.0, abs=1e-6)
 
     run = (*student, "distill_guidance=3", "steps=12", "lr=3e-3", "warmup_steps=1", "log_every=1")
@@ -469,6 +487,55 @@ def test_guidance_distillation_learns_the_guided_logits_and_resumes_exactly(
     _assert_resumes_exactly(track_dump, tmp_path / "b", a, *run, stop_after=5)
 
 
+def test_guidance_distillation_per_codebook_and_weighted_at_onsets(track_dump, tmp_path):
+    """One guidance per codebook takes each codebook's logits from the teacher guided at its
+    own w; ``distill_onset_weight`` moves the KL towards its value at onset tokens."""
+    from stemstream.train.distill import GuidedTeacher, distill_loss
+
+    common = ("crop_seconds=1.0", "batch_size=2", "model.future_frames=3",
+              "model.input_encoder=conv")
+    path = _train(track_dump, tmp_path / "t", "steps=10", "lr=3e-3", "model.input_dropout=0.3",
+                  *common).export(tmp_path / "t.safetensors")
+    student = (*common, f"init_from={path}", f"distill_from={path}")
+    mixed = ModelTrainer(_config(track_dump, tmp_path / "s", *student,
+                                 "distill_guidance=[3, 1, 1, 0.5]"))
+    assert mixed.teacher.describe() == "3/1/1/0.5"
+    batch = mixed.valid_batches()[0]
+    args = (mixed.inputs(batch, "cpu"), batch.target_codes, batch.inst_class)
+    got = mixed.teacher.logits(*args)
+    for q, w in enumerate((3, 1, 1, 0.5)):
+        alone = GuidedTeacher(path, w, mixed.model_config, mixed.codec_identity, "cpu")
+        assert torch.equal(got[:, :, q], alone.logits(*args)[:, :, q])
+    with pytest.raises(ConfigError, match="3 values for 4 codebooks"):
+        GuidedTeacher(path, (3, 1, 1), mixed.model_config, mixed.codec_identity, "cpu")
+
+    # the weighted KL is the weighted mean of the per-token KL
+    student_logits, teacher_logits = torch.randn(2, 5, 4, 8), torch.randn(2, 5, 4, 8)
+    targets = torch.randint(0, 8, (2, 4, 5))
+    targets[:, 3, :2] = 9  # delay pads
+    weights = torch.rand(2, 4, 5)
+    per_token = torch.nn.functional.kl_div(
+        student_logits.log_softmax(-1), teacher_logits.log_softmax(-1), log_target=True,
+        reduction="none").sum(-1).transpose(1, 2)  # [B, K, L]
+    keep = (targets != 9).float() * weights
+    expected = (per_token * keep).sum() / keep.sum()
+    assert float(distill_loss(student_logits, teacher_logits, targets, 9, weights)) == \
+        pytest.approx(float(expected), rel=1e-5)
+    assert float(distill_loss(student_logits, teacher_logits, targets, 9,
+                              torch.ones(2, 4, 5))) == pytest.approx(
+        float(distill_loss(student_logits, teacher_logits, targets, 9)), rel=1e-6)
+
+    # through the trainer: weight 1 is the plain KL, a huge weight the KL at onsets alone
+    guided = ModelTrainer(_config(track_dump, tmp_path / "g", *student, "distill_guidance=3"))
+    onsets = torch.zeros_like(batch.onsets)  # the fixture's stub MIDI has no notes
+    onsets[:, ::7] = True
+    batch = batch._replace(onsets=onsets)
+    kl = {w: float(guided._forward(guided.model, batch, w)[1]) for w in (1.0, 4.0, 1e6)}
+    assert kl[1.0] == pytest.approx(guided._valid_distill([batch]), rel=1e-6)
+    assert min(kl[1.0], kl[1e6]) < kl[4.0] < max(kl[1.0], kl[1e6])
+    assert abs(kl[1e6] - kl[1.0]) > 1e-3
+
+
 def test_guidance_distillation_refusals(track_dump, tmp_path):
     common = ("crop_seconds=1.0", "batch_size=2", "model.future_frames=3",
               "model.input_encoder=conv")
@@ -483,3 +550,9 @@ def test_guidance_distillation_refusals(track_dump, tmp_path):
         _config(track_dump, tmp_path / "s", "distill_guidance=2")
     with pytest.raises(ConfigError, match="distill_weight"):
         _config(track_dump, tmp_path / "s", f"distill_from={path}", "distill_weight=1.5")
+    with pytest.raises(ConfigError, match="distill_onset_weight needs distill_from"):
+        _config(track_dump, tmp_path / "s", "distill_onset_weight=4")
+    with pytest.raises(ConfigError, match="distill_onset_weight must be > 0"):
+        _config(track_dump, tmp_path / "s", f"distill_from={path}", "distill_onset_weight=0")
+    with pytest.raises(ConfigError, match="guidance must be finite"):
+        _config(track_dump, tmp_path / "s", f"distill_from={path}", "distill_guidance=[2, -1]")
