@@ -865,10 +865,13 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
 @click.option("--stemgen-steps", default=None, metavar="N,N,N,N",
               help="StemGen iterations per RVQ level (default: the model's own, A.5's "
                    "128,64,32,32); fewer for a CPU budget.")
+@click.option("--batch", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Windows a k = 1 streaming model generates together (one batched forward "
+                   "per position); the same --batch gives the same audio, resumed or not.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 def eval_run(model, checkpoint_alias, system_specs, corpus, split, num_examples, seconds, out,
              metrics, cocola_path, fad_embedding, beat_tracker, codec_spec, temperature, top_k,
-             seed, look_ahead, stemgen_steps, progress):
+             seed, look_ahead, stemgen_steps, batch, progress):
     """Generate for N windows and score every system beside ground truth, codec
     reconstruction and random pairing (OUT/metrics.json, summary.md, per_example.csv)."""
     from stemstream.eval.run import EvalConfig, parse_systems, run_eval
@@ -880,7 +883,7 @@ def eval_run(model, checkpoint_alias, system_specs, corpus, split, num_examples,
         metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
         cocola=cocola_path, fad_embedding=fad_embedding, beat_tracker=beat_tracker,
         temperature=temperature, top_k=top_k, codec=codec_spec, look_ahead_seconds=look_ahead,
-        stemgen_steps=_int_list(stemgen_steps, "--stemgen-steps"),
+        stemgen_steps=_int_list(stemgen_steps, "--stemgen-steps"), batch=batch,
     )
     result = run_eval(config, progress=progress)
     click.echo((out / "summary.md").read_text())

@@ -72,6 +72,10 @@ class EvalConfig:
             a system that needs more is refused.
         stemgen_steps: StemGen iterations per RVQ level (``None``: each model's own schedule,
             A.5's 128/64/32/32; fewer cost proportionally less CPU time).
+        batch: windows a streaming model with ``k = 1`` generates together, in one batched
+            forward per position (:func:`~stemstream.stream.offline.generate_codes_many`);
+            windows are grouped in order (``0..batch-1``, ...), so the same ``batch`` gives
+            the same audio, resumed or not; 1 = one window at a time.
     """
 
     corpus: Path
@@ -90,6 +94,7 @@ class EvalConfig:
     codec: str | None = None
     look_ahead_seconds: float = 1.0
     stemgen_steps: tuple[int, ...] | None = None
+    batch: int = 8
 
     def __post_init__(self) -> None:
         if self.stemgen_steps is not None and (
@@ -100,6 +105,8 @@ class EvalConfig:
             raise ConfigError(f"unknown metrics {unknown}; known: {', '.join(METRICS)}")
         if self.num_examples < 1:
             raise ConfigError(f"num_examples must be >= 1, got {self.num_examples}")
+        if self.batch < 1:
+            raise ConfigError(f"batch must be >= 1, got {self.batch}")
         if not self.look_ahead_seconds >= 0:
             raise ConfigError(f"look_ahead_seconds must be >= 0, got {self.look_ahead_seconds}")
         clash = sorted(set(self.systems) & set(ANCHORS))
@@ -293,9 +300,12 @@ def run_eval(config: EvalConfig, progress: bool = True) -> EvalResult:
 
     began = time.perf_counter()
     run = _prepare(config)
-    bar = tqdm(run.chosen, desc="generate", disable=not progress)
-    examples = [_render(run, n, index) for n, index in enumerate(bar)]
-    bar.close()
+    examples = []
+    with tqdm(total=len(run.chosen), desc="generate", disable=not progress) as bar:
+        for first in range(0, len(run.chosen), config.batch):
+            group = list(enumerate(run.chosen))[first : first + config.batch]
+            examples += _render(run, group)
+            bar.update(len(group))
     names, rate = run.names, run.codec.sample_rate
     per_example = _score(examples, names, config, rate, progress)
     metrics, ci = _aggregate(per_example, names, config, examples, rate, run.rng, progress)
@@ -365,12 +375,38 @@ def _random_pair(run: _Run, index: int) -> tuple[int, bool]:
     return int(run.rng.choice(pool)), bool(same)
 
 
-def _render(run: _Run, n: int, index: int) -> dict[str, Any]:
-    """Window ``n`` (dataset item ``index``): its input, anchors, every system's stem and
-    their mixes, each written once to ``examples/NNNN/`` and read back."""
+def _render(run: _Run, group: list[tuple[int, int]]) -> list[dict[str, Any]]:
+    """Windows ``n`` (dataset items ``index``) of one group: each one's input, anchors, every
+    system's stem (the group's windows generated together) and their mixes, each written once
+    to ``examples/NNNN/`` and read back."""
+    examples = [_anchors(run, n, index) for n, index in group]
+    for k, system in enumerate(run.systems):
+        paths = [example["folder"] / f"{system.name}.wav" for example in examples]
+        if not all(path.exists() for path in paths):
+            # the whole group, so a resumed run draws exactly what an uninterrupted one did
+            seeds = [run.config.seed * 1000 + n * 10 + k for n, _ in group]
+            stems = _predict(run, system, examples, seeds)
+            for path, stem in zip(paths, stems, strict=True):
+                if not path.exists():
+                    audio.save(path, np.asarray(stem, dtype=np.float32), run.codec.sample_rate)
+        for example, path in zip(examples, paths, strict=True):
+            example["stems"][system.name] = _cached(path, None, run.codec.sample_rate)
+    rate = run.codec.sample_rate
+    for example in examples:
+        del example["model_input"]  # the look-ahead too: scoring needs the window alone
+        for name in run.names:
+            _cached(example["folder"] / f"{name}_mix.wav",
+                    lambda s=example["stems"][name], x=example["input"]: mix_stem([x], s, rate),
+                    rate)
+    return examples
+
+
+def _anchors(run: _Run, n: int, index: int) -> dict[str, Any]:
+    """Window ``n`` (dataset item ``index``): its folder, provenance, input and the three
+    anchors, written once and read back."""
     import torch
 
-    config, codec, dataset = run.config, run.codec, run.dataset
+    codec, dataset = run.codec, run.dataset
     rate, hop = codec.sample_rate, codec.hop_length
     folder = run.out / "examples" / f"{n:04d}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -400,17 +436,8 @@ def _render(run: _Run, n: int, index: int) -> dict[str, Any]:
     stems["random_pairing"] = _cached(
         folder / "random_pairing.wav",
         lambda: dataset[pair_index].target_audio[0].numpy()[:length], rate)
-    for k, system in enumerate(run.systems):
-        seed = config.seed * 1000 + n * 10 + k
-        stems[system.name] = _cached(
-            folder / f"{system.name}.wav",
-            lambda s=system, seed=seed: _predict(run, s, input_audio, example.inst_class,
-                                                 frames, seed), rate)
-    mix_input = input_audio[:length]
-    for name in run.names:
-        _cached(folder / f"{name}_mix.wav",
-                lambda s=stems[name]: mix_stem([mix_input], s, rate), rate)
-    return {"folder": folder, "input": mix_input, "stems": stems, "meta": meta}
+    return {"folder": folder, "input": input_audio[:length], "stems": stems, "meta": meta,
+            "model_input": input_audio, "inst_class": example.inst_class, "frames": frames}
 
 
 def _check_example_meta(folder: Path, meta: dict[str, Any]) -> None:
@@ -427,23 +454,27 @@ def _check_example_meta(folder: Path, meta: dict[str, Any]) -> None:
         )
 
 
-def _predict(run: _Run, system: _System, input_audio: np.ndarray, inst_class: int,
-             frames: int, seed: int) -> np.ndarray:
-    """``system``'s stem for one window, sampled with its own seed."""
+def _predict(run: _Run, system: _System, examples: list[dict[str, Any]],
+             seeds: list[int]) -> list[np.ndarray]:
+    """``system``'s stems for windows, each sampled with its own seed (a group at a time:
+    :func:`~stemstream.stream.offline.generate_codes_many`)."""
     import torch
 
     from stemstream.model.sampling import SamplingConfig
-    from stemstream.stream.offline import generate_codes
+    from stemstream.stream.offline import generate_codes_many
 
     codec = run.codec
     sampling = SamplingConfig(run.config.temperature, run.config.top_k, system.guidance)
-    gen = torch.Generator().manual_seed(seed)
     with torch.inference_mode():
-        x = torch.from_numpy(input_audio)[None, None]
-        latents = model_input(codec, system.model.config, x)
-        codes = generate_codes(system.model, latents, torch.tensor([inst_class]), sampling,
-                               gen, num_frames=frames)
-        return codec.decode(codes)[0, 0, : frames * codec.hop_length].numpy()
+        latents = [model_input(codec, system.model.config,
+                               torch.from_numpy(example["model_input"])[None, None])
+                   for example in examples]
+        codes = generate_codes_many(
+            system.model, latents, [example["inst_class"] for example in examples], sampling,
+            [torch.Generator().manual_seed(seed) for seed in seeds],
+            [example["frames"] for example in examples])
+        return [codec.decode(c)[0, 0, : example["frames"] * codec.hop_length].numpy()
+                for c, example in zip(codes, examples, strict=True)]
 
 
 def _write_run_info(run: _Run, examples: int, seconds: float) -> None:
@@ -463,9 +494,9 @@ def _write_run_info(run: _Run, examples: int, seconds: float) -> None:
 
 
 def _cached(path: Path, make, rate: int) -> np.ndarray:
-    """Compute, write and return ``path`` unless it exists (resume). The samples returned are
-    always those read back from the file, so a resumed run scores exactly what a fresh one
-    did."""
+    """Compute, write and return ``path`` unless it exists (resume; ``make`` may be ``None``
+    for a file known to exist). The samples returned are always those read back from the
+    file, so a resumed run scores exactly what a fresh one did."""
     import soundfile as sf
 
     if not path.exists():

@@ -9,6 +9,7 @@ see the whole input at once. The real-time engine with clocks and latency accoun
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,6 +74,51 @@ def generate_codes(
             bar.update(min(k, steps - bar.n))
     delayed = torch.cat(chunks, dim=-1)[..., :steps]
     return model.delay.revert(delayed)
+
+
+@torch.inference_mode()
+def generate_codes_many(
+    model: torch.nn.Module,
+    latents: Sequence[torch.Tensor],
+    insts: Sequence[int],
+    sampling: SamplingConfig,
+    generators: Sequence[torch.Generator],
+    num_frames: Sequence[int],
+) -> list[torch.Tensor]:
+    """:func:`generate_codes` of several inputs (each ``[1, D_in, T_in]``, its own instrument
+    class, generator and length), advanced together: a streaming decoder with ``k = 1`` runs
+    every stream's position in one batched forward
+    (:class:`~stemstream.model.batched.StreamPool`: a GEMM instead of one GEMV per stream,
+    each stream sampling from its own generator); other models one input after another.
+
+    A batch gives each stream what :func:`generate_codes` gives it alone up to float rounding
+    (greedy: the same tokens; sampled: a draw that falls within rounding of a boundary can
+    differ), and the same batch gives the same codes every time. Returns ``[1, K, T]`` each.
+    """
+    from stemstream.model.batched import StreamPool, StreamStep
+
+    items = list(zip(latents, insts, generators, num_frames, strict=True))
+    if (len(items) == 1 or not isinstance(model, StreamingDecoder)
+            or model.config.chunk_frames != 1):
+        return [generate_codes(model, x, torch.tensor([inst]), sampling, gen, num_frames=n)
+                for x, inst, gen, n in items]
+    steps = [model.delay.num_steps(n) for n in num_frames]
+    window = max(steps) + 1  # no stream wraps the ring: every position sees its whole past
+    pool = StreamPool(model, len(items) * (2 if sampling.guided else 1), window)
+    streams = []
+    for x, inst, gen, _ in items:
+        state = model.new_state(torch.tensor([inst]), window=window, guided=sampling.guided)
+        pool.adopt(state)
+        streams.append(StreamStep(state, x, 0, True, sampling, gen))
+    chunks: list[list[torch.Tensor]] = [[] for _ in items]
+    while True:
+        active = [i for i, item in enumerate(streams) if item.state.step < steps[i]]
+        if not active:
+            break
+        for i, chunk in zip(active, pool.step([streams[i] for i in active]), strict=True):
+            chunks[i].append(chunk[..., None])
+    return [model.delay.revert(torch.cat(c, dim=-1)[..., :n])
+            for c, n in zip(chunks, steps, strict=True)]
 
 
 def generate_file(

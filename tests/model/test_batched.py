@@ -121,3 +121,27 @@ def test_pool_refuses_what_it_cannot_batch():
     pool.adopt(model.new_state(torch.tensor([1]), window=WINDOW))
     with pytest.raises(ConfigError, match="full"):
         pool.adopt(model.new_state(torch.tensor([1]), window=WINDOW))
+
+
+@pytest.mark.parametrize("guidance", [1.0, 2.0])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_offline_generation_of_many_inputs_equals_each_alone(guidance, temperature):
+    """``generate_codes_many`` (the evaluation's batched generation) gives every input what
+    ``generate_codes`` gives it alone: batched for k = 1, one after another otherwise."""
+    from stemstream.stream.offline import generate_codes, generate_codes_many
+
+    sampling = SamplingConfig(temperature=temperature, guidance=guidance)
+    gen = torch.Generator().manual_seed(5)
+    frames = [20, 20, 14]  # streams of different lengths finish at different steps
+    inputs = [torch.randn(1, D_IN, n + 3, generator=gen) for n in frames]
+    insts = [2, 9, 2]
+    for k in (1, 3):
+        model = _model(2, k=k)
+        alone = [generate_codes(model, x, torch.tensor([i]), sampling,
+                                torch.Generator().manual_seed(seed), num_frames=n)
+                 for seed, (x, i, n) in enumerate(zip(inputs, insts, frames, strict=True))]
+        many = generate_codes_many(model, inputs, insts, sampling,
+                                   [torch.Generator().manual_seed(s) for s in range(3)], frames)
+        for got, want, n in zip(many, alone, frames, strict=True):
+            assert got.shape == (1, K, n)
+            assert torch.equal(got, want)
