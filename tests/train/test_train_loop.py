@@ -417,13 +417,16 @@ def test_reliance_is_zero_for_the_same_input_and_positive_for_a_listening_model(
 
     same = measure_reliance(model, inputs, [batch], [batch])
     assert same["reliance/all"] == 0.0 and same["reliance/onsets"] == 0.0
+    def copy_task(model, target):  # 60 steps hearing the target's codebook 0
+        opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+        for _ in range(60):
+            loss = model(embed(codes), target, batch.inst_class).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
     # a few steps of a copy task (target = input): the model learns to listen
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(60):
-        loss = model(embed(codes), codes, batch.inst_class).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    copy_task(model, codes)
     result = measure_reliance(model, inputs, [batch], [other])
     assert model.training  # restored
     assert result["reliance/all"] > 0.5 and result["reliance/hidden"] > 0.5
@@ -434,12 +437,7 @@ def test_reliance_is_zero_for_the_same_input_and_positive_for_a_listening_model(
     plain[:, 1:] = 0
     flat = StreamingDecoder(StreamingDecoderConfig(
         backbone=TransformerConfig.preset("tiny"), codebook_size=16, input_dim=16))
-    opt = torch.optim.Adam(flat.parameters(), lr=3e-3)
-    for _ in range(60):
-        loss = flat(embed(plain), plain, batch.inst_class).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    copy_task(flat, plain)
     by_q = measure_reliance(flat, inputs, [batch._replace(target_codes=plain)],
                             [other._replace(target_codes=plain)])
     per_q = [by_q[f"reliance/all_q{q}"] for q in range(4)]
