@@ -78,6 +78,17 @@ def test_a_t_f_below_0_model_that_beats_random_pairing_refutes_the_paper(tmp_pat
                      "random_pairing")] == {"refuted"}
 
 
+def test_two_systems_with_the_same_t_f_and_k_are_not_a_t_f_or_k_claim(tmp_path):
+    """The same model sampled two ways (e.g. two guidance weights) shares its t_f and k."""
+    twin = SYSTEMS | {"k1_tf0_b": SYSTEMS["k1_tf0"]}
+    run = _run(tmp_path, OFFSET | {"k1_tf0_b": 0.3})
+    (run / "run.json").write_text(json.dumps({"systems": twin}))
+    verdicts = _verdicts(evaluate_claims(run))
+    pairs = {frozenset(key[1:]) for key in verdicts if key[0] != "beats random pairing"}
+    assert frozenset({"k1_tf0", "k1_tf0_b"}) not in pairs
+    assert ("beats random pairing", "k1_tf0_b", "random_pairing") in verdicts
+
+
 def test_bonferroni_can_turn_a_nominal_result_into_not_shown(tmp_path):
     offsets = OFFSET | {"k1_tf0": 0.025}  # a small effect over 64 windows
     comparisons = [c for c in evaluate_claims(_run(tmp_path, offsets, seed=3))
