@@ -26,6 +26,7 @@ import sys
 import torch
 
 from stemstream.model import batched, streaming
+from stemstream.model.sampling import guided_logits
 from stemstream.train import reliance
 
 WEIGHTS = [float(w) for w in os.environ.get("Q_GUIDANCE", "").split(",") if w.strip()]
@@ -33,14 +34,8 @@ WEIGHTS = [float(w) for w in os.environ.get("Q_GUIDANCE", "").split(",") if w.st
 
 def per_codebook(conditional: torch.Tensor, unconditional: torch.Tensor,
                  guidance: float) -> torch.Tensor:
-    """``u + W_q (c - u)`` over logits ``[..., K, V]`` (``guidance`` 1: ``c`` exactly)."""
-    if guidance == 1:
-        return conditional.float()
-    u = unconditional.float()
-    if u.shape[-2] != len(WEIGHTS):
-        raise SystemExit(f"Q_GUIDANCE has {len(WEIGHTS)} weights for {u.shape[-2]} codebooks")
-    w = torch.tensor(WEIGHTS, dtype=u.dtype, device=u.device)[:, None]  # [K, 1]
-    return u + w * (conditional.float() - u)
+    """The weights of ``Q_GUIDANCE`` wherever a run asks for guidance other than 1."""
+    return guided_logits(conditional, unconditional, WEIGHTS if guidance != 1 else 1.0)
 
 
 def main() -> None:

@@ -300,10 +300,10 @@ def run_eval(config: EvalConfig, progress: bool = True) -> EvalResult:
 
     began = time.perf_counter()
     run = _prepare(config)
-    examples = []
-    with tqdm(total=len(run.chosen), desc="generate", disable=not progress) as bar:
-        for first in range(0, len(run.chosen), config.batch):
-            group = list(enumerate(run.chosen))[first : first + config.batch]
+    examples, windows = [], list(enumerate(run.chosen))
+    with tqdm(total=len(windows), desc="generate", disable=not progress) as bar:
+        for first in range(0, len(windows), config.batch):
+            group = windows[first : first + config.batch]
             examples += _render(run, group)
             bar.update(len(group))
     names, rate = run.names, run.codec.sample_rate
@@ -379,6 +379,7 @@ def _render(run: _Run, group: list[tuple[int, int]]) -> list[dict[str, Any]]:
     """Windows ``n`` (dataset items ``index``) of one group: each one's input, anchors, every
     system's stem (the group's windows generated together) and their mixes, each written once
     to ``examples/NNNN/`` and read back."""
+    rate = run.codec.sample_rate
     examples = [_anchors(run, n, index) for n, index in group]
     for k, system in enumerate(run.systems):
         paths = [example["folder"] / f"{system.name}.wav" for example in examples]
@@ -388,10 +389,9 @@ def _render(run: _Run, group: list[tuple[int, int]]) -> list[dict[str, Any]]:
             stems = _predict(run, system, examples, seeds)
             for path, stem in zip(paths, stems, strict=True):
                 if not path.exists():
-                    audio.save(path, np.asarray(stem, dtype=np.float32), run.codec.sample_rate)
+                    audio.save(path, np.asarray(stem, dtype=np.float32), rate)
         for example, path in zip(examples, paths, strict=True):
-            example["stems"][system.name] = _cached(path, None, run.codec.sample_rate)
-    rate = run.codec.sample_rate
+            example["stems"][system.name] = _cached(path, None, rate)
     for example in examples:
         del example["model_input"]  # the look-ahead too: scoring needs the window alone
         for name in run.names:

@@ -78,9 +78,16 @@ class SamplingConfig:
 
 
 def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor,
-                  guidance: float) -> torch.Tensor:
+                  guidance: float | Sequence[float]) -> torch.Tensor:
     """``u + w (c - u)`` in float32: classifier-free guidance of ``conditional`` logits away
-    from ``unconditional`` ones (same shape), ``w`` = ``guidance``."""
+    from ``unconditional`` ones (same shape ``[..., K, V]``), ``w`` = ``guidance``: one
+    number, or one per codebook ``K``."""
+    if not isinstance(guidance, int | float):
+        if len(guidance) != conditional.shape[-2]:
+            raise ConfigError(f"{len(guidance)} guidance weights for "
+                              f"{conditional.shape[-2]} codebooks")
+        return torch.stack([guided_logits(conditional[..., q, :], unconditional[..., q, :], w)
+                            for q, w in enumerate(guidance)], dim=-2)
     if guidance == 1:  # exactly the conditional logits, not u + (c - u) rounded
         return conditional.float()
     u = unconditional.float()

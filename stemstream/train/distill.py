@@ -90,8 +90,7 @@ class GuidedTeacher:
         if all(w == 1 for w in self.guidance):
             return heard.float()
         deaf = self.model(latents, target_codes, inst, hide_input=True).logits
-        return torch.stack([guided_logits(heard[:, :, q], deaf[:, :, q], w)
-                            for q, w in enumerate(self.guidance)], dim=2)
+        return guided_logits(heard, deaf, self.guidance)
 
     def describe(self) -> str:
         """The guidance, as a person would write it: ``4`` or ``4/1/1/1`` per codebook."""

@@ -52,7 +52,7 @@ from stemstream.train.config import ModelTrainConfig, resolve_future_frames
 from stemstream.train.distill import GuidedTeacher, distill_loss
 from stemstream.train.families import DumpFacts, get_family
 from stemstream.train.inputs import BatchInputs
-from stemstream.train.reliance import measure_reliance, onset_window, token_losses, token_onsets
+from stemstream.train.reliance import measure_reliance, onset_window, token_frames, token_onsets
 from stemstream.training import TrainLoop, pick_device
 
 log = logging.getLogger(__name__)
@@ -365,8 +365,8 @@ class ModelTrainer(TrainLoop):
                 if batch.onsets is None:
                     raise ConfigError("distill_onset_weight needs a whole-track dump (it knows "
                                       "the target's onsets); this dump has none")
-                _, _, frame = token_losses(out, self.model.delay.pad_id)
-                at = token_onsets(onset_window(batch.onsets.to(self.device)), frame)
+                at = token_onsets(onset_window(batch.onsets.to(self.device)),
+                                  token_frames(out.targets))
                 weights = 1 + (onset_weight - 1) * at.float()
             return out, distill_loss(out.logits, taught, out.targets, self.model.delay.pad_id,
                                      weights)

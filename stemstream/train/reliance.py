@@ -41,7 +41,7 @@ def onset_window(onsets: torch.Tensor, span: int = ONSET_FRAMES) -> torch.Tensor
 
 def token_onsets(window: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
     """bool ``[B, K, S]``: which tokens belong to a frame of the onset ``window`` (``[B, T]``,
-    :func:`onset_window`), for the tokens' frames ``frame`` (``[K, S]``, :func:`token_losses`);
+    :func:`onset_window`), for the tokens' frames ``frame`` (``[K, S]``, :func:`token_frames`);
     tokens outside ``0 <= frame < T`` (delay pads) belong to none."""
     inside = (frame >= 0) & (frame < window.shape[1])
     return window[:, frame.clamp(0, window.shape[1] - 1)] & inside[None]
@@ -54,9 +54,14 @@ def token_losses(out, pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Te
     losses = F.cross_entropy(
         logits.float().permute(0, 3, 2, 1), targets, ignore_index=pad_id, reduction="none"
     )
+    return losses, targets != pad_id, token_frames(targets)
+
+
+def token_frames(targets: torch.Tensor) -> torch.Tensor:
+    """Each token's frame ``s - q`` (``[K, S]``) for delayed tokens ``[B, K, S]``."""
     q = torch.arange(targets.shape[1], device=targets.device)[:, None]
     s = torch.arange(targets.shape[2], device=targets.device)[None]
-    return losses, targets != pad_id, s - q
+    return s - q
 
 
 @dataclass
