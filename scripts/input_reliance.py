@@ -34,9 +34,18 @@ from stemstream.data.tokens import (
     is_track_dump,
     read_track_meta,
 )
+from stemstream.errors import ConfigError
+from stemstream.guidance import Guidance, guidance_json, parse_guidance
 from stemstream.stream.models import load_stream_model
 from stemstream.train.inputs import BatchInputs
 from stemstream.train.reliance import measure_reliance
+
+
+def _guidance(text: str) -> Guidance:
+    try:
+        return parse_guidance(text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def main() -> None:
@@ -47,8 +56,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--edges", default="", help="decoding-step edges, e.g. 0,25,100,600")
-    parser.add_argument("--guidance", type=float, default=1.0,
-                        help="measure the logits of input-guided sampling with this weight")
+    parser.add_argument("--guidance", type=_guidance, default=1.0,
+                        help="measure the logits of input-guided sampling with this weight, "
+                             "or one per codebook (6,2,2,2)")
     parser.add_argument("--seconds", type=float, default=10.0,
                         help="window length for a whole-track dump")
     args = parser.parse_args()
@@ -77,7 +87,8 @@ def main() -> None:
     other_batches = [collate(others[s : s + size]) for s in range(0, len(others), size)]
     with torch.inference_mode():
         result = measure_reliance(model, inputs, batches, other_batches, args.guidance)
-    result |= {"windows": len(examples), "model": loaded.source, "guidance": args.guidance}
+    result |= {"windows": len(examples), "model": loaded.source,
+               "guidance": guidance_json(args.guidance)}
     segments = {name: torch.zeros(max(len(edges) - 1, 0), 2, dtype=torch.float64)
                 for name in ("true input", "another window's input")}  # [segment, (sum, n)]
     if len(edges) > 1:

@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
-from stemstream.errors import StemstreamError
+from stemstream.errors import ConfigError, StemstreamError
 
 
 class _Group(click.Group):
@@ -267,13 +267,30 @@ def data_dump_features(dump_dir, corpus, progress):
         click.echo(f"{split}: features of {rows} rows written")
 
 
+class _GuidanceType(click.ParamType):
+    """``W`` or one ``W`` per codebook, comma-separated (``6,2,2,2``)."""
+
+    name = "W[,W...]"
+
+    def convert(self, value, param, ctx):
+        from stemstream.guidance import parse_guidance
+
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_guidance(value)
+        except ConfigError as err:
+            self.fail(str(err), param, ctx)
+
+
 def _guidance_option():
     return click.option(
-        "--guidance", type=click.FloatRange(min=0.0), default=None,
+        "--guidance", type=_GuidanceType(), default=None,
         help="Input guidance W (streaming models): sample from u + W (c - u), the logits "
              "with (c) and without (u) the input; 1 = plain, >1 follows the input more, "
-             "at twice the model's work [default: the model's own, stored at export; 1 "
-             "when it has none].")
+             "at twice the model's work. One W per codebook, comma-separated (6,2,2,2), "
+             "guides each codebook by its own [default: the model's own, stored at export; "
+             "1 when it has none].")
 
 
 def _training_options(example_config: str):
@@ -448,10 +465,11 @@ def train(config_path, overrides, stop_after, time_limit, progress):
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default=None,
               help="Store the weights in this type (float16: half the file; loading casts "
                    "back to float32). Also accepts an exported checkpoint.")
-@click.option("--guidance", type=click.FloatRange(min=0.0), default=None,
-              help="Store the input guidance the model is meant to be sampled with "
-                   "(streaming models; generate, accompany, demo, live, serve and eval use it "
-                   "unless told otherwise). Also accepts an exported checkpoint.")
+@click.option("--guidance", type=_GuidanceType(), default=None,
+              help="Store the input guidance the model is meant to be sampled with, one W "
+                   "or one per codebook (streaming models; generate, accompany, demo, live, "
+                   "serve and eval use it unless told otherwise). Also accepts an exported "
+                   "checkpoint.")
 def export_model(checkpoint_path, out, dtype, guidance):
     """Write the model of a training checkpoint as an inference checkpoint (no optimizer)."""
     from stemstream.model.checkpoints import export_checkpoint

@@ -16,7 +16,8 @@ Example (``configs/experiments/cpu_grid.yaml``)::
       split: test
       num_examples: 64
     guidance: 2                                  # optional: the streaming models are
-                                                 # evaluated with input guidance 2
+                                                 # evaluated with input guidance 2 (or
+                                                 # [6, 2, 2, 2], one per codebook)
 
 A ``{checkpoint: PATH}`` entry may end in ``,guidance=W`` like ``eval run --systems``.
 
@@ -54,11 +55,15 @@ def load_grid(path: str | Path) -> dict[str, Any]:
         if key not in data:
             raise ConfigError(f"{path}: missing {key!r}")
     if "guidance" in data:
-        from stemstream.model.sampling import check_guidance
+        from stemstream.guidance import parse_guidance
 
-        if isinstance(data["guidance"], bool) or not isinstance(data["guidance"], int | float):
-            raise ConfigError(f"{path}: guidance must be a number, got {data['guidance']!r}")
-        check_guidance(float(data["guidance"]))
+        if isinstance(data["guidance"], str):  # YAML numbers and lists only
+            raise ConfigError(f"{path}: guidance must be a number or a list of one per "
+                              f"codebook, got {data['guidance']!r}")
+        try:
+            data["guidance"] = parse_guidance(data["guidance"])
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
     models = data["models"]
     if not isinstance(models, dict) or not models:
         raise ConfigError(f"{path}: 'models' must map names to lists of overrides")
@@ -80,6 +85,7 @@ def run_grid(path: str | Path, progress: bool = True, train: bool = True) -> dic
     from stemstream.config import load_config
     from stemstream.eval.plots import plot_runs
     from stemstream.eval.run import EvalConfig, run_eval, split_guidance
+    from stemstream.guidance import format_guidance
     from stemstream.train import ModelTrainConfig, ModelTrainer
 
     grid = load_grid(path)
@@ -106,7 +112,7 @@ def run_grid(path: str | Path, progress: bool = True, train: bool = True) -> dic
             trainer.export(exported)
         systems[name] = str(exported)
         if "guidance" in grid and config.family == "streaming":
-            systems[name] += f",guidance={float(grid['guidance']):g}"
+            systems[name] += ",guidance=" + format_guidance(grid["guidance"], sep=",")
     eval_fields = dict(grid["eval"])
     try:
         config = EvalConfig(corpus=Path(eval_fields.pop("corpus")), out=out / "eval",

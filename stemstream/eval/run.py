@@ -37,6 +37,7 @@ import numpy as np
 from stemstream import audio
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.errors import ConfigError
+from stemstream.guidance import Guidance, format_guidance, guidance_json, is_guided, parse_guidance
 from stemstream.mixing import mix_stem
 from stemstream.outputs import open_atomic, prepare_output_dir, write_text
 from stemstream.stream.inputs import model_input
@@ -126,14 +127,14 @@ class _System:
     family: str
     future_frames: int
     chunk_frames: int
-    guidance: float = 1.0
+    guidance: Guidance = 1.0
 
     def describe(self) -> dict[str, Any]:
         out = {"checkpoint": self.spec, "family": self.family,
                "future_frames": self.future_frames, "chunk_frames": self.chunk_frames,
                "future_seconds": self.future_frames / self.codec.frame_rate}
-        if self.guidance != 1:
-            out["guidance"] = self.guidance
+        if is_guided(self.guidance):
+            out["guidance"] = guidance_json(self.guidance)
         config = getattr(self.model, "config", None)
         backbone = getattr(config, "backbone", None)
         if backbone is not None:  # claims compare t_f and k only within one size
@@ -142,8 +143,9 @@ class _System:
         if schedule is not None:
             out["steps_per_level"] = list(schedule.steps_per_level)
         variant = _variant(config)
-        if self.guidance != 1:  # sampled otherwise: its own line too
-            variant = ", ".join(filter(None, [variant, f"input guidance {self.guidance:g}"]))
+        if is_guided(self.guidance):  # sampled otherwise: its own line too
+            variant = ", ".join(filter(None, [variant,
+                                              f"input guidance {format_guidance(self.guidance)}"]))
         if variant:  # designed or trained otherwise: its own t_f / k line
             out["variant"] = variant
         return out
@@ -172,8 +174,8 @@ def _variant(config: Any) -> str:
 
 def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, str]:
     """``--checkpoint CKPT`` (named ``model``) and ``--systems NAME=CKPT ...`` (a streaming
-    system may add ``,guidance=W``: sampled with input guidance ``W`` instead of the model's
-    own)."""
+    system may add ``,guidance=W`` or one ``W`` per codebook, ``,guidance=6,2,2,2``: sampled
+    with that input guidance instead of the model's own)."""
     out: dict[str, str] = {}
     if checkpoint:
         out["model"] = checkpoint
@@ -187,20 +189,16 @@ def parse_systems(checkpoint: str | None, systems: Sequence[str]) -> dict[str, s
     return out
 
 
-def split_guidance(spec: str) -> tuple[str, float | None]:
-    """``CKPT`` or ``CKPT,guidance=W`` -> (``CKPT``, ``W``; ``None`` when absent: the
-    model's own)."""
-    from stemstream.model.sampling import check_guidance
-
+def split_guidance(spec: str) -> tuple[str, Guidance | None]:
+    """``CKPT`` or ``CKPT,guidance=W`` (``W``: a number or ``6,2,2,2``, one per codebook) ->
+    (``CKPT``, ``W``; ``None`` when absent: the model's own)."""
     path, sep, option = spec.rpartition(",guidance=")
     if not sep:
         return spec, None
     try:
-        guidance = float(option)
-    except ValueError:
-        raise ConfigError(f"guidance must be a number, got {option!r} in {spec!r}") from None
-    check_guidance(guidance)
-    return path, guidance
+        return path, parse_guidance(option)
+    except ConfigError as err:
+        raise ConfigError(f"{err} in {spec!r}") from None
 
 
 def _load_system(name: str, spec: str, codec_spec: str | None,
@@ -227,7 +225,7 @@ def _load_system(name: str, spec: str, codec_spec: str | None,
         future, chunk = model.config.future_frames, model.config.chunk_frames
     else:
         future, chunk = 0, 0
-        if guidance != 1:
+        if is_guided(guidance):
             raise ConfigError(f"system {name!r}: input guidance applies to streaming models, "
                               f"not {family!r}")
     if stemgen_steps is not None and isinstance(model, StemGenModel):

@@ -26,7 +26,12 @@ import torch
 from stemstream.errors import ConfigError
 from stemstream.model.decode_step import NO_WINDOW, DecodeStep
 from stemstream.model.kv_cache import CacheOverflowError
-from stemstream.model.sampling import SamplingConfig, guided_logits, sample_streams
+from stemstream.model.sampling import (
+    SamplingConfig,
+    format_guidance,
+    guided_logits,
+    sample_streams,
+)
 from stemstream.model.streaming import GenerationState, StreamingDecoder
 
 
@@ -144,8 +149,8 @@ class StreamPool:
             state = item.state
             sampling = item.sampling or SamplingConfig()
             if sampling.guided and not state.guided:
-                raise ConfigError(f"input guidance {sampling.guidance} needs a stream made "
-                                  "with new_state(..., guided=True)")
+                raise ConfigError(f"input guidance {format_guidance(sampling.guidance)} needs a "
+                                  "stream made with new_state(..., guided=True)")
             row = self.row_of(state)
             step = state.step
             need = step + cfg.future_frames

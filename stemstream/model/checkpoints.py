@@ -20,7 +20,7 @@ from torch import nn
 from stemstream import checkpoint
 from stemstream.config import from_dict
 from stemstream.errors import ConfigError
-from stemstream.model.sampling import check_guidance
+from stemstream.guidance import Guidance, check_codebooks, guidance_json, parse_guidance
 
 TRAIN_KIND = "model-train"
 MODEL_KIND = "model"
@@ -67,7 +67,7 @@ class LoadedModel(NamedTuple):
     family: str
     config: Any
     codec: dict[str, Any]
-    guidance: float = 1.0
+    guidance: Guidance = 1.0
 
 
 def load_model(path: str | Path, family: str | None = None) -> LoadedModel:
@@ -86,24 +86,25 @@ def load_model(path: str | Path, family: str | None = None) -> LoadedModel:
     config, model = build_model(meta["family"], meta["model"])
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model/")})
     return LoadedModel(model.eval(), meta["family"], config, meta["codec"],
-                       float(meta.get("guidance", 1.0)))
+                       parse_guidance(meta.get("guidance", 1.0)))
 
 
 def export_checkpoint(path: str | Path, out: str | Path, dtype: str | None = None,
-                      guidance: float | None = None) -> Path:
+                      guidance: Guidance | None = None) -> Path:
     """Write the model of a training checkpoint as an inference checkpoint (``kind: model``;
     no optimizer or RNG state) without the token dump the trainer would need.
 
     ``dtype`` (a key of :data:`STORE_DTYPES`) stores the floating-point weights in that type,
     e.g. ``float16`` for half the file size; :func:`load_model` casts them back to the
     model's float32. ``guidance`` stores the input guidance the model is meant to be sampled
-    with (streaming models; front ends use it unless told otherwise). With either the source
+    with (streaming models; front ends use it unless told otherwise): one number, or one per
+    codebook. With either the source
     may also be an exported checkpoint.
     """
     if dtype is not None and dtype not in STORE_DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(STORE_DTYPES)}, got {dtype!r}")
     if guidance is not None:
-        check_guidance(guidance)
+        guidance = parse_guidance(guidance)
     tensors, meta = checkpoint.load(path)
     if meta.get("kind") == MODEL_KIND and dtype is None and guidance is None:
         raise checkpoint.CheckpointError(f"{path}: already an exported model checkpoint")
@@ -121,6 +122,8 @@ def export_checkpoint(path: str | Path, out: str | Path, dtype: str | None = Non
         if meta.get("family") != "streaming":
             raise ConfigError(f"input guidance applies to streaming models, not "
                               f"{meta.get('family')!r}")
-        extra["guidance"] = float(guidance)
+        config, _ = build_model(meta["family"], meta["model"])
+        check_codebooks(guidance, config.num_codebooks)
+        extra["guidance"] = guidance_json(guidance)
     return checkpoint.save(out, model, {"kind": MODEL_KIND} | {k: meta[k] for k in keep
                                                               if k in meta} | extra)

@@ -14,10 +14,25 @@ import torch
 
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.errors import ConfigError
+from stemstream.guidance import (
+    Guidance,
+    check_codebooks,
+    check_guidance,
+    format_guidance,
+    guidance_json,
+    is_guided,
+    parse_guidance,
+)
 
 __all__ = [
+    "Guidance",
     "SamplingConfig",
     "check_guidance",
+    "check_codebooks",
+    "format_guidance",
+    "guidance_json",
+    "is_guided",
+    "parse_guidance",
     "cosine_mask_ratio",
     "guided_logits",
     "cosine_schedule",
@@ -42,22 +57,28 @@ class SamplingConfig:
             streaming decoder): the logits sampled are ``u + w (c - u)``, ``c`` with the
             input heard and ``u`` with every position hearing "no input". 1 is plain
             sampling; above 1 pushes the output towards what the input predicts. It runs the
-            model twice per position (one batch of ``2B``).
+            model twice per position (one batch of ``2B``). One ``w`` per codebook (a
+            tuple, coarse codebook first) guides each codebook by its own weight, e.g.
+            ``(6, 2, 2, 2)``: the coarse codebook carries the notes and their timing, the
+            finer ones codec detail that strong guidance turns into noise.
     """
 
     temperature: float = DEFAULT_TEMPERATURE
     top_k: int = DEFAULT_TOP_K
-    guidance: float = 1.0
+    guidance: Guidance = 1.0
 
     def __post_init__(self) -> None:
         _check_temperature(self.temperature)
         _check_top_k(self.top_k)
-        check_guidance(self.guidance)
+        if isinstance(self.guidance, str):  # text is parsed by front ends (parse_guidance)
+            raise ConfigError(f"guidance must be a number or one per codebook, got "
+                              f"{self.guidance!r}")
+        object.__setattr__(self, "guidance", parse_guidance(self.guidance))
 
     @property
     def guided(self) -> bool:
-        """Whether sampling needs the unconditional logits (``guidance != 1``)."""
-        return self.guidance != 1
+        """Whether sampling needs the unconditional logits (some ``w != 1``)."""
+        return is_guided(self.guidance)
 
     @property
     def greedy(self) -> bool:
@@ -92,14 +113,6 @@ def guided_logits(conditional: torch.Tensor, unconditional: torch.Tensor,
         return conditional.float()
     u = unconditional.float()
     return u + guidance * (conditional.float() - u)
-
-
-def check_guidance(guidance: float) -> None:
-    """A :class:`ConfigError` unless ``guidance`` is a finite number ``>= 0``."""
-    if isinstance(guidance, bool) or not isinstance(guidance, int | float):
-        raise ConfigError(f"guidance must be a number, got {guidance!r}")
-    if not math.isfinite(guidance) or guidance < 0:
-        raise ConfigError(f"guidance must be finite and >= 0, got {guidance}")
 
 
 def masked_logits(logits: torch.Tensor, valid_vocab: int) -> torch.Tensor:

@@ -44,7 +44,12 @@ from stemstream.model.delay import DelayPattern
 from stemstream.model.input_encoder import InputEncoder, check_input_encoder
 from stemstream.model.kv_cache import CacheOverflowError, KVCache
 from stemstream.model.layout import Layout, check_stream_args, training_layout
-from stemstream.model.sampling import SamplingConfig, guided_logits, sample_tokens
+from stemstream.model.sampling import (
+    SamplingConfig,
+    format_guidance,
+    guided_logits,
+    sample_tokens,
+)
 from stemstream.model.transformer import Transformer, TransformerConfig
 
 
@@ -459,7 +464,7 @@ class StreamingDecoder(nn.Module):
         sampling = sampling or SamplingConfig()
         if sampling.guided and not state.guided:
             raise ConfigError(
-                f"input guidance {sampling.guidance} needs a state made with "
+                f"input guidance {format_guidance(sampling.guidance)} needs a state made with "
                 "new_state(..., guided=True)"
             )
         k, start = cfg.chunk_frames, state.step

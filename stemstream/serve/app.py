@@ -46,6 +46,7 @@ from fastapi.staticfiles import StaticFiles
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import NEVER_TARGET, class_name, playable_class
 from stemstream.errors import ConfigError, StemstreamError
+from stemstream.guidance import Guidance, is_guided
 from stemstream.stream.engine import Engine, EngineWorker
 from stemstream.stream.models import StreamModel
 from stemstream.stream.session import Session, SessionConfig, kv_ring, with_stream_args
@@ -92,7 +93,7 @@ class ServeConfig:
         realtime: deadlines on the wall clock (live use) or a virtual clock (tests: the
             output is then exactly a session's run alone).
         temperature / top_k / seed: sampling.
-        guidance: input guidance (``None``: the model's own).
+        guidance: input guidance, one ``w`` or one per codebook (``None``: the model's own).
         batch: run the sessions in one batched engine when the model allows (``k = 1``).
         window: every session's KV ring in positions (``None``: the sessions' default,
             :data:`~stemstream.stream.session.DEFAULT_WINDOW`); a batched step's attention
@@ -110,7 +111,7 @@ class ServeConfig:
     temperature: float = DEFAULT_TEMPERATURE
     top_k: int = DEFAULT_TOP_K
     seed: int = 0
-    guidance: float | None = None
+    guidance: Guidance | None = None
     batch: bool = True
     window: int | None = None
     engines: int = 1
@@ -355,7 +356,7 @@ def engine_workers(loaded: StreamModel, config: ServeConfig) -> list[EngineWorke
     if config.engines == 1:
         return [EngineWorker(Engine(loaded.model, loaded.codec, config.max_sessions,
                                     route=loaded.route.name, quiet=False,
-                                    guided=guidance != 1, weights=loaded.weights,
+                                    guided=is_guided(guidance), weights=loaded.weights,
                                     window=config.window))]
     from stemstream.stream.remote import RemoteEngine
 
@@ -364,7 +365,7 @@ def engine_workers(loaded: StreamModel, config: ServeConfig) -> list[EngineWorke
                           "load_stream_model (it says how to load it again)")
     share = math.ceil(config.max_sessions / config.engines)
     return [EngineWorker(RemoteEngine(loaded.loader, share, window=config.window,
-                                      guided=guidance != 1, quiet=False))
+                                      guided=is_guided(guidance), quiet=False))
             for _ in range(config.engines)]
 
 

@@ -30,6 +30,7 @@ from stemstream import audio
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import class_name, playable_class
 from stemstream.errors import ConfigError
+from stemstream.guidance import Guidance
 from stemstream.mixing import check_mix_channels, mix_with_input
 from stemstream.outputs import all_or_nothing, check_outputs
 
@@ -151,7 +152,7 @@ def accompany_file(
     sample_rate: int | None = None,
     route: str | None = None,
     mix_channels: str = "input",
-    guidance: float | None = None,
+    guidance: Guidance | None = None,
 ) -> AccompanyResult:
     """Accompany an audio file with ``instrument`` through the real-time engine.
 

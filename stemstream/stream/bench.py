@@ -53,6 +53,7 @@ from typing import Any, TypedDict
 import numpy as np
 import torch
 
+from stemstream.guidance import Guidance, format_guidance, guidance_json, is_guided, parse_guidance
 from stemstream.model.quantize import num_weights
 from stemstream.stream.plan import StreamPlan
 from stemstream.stream.report import percentiles
@@ -242,7 +243,7 @@ def _rss_mb() -> dict[str, float]:
 
 
 def bench_session(model: Any, codec: Any, seed: int = 0, latency: float = 10.0,
-                  codec_block: int = 1, guidance: float = 1.0) -> Any:
+                  codec_block: int = 1, guidance: Guidance = 1.0) -> Any:
     """A session at the codec's rate on a :class:`VirtualClock` with the "late" policy (so
     the schedule does not depend on ``latency``; misses at any ``L`` are re-scored from the
     records, so the session's own ``L`` only has to be large enough not to warn) that keeps
@@ -310,7 +311,7 @@ class BenchResult(TypedDict):
     model: str
     trained: bool
     route: str
-    guidance: float
+    guidance: float | list[float]
     codec: str
     threads: int
     seconds: float
@@ -403,7 +404,7 @@ def run_bench(
             "model": loaded.source,
             "trained": loaded.trained,
             "route": loaded.describe_routes(),
-            "guidance": loaded.guidance,
+            "guidance": guidance_json(loaded.guidance),
             "codec": type(codec_model).__name__,
             "threads": threads,
             "seconds": seconds,
@@ -478,8 +479,8 @@ def format_bench(result: BenchResult) -> str:
         f"{mem['params'] / 1e6:.1f}M params, KV window {result['kv_window']} positions"
     )
     lines.append(f"routes: {result['route']}" + (
-        f"; input guidance {result['guidance']:g} (both halves of every step)"
-        if result.get("guidance", 1.0) != 1 else ""))
+        f"; input guidance {format_guidance(parse_guidance(result['guidance']))} (both halves "
+        "of every step)" if is_guided(parse_guidance(result.get("guidance", 1.0))) else ""))
     lines.append(
         f"default config t_f={result['future_frames']} k={result['chunk_frames']}, "
         f"{result['seconds']:g} s of test audio in {BLOCK_SECONDS * 1e3:.0f} ms blocks"

@@ -36,6 +36,7 @@ import torch
 
 from stemstream.codec.base import AudioStreamDecoder
 from stemstream.errors import ConfigError
+from stemstream.guidance import is_guided
 from stemstream.model.batched import StreamPool, StreamStep
 from stemstream.stream.clock import Clock
 from stemstream.stream.inputs import InputStream
@@ -83,7 +84,7 @@ class Engine:
         if config.window not in (None, self.pool.window):
             raise ConfigError(f"sessions of this engine use a KV ring of {self.pool.window} "
                               f"positions, not {config.window}")
-        if self.pool.free_rows < (2 if config.guidance != 1 else 1):
+        if self.pool.free_rows < (2 if is_guided(config.guidance) else 1):
             raise ConfigError(f"the engine is full ({self.capacity} rows; a guided session "
                               "takes two)")
         session = Session(self.model, self.codec,

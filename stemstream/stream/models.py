@@ -44,6 +44,7 @@ import torch
 from stemstream.codec.base import Codec
 from stemstream.codec.compiled import accelerate_codec
 from stemstream.errors import ConfigError
+from stemstream.guidance import Guidance
 from stemstream.model.routes import RouteInfo, accelerate
 from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
 from stemstream.model.transformer import TransformerConfig
@@ -69,7 +70,7 @@ class StreamModel:
     trained: bool
     route: RouteInfo = RouteInfo("eager")
     codec_route: RouteInfo = RouteInfo("eager")
-    guidance: float = 1.0  # the input guidance the model is meant to be sampled with
+    guidance: Guidance = 1.0  # the input guidance the model is meant to be sampled with
     weights: str = "fp32"  # what the decode step runs with (fp32, or int8 on onnx)
     # the same model loaded again (picklable: an engine process loads its own copy)
     loader: Callable[[], StreamModel] | None = None

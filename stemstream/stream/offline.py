@@ -21,6 +21,7 @@ from stemstream.codec.registry import codec_for
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import class_name, playable_class
 from stemstream.errors import ConfigError
+from stemstream.guidance import Guidance
 from stemstream.mixing import check_mix_channels, mix_with_input
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder
@@ -136,13 +137,13 @@ def generate_file(
     progress: bool = False,
     sample_rate: int | None = None,
     mix_channels: str = "input",
-    guidance: float | None = None,
+    guidance: Guidance | None = None,
 ) -> GenerateResult:
     """Accompany ``input_path`` (any rate/channels) with ``instrument``; write the stem (and
     optionally the appendix-A.7 mix of input and stem, in the input's channel layout or mono
     by ``mix_channels``) at ``sample_rate`` (default: the input's). A streaming model may run
     at another ``t_f`` (seconds) / ``k`` than trained (with a warning); other families refuse
-    them. ``guidance``: input guidance (streaming models; see
+    them. ``guidance``: input guidance, one ``w`` or one per codebook (streaming models; see
     :class:`~stemstream.model.sampling.SamplingConfig`; default: the model's own)."""
     from stemstream.model.checkpoints import load_model
     from stemstream.stream.session import with_stream_args

@@ -47,6 +47,7 @@ from stemstream.codec.base import Codec
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.data.instruments import class_from_name, class_name
 from stemstream.errors import ConfigError, StemstreamError, StreamError
+from stemstream.guidance import Guidance, check_codebooks
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import GenerationState, StreamingDecoder
 from stemstream.stream.clock import Clock, VirtualClock
@@ -86,9 +87,9 @@ class SessionConfig:
         policy: on a miss, ``"silence"`` or ``"late"``; default from the clock.
         output_sample_rate: rate of the returned audio (default: the codec's).
         keep_records: chunk records kept in memory (oldest dropped; counters stay exact).
-        guidance: input guidance (:class:`~stemstream.model.sampling.SamplingConfig`; 1 =
-            plain sampling; other values run both halves of every step, with and without the
-            input, in one call).
+        guidance: input guidance, one ``w`` or one per codebook
+            (:class:`~stemstream.model.sampling.SamplingConfig`; 1 = plain sampling; other
+            values run both halves of every step, with and without the input, in one call).
         codec_block: frames the codec encodes and decodes per call (issue 17: one call's
             overhead shared by several frames). Input is held until a block of frames is
             complete and output until a block is decided, which costs up to ``2 (n - 1)``
@@ -107,7 +108,7 @@ class SessionConfig:
     policy: str | None = None
     output_sample_rate: int | None = None
     keep_records: int = 10_000
-    guidance: float = 1.0
+    guidance: Guidance = 1.0
     codec_block: int | None = None
 
     def __post_init__(self) -> None:
@@ -123,7 +124,9 @@ class SessionConfig:
                 isinstance(self.codec_block, int) and self.codec_block >= 1)):
             raise ConfigError(f"codec_block must be an integer >= 1 frames, got "
                               f"{self.codec_block!r}")
-        SamplingConfig(self.temperature, self.top_k, self.guidance)  # validates
+        # validates, and a JSON list of weights becomes a tuple
+        object.__setattr__(self, "guidance",
+                           SamplingConfig(self.temperature, self.top_k, self.guidance).guidance)
 
 
 @dataclass
@@ -254,6 +257,7 @@ class Session:
         self.policy = self.config.policy or ("silence" if self.clock.realtime else "late")
         self.sampling = SamplingConfig(self.config.temperature, self.config.top_k,
                                        self.config.guidance)
+        check_codebooks(self.sampling.guidance, mcfg.num_codebooks)
         self.window = kv_ring(model, self.config.window)
         self.sample_rate = codec.sample_rate
         self.hop = codec.hop_length

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from stemstream.guidance import Guidance, is_guided
 from stemstream.model.sampling import guided_logits
 
 ONSET_FRAMES = 3  # frames 0..2 after a note onset
@@ -83,7 +84,7 @@ def measure_reliance(
     inputs: Callable[[Any, torch.device], torch.Tensor],
     batches: Sequence,
     others: Sequence,
-    guidance: float = 1.0,
+    guidance: Guidance = 1.0,
 ) -> dict[str, float]:
     """Validation loss and reliance of a streaming decoder (module docstring).
 
@@ -93,7 +94,8 @@ def measure_reliance(
             :class:`~stemstream.train.inputs.BatchInputs`).
         batches: :class:`~stemstream.data.tokens.TokenBatch` es with the true input.
         others: batches of the same shapes whose inputs come from other tracks.
-        guidance: measure the guided logits (module docstring); 1 = the model's own.
+        guidance: measure the guided logits (module docstring), one ``w`` or one per
+            codebook; 1 = the model's own.
 
     Returns:
         ``loss/valid`` (true input), ``loss/valid_other_input``, ``reliance/all``,
@@ -117,7 +119,7 @@ def measure_reliance(
             latents = inputs(source, device)
             for hidden in (False, True):
                 out = model(latents, target, inst, hide_history=hidden)
-                if guidance != 1:
+                if is_guided(guidance):
                     if hidden not in deaf:
                         deaf[hidden] = model(latents, target, inst, hide_history=hidden,
                                              hide_input=True).logits

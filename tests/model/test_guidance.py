@@ -9,6 +9,7 @@ import torch
 
 import stemstream.model.streaming as streaming
 from stemstream.errors import ConfigError
+from stemstream.guidance import format_guidance, parse_guidance
 from stemstream.model.sampling import SamplingConfig, guided_logits
 from stemstream.model.streaming import StreamingDecoder, StreamingDecoderConfig
 from stemstream.model.transformer import TransformerConfig
@@ -104,10 +105,53 @@ def test_guidance_needs_a_guided_state():
         model.generate_chunk(state, x, SamplingConfig(guidance=3.0), input_complete=True)
 
 
-@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "2", True])
+@pytest.mark.parametrize(("t_f", "k"), [(-3, 1), (3, 3)])
+def test_per_codebook_guidance_mixes_each_codebook_by_its_own_weight(t_f, k, monkeypatch):
+    model = _model(t_f, k)
+    x, y, inst = _batch(t_f)
+    delayed = model.delay.apply(y)
+    with torch.no_grad():
+        c = model(x, y, inst).logits
+        u = model(x, y, inst, hide_input=True).logits
+    weights = (4.0, 1.0, 0.0, 2.5)
+    sampled = _sampled_logits(model, x, delayed, inst, weights, monkeypatch)
+    for q, w in enumerate(weights):
+        expected = (u + w * (c - u))[:, : sampled.shape[1], q]
+        torch.testing.assert_close(sampled[:, :, q], expected, atol=1e-4, rtol=0)
+    # one weight repeated per codebook is that weight
+    same = _sampled_logits(model, x, delayed, inst, (2.5,) * K, monkeypatch)
+    assert torch.equal(same, _sampled_logits(model, x, delayed, inst, 2.5, monkeypatch))
+    state = model.new_state(inst, max_steps=8, guided=True)
+    with pytest.raises(ConfigError, match="3 guidance weights for 4 codebooks"):
+        model.generate_chunk(state, x, SamplingConfig(guidance=(2.0, 1.0, 1.0)),
+                             input_complete=True)
+
+
+@pytest.mark.parametrize(("given", "parsed"), [
+    (2, 2.0), ("2", 2.0), ("6,2,2,2", (6.0, 2.0, 2.0, 2.0)), ([6, 2.5], (6.0, 2.5)),
+    ((3.0,), 3.0), (" 1.5 , 0 ", (1.5, 0.0)),
+])
+def test_guidance_is_a_number_or_one_per_codebook(given, parsed):
+    assert parse_guidance(given) == parsed
+    if not isinstance(given, str):  # text is for front ends to parse
+        assert SamplingConfig(guidance=given).guidance == parsed
+    assert format_guidance(parsed) == "/".join(f"{w:g}" for w in
+                                               (parsed if isinstance(parsed, tuple) else [parsed]))
+    assert SamplingConfig(guidance=[1, 1]).guided is False
+    assert SamplingConfig(guidance=[1, 2]).guided is True
+
+
+@pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf"), "2", True, [], (2.0, -1.0),
+                                 [2, "3"]])
 def test_bad_guidance_is_a_config_error(bad):
     with pytest.raises(ConfigError, match="guidance"):
         SamplingConfig(guidance=bad)
+
+
+@pytest.mark.parametrize("bad", ["x", "2,,1", "", "6,-2", "nan"])
+def test_bad_guidance_text_is_a_config_error(bad):
+    with pytest.raises(ConfigError, match="guidance"):
+        parse_guidance(bad)
 
 
 def test_input_dropout_hides_the_input_in_training_only():

@@ -35,7 +35,8 @@ CASES = [  # instrument, input rate, output rate, block size, seed, joins at rou
 
 @pytest.mark.parametrize(("t_f", "encoder"),
                          [(-3, "conv"), (0, "conv"), (2, "conv"), (-3, "conv+features")])
-@pytest.mark.parametrize(("temperature", "guidance"), [(0.0, 1.0), (1.0, 1.0), (1.0, 2.0)])
+@pytest.mark.parametrize(("temperature", "guidance"),
+                         [(0.0, 1.0), (1.0, 1.0), (1.0, 2.0), (1.0, (3.0, 1.0, 2.0, 0.5))])
 def test_engine_sessions_equal_each_session_alone(t_f, encoder, temperature, guidance):
     model, codec = make_model(t_f, 1, encoder=encoder), make_codec()
     engine = Engine(model, codec, max_sessions=3, window=WINDOW, guided=guidance != 1)

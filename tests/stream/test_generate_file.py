@@ -205,3 +205,34 @@ def test_a_stored_guidance_is_the_default_and_an_option_overrides_it(dump, tmp_p
     bad = runner.invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "x.safetensors"),
                               "--guidance", "-1"])
     assert bad.exit_code != 0
+
+
+def test_guidance_per_codebook_is_stored_and_used_like_one_weight(dump, tmp_path):
+    """`--guidance 6,2,2,2`: one weight per codebook, stored at export and used by generate;
+    a count other than the model's codebooks is a one-line error."""
+    from stemstream.model.checkpoints import load_model
+
+    ckpt = _export(dump, tmp_path / "run", "family=streaming", "model.future_frames=1")
+    per = tmp_path / "per.safetensors"
+    runner = CliRunner()
+    out = runner.invoke(cli, ["export", str(ckpt), "-o", str(per), "--guidance", "6,2,2,2"])
+    assert out.exit_code == 0, out.output
+    assert load_model(per).guidance == (6.0, 2.0, 2.0, 2.0)
+    t = np.arange(int(0.8 * 16000)) / 16000
+    sf.write(str(tmp_path / "in.wav"), 0.3 * np.sin(2 * np.pi * 110 * t), 16000)
+    stems = {}
+    for name, model, extra in [("stored", per, []), ("explicit", ckpt, ["--guidance", "6,2,2,2"]),
+                               ("one", ckpt, ["--guidance", "6"])]:
+        result = runner.invoke(cli, ["generate", "--model", str(model), "--input",
+                                     str(tmp_path / "in.wav"), "--instrument", "bass", "-o",
+                                     str(tmp_path / f"{name}.wav"), "--temperature", "0",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        stems[name] = sf.read(str(tmp_path / f"{name}.wav"))[0]
+    assert np.array_equal(stems["stored"], stems["explicit"])
+    assert not np.array_equal(stems["stored"], stems["one"])
+    for bad, message in [("6,2", "2 weights for a model of 4 codebooks"),
+                         ("6,x,2,2", "one number per codebook")]:
+        result = runner.invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "x.safetensors"),
+                                     "--guidance", bad])
+        assert result.exit_code != 0 and message in result.output, result.output

@@ -116,7 +116,7 @@ WAVE = noise(HOP * 37 + 13)
 
 
 def offline_reference(model: StreamingDecoder, codec: MockCodec, wave: np.ndarray,
-                      guidance: float = 1.0) -> np.ndarray:
+                      guidance: float | tuple[float, ...] = 1.0) -> np.ndarray:
     with torch.inference_mode():
         w = torch.from_numpy(wave)[None, None]
         latents = codec.embed(codec.encode(w)[:, :K])
@@ -164,13 +164,19 @@ def test_greedy_session_equals_offline_generation(t_f, k, encoder):
 
 @pytest.mark.parametrize("t_f", [-3, 2])
 @pytest.mark.parametrize("k", [1, 4])
-def test_guided_session_equals_guided_offline_generation(t_f, k):
+@pytest.mark.parametrize("guidance", [3.0, (3.0, 1.0, 2.0, 0.5)])
+def test_guided_session_equals_guided_offline_generation(t_f, k, guidance):
     model, codec = shared_model(t_f, k, "conv"), shared_codec()
-    ref = offline_reference(model, codec, WAVE, guidance=3.0)
+    ref = offline_reference(model, codec, WAVE, guidance=guidance)
     assert not np.array_equal(ref, offline_reference(model, codec, WAVE))  # guidance acts
     for sizes in ([WAVE.shape[0]], [1, 7, 40, 99, 3]):
-        sess = session(model, temperature=0.0, window=4096, guidance=3.0)
+        sess = session(model, temperature=0.0, window=4096, guidance=guidance)
         assert np.array_equal(run_blocks(sess, WAVE, sizes), ref), sizes
+
+
+def test_a_session_refuses_guidance_for_another_number_of_codebooks():
+    with pytest.raises(ConfigError, match="2 weights for a model of 4 codebooks"):
+        session(shared_model(0, 1, "conv"), guidance=(3.0, 1.0))
 
 
 @pytest.mark.parametrize("t_f", [-3, 0, 2])
