@@ -1,14 +1,17 @@
 """Resolve what ``--model`` options of the streaming front ends accept.
 
 * ``default`` — the shipped model for files
-  (``stemstream/assets/models/streaming-listen-more.safetensors``: 6 blocks,
-  ``t_f = +100 ms``, conv input encoder, sampled with input guidance 2, with the shipped
-  codec; card ``models/streaming-listen-more``). The previous defaults stay shipped:
-  ``default-v2`` (``streaming-listen.safetensors``, the same design with fewer steps, plain
-  sampling) and ``default-v1`` (``streaming-cpu.safetensors``, the paper's fusion at
-  ``t_f = 0``). Without a shipped default, an *untrained* ``cpu``-preset streaming decoder
-  over the shipped codec (random weights, seed 0) stands in, with a warning: timings are
-  real, the music is noise.
+  (``stemstream/assets/models/streaming-listen-gpu-distill.safetensors``: 6 blocks,
+  ``t_f = +100 ms``, conv input encoder, with the shipped codec; card
+  ``models/streaming-listen-gpu-distill``): the model below taught, on a GPU, to give in one
+  pass the distribution it samples from under input guidance 6 / 2 / 2 / 2 per codebook, so
+  it samples plainly at half the work. The previous defaults stay shipped: ``default-v3``
+  (``streaming-listen-more.safetensors``, sampled with input guidance 2; card
+  ``models/streaming-listen-more``), ``default-v2`` (``streaming-listen.safetensors``, the
+  same design with fewer steps, plain sampling) and ``default-v1``
+  (``streaming-cpu.safetensors``, the paper's fusion at ``t_f = 0``). Without a shipped
+  default, an *untrained* ``cpu``-preset streaming decoder over the shipped codec (random
+  weights, seed 0) stands in, with a warning: timings are real, the music is noise.
 * ``default-live`` — the shipped live model (``streaming-live-beat.safetensors``: 3 blocks,
   ``t_f = -120 ms``, so it can play in time with the musician, fast enough for a laptop
   CPU; it hears onset, loudness, chroma and the tracked beat phase advanced to the frame it
@@ -52,7 +55,8 @@ from stemstream.model.transformer import TransformerConfig
 log = logging.getLogger(__name__)
 
 MODEL_ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
-DEFAULT_MODEL = MODEL_ASSETS / "streaming-listen-more.safetensors"
+DEFAULT_MODEL = MODEL_ASSETS / "streaming-listen-gpu-distill.safetensors"
+THIRD_DEFAULT = MODEL_ASSETS / "streaming-listen-more.safetensors"
 SECOND_DEFAULT = MODEL_ASSETS / "streaming-listen.safetensors"
 PREVIOUS_DEFAULT = MODEL_ASSETS / "streaming-cpu.safetensors"
 LIVE_MODEL = MODEL_ASSETS / "streaming-live-beat.safetensors"
@@ -100,7 +104,8 @@ def shipped_path(spec: str | Path) -> str:
     ...); any other spec unchanged."""
     shipped = {"default": DEFAULT_MODEL, "default-live": LIVE_MODEL,
                "default-live-v1": PREVIOUS_LIVE,
-               "default-v1": PREVIOUS_DEFAULT, "default-v2": SECOND_DEFAULT}
+               "default-v1": PREVIOUS_DEFAULT, "default-v2": SECOND_DEFAULT,
+               "default-v3": THIRD_DEFAULT}
     return str(shipped.get(str(spec), spec))
 
 
@@ -177,7 +182,7 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
     if not path.exists():
         raise ConfigError(
             f"--model {spec!r}: no such file; use default, default-live, default-live-v1, "
-            "default-v1, default-v2, "
+            "default-v1, default-v2, default-v3, "
             f"{', '.join(RANDOM_SPECS)} or a "
             "streaming model checkpoint"
         )
