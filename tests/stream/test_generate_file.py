@@ -178,6 +178,21 @@ def test_export_turns_a_training_checkpoint_into_a_model(dump, tmp_path):
     assert again.exit_code == 1 and "already an exported model" in again.output
 
 
+def _greedy_stems(runner, tmp_path, cases) -> dict[str, np.ndarray]:
+    """``generate`` (greedy) on a 0.8 s sine for each ``(name, model, extra options)``."""
+    t = np.arange(int(0.8 * 16000)) / 16000
+    sf.write(str(tmp_path / "in.wav"), 0.3 * np.sin(2 * np.pi * 110 * t), 16000)
+    stems = {}
+    for name, model, extra in cases:
+        result = runner.invoke(cli, ["generate", "--model", str(model), "--input",
+                                     str(tmp_path / "in.wav"), "--instrument", "bass", "-o",
+                                     str(tmp_path / f"{name}.wav"), "--temperature", "0",
+                                     *extra])
+        assert result.exit_code == 0, result.output
+        stems[name] = sf.read(str(tmp_path / f"{name}.wav"))[0]
+    return stems
+
+
 def test_a_stored_guidance_is_the_default_and_an_option_overrides_it(dump, tmp_path):
     """`export --guidance W` stores the input guidance the model is meant to be sampled with;
     generate uses it unless --guidance says otherwise."""
@@ -189,17 +204,9 @@ def test_a_stored_guidance_is_the_default_and_an_option_overrides_it(dump, tmp_p
     out = runner.invoke(cli, ["export", str(ckpt), "-o", str(guided), "--guidance", "2.5"])
     assert out.exit_code == 0, out.output
     assert load_model(guided).guidance == 2.5 and load_model(ckpt).guidance == 1.0
-    t = np.arange(int(0.8 * 16000)) / 16000
-    sf.write(str(tmp_path / "in.wav"), 0.3 * np.sin(2 * np.pi * 110 * t), 16000)
-    stems = {}
-    for name, model, extra in [("stored", guided, []), ("explicit", ckpt, ["--guidance", "2.5"]),
-                               ("plain", guided, ["--guidance", "1"])]:
-        result = runner.invoke(cli, ["generate", "--model", str(model), "--input",
-                                     str(tmp_path / "in.wav"), "--instrument", "bass", "-o",
-                                     str(tmp_path / f"{name}.wav"), "--temperature", "0",
-                                     *extra])
-        assert result.exit_code == 0, result.output
-        stems[name] = sf.read(str(tmp_path / f"{name}.wav"))[0]
+    stems = _greedy_stems(runner, tmp_path, [("stored", guided, []),
+                                             ("explicit", ckpt, ["--guidance", "2.5"]),
+                                             ("plain", guided, ["--guidance", "1"])])
     assert np.array_equal(stems["stored"], stems["explicit"])
     assert not np.array_equal(stems["stored"], stems["plain"])
     bad = runner.invoke(cli, ["export", str(ckpt), "-o", str(tmp_path / "x.safetensors"),
@@ -218,17 +225,9 @@ def test_guidance_per_codebook_is_stored_and_used_like_one_weight(dump, tmp_path
     out = runner.invoke(cli, ["export", str(ckpt), "-o", str(per), "--guidance", "6,2,2,2"])
     assert out.exit_code == 0, out.output
     assert load_model(per).guidance == (6.0, 2.0, 2.0, 2.0)
-    t = np.arange(int(0.8 * 16000)) / 16000
-    sf.write(str(tmp_path / "in.wav"), 0.3 * np.sin(2 * np.pi * 110 * t), 16000)
-    stems = {}
-    for name, model, extra in [("stored", per, []), ("explicit", ckpt, ["--guidance", "6,2,2,2"]),
-                               ("one", ckpt, ["--guidance", "6"])]:
-        result = runner.invoke(cli, ["generate", "--model", str(model), "--input",
-                                     str(tmp_path / "in.wav"), "--instrument", "bass", "-o",
-                                     str(tmp_path / f"{name}.wav"), "--temperature", "0",
-                                     *extra])
-        assert result.exit_code == 0, result.output
-        stems[name] = sf.read(str(tmp_path / f"{name}.wav"))[0]
+    stems = _greedy_stems(runner, tmp_path, [("stored", per, []),
+                                             ("explicit", ckpt, ["--guidance", "6,2,2,2"]),
+                                             ("one", ckpt, ["--guidance", "6"])])
     assert np.array_equal(stems["stored"], stems["explicit"])
     assert not np.array_equal(stems["stored"], stems["one"])
     for bad, message in [("6,2", "2 weights for a model of 4 codebooks"),
