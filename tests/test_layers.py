@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stemstream"
 # pairs in SEPARATE
 LAYERS: list[tuple[str, set[str]]] = [
     ("base", {"__init__", "errors", "config", "outputs", "checkpoint", "metrics", "schedule",
-              "training", "aot"}),
+              "training", "aot", "guidance"}),
     ("audio", {"audio", "features", "beats", "mixing"}),
     ("data", {"data"}),
     ("codec", {"codec"}),
