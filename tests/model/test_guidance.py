@@ -62,15 +62,21 @@ def _sampled_logits(model, x, forced, inst, guidance, monkeypatch, temperature=1
     return torch.stack(seen, dim=1)
 
 
+def _teacher_forced(t_f: int, k: int):
+    """A model, its input, delayed true tokens and instruments, and its teacher-forced logits
+    hearing the input (``c``) and hearing nothing (``u``)."""
+    model = _model(t_f, k)
+    x, y, inst = _batch(t_f)
+    with torch.no_grad():
+        c = model(x, y, inst).logits
+        u = model(x, y, inst, hide_input=True).logits
+    return model, x, model.delay.apply(y), inst, c, u
+
+
 @pytest.mark.parametrize("t_f", [-3, 0, 3])
 @pytest.mark.parametrize("k", [1, 3])
 def test_guided_generation_samples_from_guided_teacher_forced_logits(t_f, k, monkeypatch):
-    model = _model(t_f, k)
-    x, y, inst = _batch(t_f)
-    delayed = model.delay.apply(y)
-    with torch.no_grad():
-        conditional = model(x, y, inst).logits
-        unconditional = model(x, y, inst, hide_input=True).logits
+    model, x, delayed, inst, conditional, unconditional = _teacher_forced(t_f, k)
     assert not torch.allclose(conditional, unconditional, atol=1e-3)  # the input matters
     sampled = _sampled_logits(model, x, delayed, inst, 2.5, monkeypatch)
     expected = guided_logits(conditional, unconditional, 2.5)[:, : sampled.shape[1]]
@@ -107,12 +113,7 @@ def test_guidance_needs_a_guided_state():
 
 @pytest.mark.parametrize(("t_f", "k"), [(-3, 1), (3, 3)])
 def test_per_codebook_guidance_mixes_each_codebook_by_its_own_weight(t_f, k, monkeypatch):
-    model = _model(t_f, k)
-    x, y, inst = _batch(t_f)
-    delayed = model.delay.apply(y)
-    with torch.no_grad():
-        c = model(x, y, inst).logits
-        u = model(x, y, inst, hide_input=True).logits
+    model, x, delayed, inst, c, u = _teacher_forced(t_f, k)
     weights = (4.0, 1.0, 0.0, 2.5)
     sampled = _sampled_logits(model, x, delayed, inst, weights, monkeypatch)
     for q, w in enumerate(weights):
