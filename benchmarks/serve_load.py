@@ -193,10 +193,20 @@ def main() -> None:
                 n += 1
         alone, batched = (held[f"{m}, {engines} engine{'s' if engines > 1 else ''}"]
                           for m in ("alone", "batched"))
+        # a count that reached --max-sessions without a miss is a lower bound, not a capacity
+        at_least = {n: (">= " if n == args.max_sessions else "") for n in (alone, batched)}
+        ratio = f"{batched / max(alone, 1):.1f}x"
+        if at_least[batched] and not at_least[alone]:
+            ratio = ">= " + ratio
+        elif at_least[alone]:
+            ratio = "ratio unknown"
         print(f"sessions held with 0 misses, {engines} process{'es' if engines > 1 else ''}: "
-              f"one by one ({loaded.route.name} route) {alone}, batched engine {batched} "
-              f"({batched / max(alone, 1):.1f}x); weights {loaded.weights}, KV ring "
-              f"{args.window or 'default'}", flush=True)
+              f"one by one ({loaded.route.name} route) {at_least[alone]}{alone}, batched "
+              f"engine {at_least[batched]}{batched} ({ratio}); weights {loaded.weights}, KV "
+              f"ring {args.window or 'default'}", flush=True)
+        if at_least[batched]:
+            print(f"  the batched engine held every count up to --max-sessions "
+                  f"{args.max_sessions}: raise it to measure its capacity", flush=True)
     if args.json:
         print(json.dumps({"model": loaded.source, "route": loaded.route.name, "rows": rows,
                           "held": held, "splits": splits, "guidance": loaded.guidance,
