@@ -24,11 +24,11 @@ from dataclasses import dataclass
 import torch
 
 from stemstream.errors import ConfigError
+from stemstream.guidance import format_guidance
 from stemstream.model.decode_step import NO_WINDOW, DecodeStep
 from stemstream.model.kv_cache import CacheOverflowError
 from stemstream.model.sampling import (
     SamplingConfig,
-    format_guidance,
     guided_logits,
     sample_streams,
 )

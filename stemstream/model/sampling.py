@@ -14,25 +14,11 @@ import torch
 
 from stemstream.config import DEFAULT_TEMPERATURE, DEFAULT_TOP_K
 from stemstream.errors import ConfigError
-from stemstream.guidance import (
-    Guidance,
-    check_codebooks,
-    check_guidance,
-    format_guidance,
-    guidance_json,
-    is_guided,
-    parse_guidance,
-)
+from stemstream.guidance import Guidance, check_guidance, is_guided, parse_guidance
 
 __all__ = [
-    "Guidance",
     "SamplingConfig",
     "check_guidance",
-    "check_codebooks",
-    "format_guidance",
-    "guidance_json",
-    "is_guided",
-    "parse_guidance",
     "cosine_mask_ratio",
     "guided_logits",
     "cosine_schedule",

@@ -39,6 +39,7 @@ from torch import nn
 
 from stemstream.errors import ConfigError
 from stemstream.features import BEAT_UNIT_SECONDS, check_features, feature_dim, feature_offset
+from stemstream.guidance import format_guidance
 from stemstream.model.decode_step import NO_WINDOW, stack_caches
 from stemstream.model.delay import DelayPattern
 from stemstream.model.input_encoder import InputEncoder, check_input_encoder
@@ -46,7 +47,6 @@ from stemstream.model.kv_cache import CacheOverflowError, KVCache
 from stemstream.model.layout import Layout, check_stream_args, training_layout
 from stemstream.model.sampling import (
     SamplingConfig,
-    format_guidance,
     guided_logits,
     sample_tokens,
 )

@@ -478,9 +478,10 @@ def format_bench(result: BenchResult) -> str:
         f"codec {result['codec']}, {result['threads']} thread(s), "
         f"{mem['params'] / 1e6:.1f}M params, KV window {result['kv_window']} positions"
     )
+    guidance = parse_guidance(result.get("guidance", 1.0))
     lines.append(f"routes: {result['route']}" + (
-        f"; input guidance {format_guidance(parse_guidance(result['guidance']))} (both halves "
-        "of every step)" if is_guided(parse_guidance(result.get("guidance", 1.0))) else ""))
+        f"; input guidance {format_guidance(guidance)} (both halves of every step)"
+        if is_guided(guidance) else ""))
     lines.append(
         f"default config t_f={result['future_frames']} k={result['chunk_frames']}, "
         f"{result['seconds']:g} s of test audio in {BLOCK_SECONDS * 1e3:.0f} ms blocks"

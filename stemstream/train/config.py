@@ -13,7 +13,7 @@ from typing import Any
 
 from stemstream.errors import ConfigError
 from stemstream.features import check_features
-from stemstream.model.sampling import check_guidance
+from stemstream.guidance import check_guidance
 
 
 @dataclass(frozen=True)
@@ -183,9 +183,7 @@ class ModelTrainConfig:
         if self.distill_from is None and self.distill_guidance is not None:
             raise ConfigError("distill_guidance needs distill_from")
         if self.distill_guidance is not None:
-            for w in (self.distill_guidance if isinstance(self.distill_guidance, tuple)
-                      else (self.distill_guidance,)):
-                check_guidance(w)
+            check_guidance(self.distill_guidance)
         if self.distill_from is None and self.distill_onset_weight != 1:
             raise ConfigError("distill_onset_weight needs distill_from")
         if not (math.isfinite(self.distill_onset_weight) and self.distill_onset_weight > 0):
