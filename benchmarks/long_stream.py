@@ -7,12 +7,20 @@ clock: each chunk's deadline is judged against the compute actually measured, as
 stream would see it. Prints, per minute: missed chunks, RTF, p99 ms per frame and RSS, and
 at the end the RSS growth after the first minute.
 
+RSS is read at the end of each minute after the benchmark has dropped that minute's input
+(tens of MiB of float64 temporaries to synthesise it) and asked the C allocator to return
+free memory to the system (glibc ``malloc_trim``, where there is one): otherwise the input's
+own buffers decide the figure (it alternated by 29 MiB between minutes), not the session.
+
     python benchmarks/long_stream.py [--minutes 60] [--model default] [--route auto] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
+import gc
 import json
 import resource
 import time
@@ -30,6 +38,15 @@ def rss_mb() -> float:
     with open("/proc/self/statm") as statm:
         pages = int(statm.read().split()[1])
     return pages * resource.getpagesize() / 2**20
+
+
+def release_free_memory() -> None:
+    """Collect garbage and return the C heap's free pages to the system (glibc only)."""
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
 
 
 def main() -> None:
@@ -59,6 +76,8 @@ def main() -> None:
             session.push(audio[start : start + block])
             frame_ms.append((time.perf_counter() - t0) * 1e3)
         wall = time.perf_counter() - began
+        del audio
+        release_free_memory()
         rows.append({"minute": minute + 1, "missed": session.stats.missed_chunks - missed_before,
                      "rtf": wall / 60.0, "p99_ms": float(np.percentile(frame_ms, 99)),
                      "rss_mb": rss_mb()})

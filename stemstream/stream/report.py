@@ -27,7 +27,7 @@ def session_report(session: Session) -> dict[str, Any]:
     """Configuration, totals, time split, latency percentiles and per-chunk records."""
     cfg = session.model.config
     stats = session.stats
-    records = session.records
+    records = list(session.records)  # built once from the session's record table
     frames_per_chunk = cfg.chunk_frames
     model_ms = [r.model_s * 1e3 for r in records]
     out_ms = [r.codec_out_s * 1e3 for r in records]

@@ -53,6 +53,7 @@ from stemstream.model.streaming import GenerationState, StreamingDecoder
 from stemstream.stream.clock import Clock, VirtualClock
 from stemstream.stream.inputs import InputStream
 from stemstream.stream.plan import StreamPlan
+from stemstream.stream.records import ChunkRecord, chunk_records, push_records
 from stemstream.stream.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -120,6 +121,8 @@ class SessionConfig:
             raise ConfigError(f"latency must be >= 0 seconds, got {self.latency}")
         if self.window is not None and self.window < 1:
             raise ConfigError(f"window must be >= 1 positions, got {self.window}")
+        if self.keep_records < 1:
+            raise ConfigError(f"keep_records must be >= 1, got {self.keep_records}")
         if self.codec_block is not None and (isinstance(self.codec_block, bool) or not (
                 isinstance(self.codec_block, int) and self.codec_block >= 1)):
             raise ConfigError(f"codec_block must be an integer >= 1 frames, got "
@@ -127,35 +130,6 @@ class SessionConfig:
         # validates, and a JSON list of weights becomes a tuple
         object.__setattr__(self, "guidance",
                            SamplingConfig(self.temperature, self.top_k, self.guidance).guidance)
-
-
-@dataclass
-class ChunkRecord:
-    """Timing of one generated chunk (seconds on the session timeline; ``None`` = n/a).
-
-    ``deadline`` is when the first audio sample this chunk completed must play; a chunk
-    that completed no audio yet (the delay pattern's first ``K - 1`` steps) has none.
-    ``recency_gap`` is the chunk's mean ``(t - c) - t_f`` in frames (SPEC section 1).
-    """
-
-    index: int
-    step: int
-    frames: int  # output frames this chunk made audible
-    ready: float
-    start: float
-    model_end: float
-    end: float
-    model_s: float
-    codec_out_s: float
-    deadline: float | None
-    slack: float | None
-    missed: bool
-    late_samples: int
-    recency_gap: float
-    new_chunk: bool = True  # False: frames decided earlier, rendered when the input ended
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -298,9 +272,9 @@ class Session:
         self.samples_out = 0  # output samples at the codec rate
         self.held = np.zeros(0, np.float32)  # input (codec rate) held for a codec block
         self.finished = False
-        self.records: list[ChunkRecord] = []
+        self.records = chunk_records(self.config.keep_records)
         # per push: (arrival, encode start, encode end, frames encoded)
-        self.pushes: list[tuple[float, float, float, int]] = []
+        self.pushes = push_records(self.config.keep_records)
         self.stats = SessionStats()
         self.clock.load_state({})
 
@@ -420,8 +394,6 @@ class Session:
         self.stats.codec_in_s += enc_end - enc_start
         self.stats.pushes += 1
         self.pushes.append((arrival, enc_start, enc_end, new_latents.shape[-1]))
-        if len(self.pushes) > self.config.keep_records:
-            del self.pushes[: len(self.pushes) - self.config.keep_records]
         self.latents = torch.cat([self.latents, new_latents], dim=-1)
         self.frame_ready.extend([enc_end] * new_latents.shape[-1])
         return self.samples_out
@@ -590,8 +562,6 @@ class Session:
         self.stats.model_s += record.model_s
         self.stats.codec_out_s += record.codec_out_s
         self.records.append(record)
-        if len(self.records) > self.config.keep_records:
-            del self.records[: len(self.records) - self.config.keep_records]
         return audio
 
     def _forget(self) -> None:
