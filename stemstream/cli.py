@@ -936,6 +936,30 @@ def eval_claims(run, out, alpha):
     click.echo(f"wrote {md}")
 
 
+@eval_group.command("compare")
+@click.argument("run", type=click.Path(path_type=Path))
+@click.argument("pairs", nargs=-1, required=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Also write the table to this markdown file.")
+def eval_compare(run, pairs, out):
+    """Paired tests between any systems of one eval run: PAIRS as A:B (A - B per window,
+    bootstrap interval, Wilcoxon p, uncorrected)."""
+    from stemstream.eval.claims import compare, compare_markdown
+    from stemstream.outputs import write_text
+
+    parsed = []
+    for pair in pairs:
+        a, sep, b = pair.partition(":")
+        if not (sep and a and b):
+            raise click.BadParameter(f"{pair!r}: write a pair as A:B", param_hint="PAIRS")
+        parsed.append((a, b))
+    table = compare_markdown(compare(run, parsed))
+    click.echo(table)
+    if out is not None:
+        write_text(out, table)
+        click.echo(f"wrote {out}")
+
+
 @eval_group.command("listening")
 @click.argument("prefs", type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), default=Path("out/listening"),

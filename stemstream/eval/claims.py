@@ -210,3 +210,42 @@ def write_claims(run: str | Path, out: str | Path | None = None, alpha: float = 
     write_text(md, claims_markdown(comparisons, alpha))
     write_text(js, json.dumps([asdict(c) for c in comparisons], indent=1))
     return md, js
+
+
+def compare(run: str | Path, pairs: list[tuple[str, str]], seed: int = 0) -> list[Comparison]:
+    """Any systems of one run against each other (``pairs`` of ``(A, B)``), on every
+    per-window metric: A - B with its paired interval and Wilcoxon p, **uncorrected** (the
+    caller chose the pairs; say how many were tested). For comparisons the paper's claims do
+    not cover: two guidance weights of one model, a model against its predecessor."""
+    table = per_example(run)
+    rng = np.random.default_rng(seed)
+    out = []
+    for a, b in pairs:
+        for name in (a, b):
+            if name not in table:
+                raise ConfigError(f"{run}: no system {name!r} (it has {', '.join(sorted(table))})")
+        for metric in PAIRED_METRICS:
+            if metric in table[a] and metric in table[b]:
+                stats_ = paired(table[a][metric], table[b][metric], rng)
+                out.append(Comparison(f"{a} vs {b}", a, b, metric, *stats_,
+                                      p_adjusted=stats_.p_value))
+    return out
+
+
+def compare_markdown(comparisons: list[Comparison]) -> str:
+    """A markdown table of :func:`compare` results."""
+    lines = [
+        "Paired over the same test windows: mean per-window difference A - B with a paired "
+        f"bootstrap 95% interval and a two-sided Wilcoxon signed-rank p, uncorrected "
+        f"({len(comparisons)} tests).",
+        "",
+        "| A | B | metric | n | mean A | mean B | A - B [95% CI] | p |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in comparisons:
+        lines.append(
+            f"| {c.better} | {c.worse} | {c.metric} | {c.n} | {c.mean_better:.3f} "
+            f"| {c.mean_worse:.3f} | {c.diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
+            f"| {c.p_value:.2g} |"
+        )
+    return "\n".join(lines) + "\n"

@@ -10,7 +10,14 @@ import pytest
 from scipy import stats
 
 from stemstream.errors import ConfigError
-from stemstream.eval.claims import PAIRED_METRICS, evaluate_claims, paired, write_claims
+from stemstream.eval.claims import (
+    PAIRED_METRICS,
+    compare,
+    compare_markdown,
+    evaluate_claims,
+    paired,
+    write_claims,
+)
 
 SYSTEMS = {
     "k1_tf-50": {"family": "streaming", "future_frames": -50, "chunk_frames": 1},
@@ -144,3 +151,35 @@ def test_write_claims_and_errors(tmp_path):
     assert len(json.loads(js.read_text())) > 0
     with pytest.raises(ConfigError, match="run.json"):
         evaluate_claims(tmp_path / "out")
+
+
+def test_any_two_systems_compare_per_window_in_both_directions(tmp_path):
+    run = _run(tmp_path)
+    rows = compare(run, [("k1_tf50", "k1_tf0"), ("k1_tf0", "k1_tf50"), ("prefix", "k1_tf50")])
+    assert [(c.better, c.worse) for c in rows[::len(PAIRED_METRICS)]] == [
+        ("k1_tf50", "k1_tf0"), ("k1_tf0", "k1_tf50"), ("prefix", "k1_tf50")]
+    forward, backward, equal = (rows[i:i + len(PAIRED_METRICS)]
+                                for i in range(0, len(rows), len(PAIRED_METRICS)))
+    for f, b in zip(forward, backward, strict=True):
+        assert f.diff == pytest.approx(0.2, abs=0.05) and f.ci_low > 0 and f.p_value < 1e-6
+        assert b.diff == pytest.approx(-f.diff) and b.ci_high < 0
+        assert f.p_adjusted == f.p_value  # uncorrected: the caller picked the pairs
+    assert all(c.p_value > 1e-3 for c in equal)  # the same planted offset
+    table = compare_markdown(rows)
+    assert "| k1_tf50 | k1_tf0 | beat_f | 64 |" in table and f"({len(rows)} tests)" in table
+    with pytest.raises(ConfigError, match="no system 'nope'"):
+        compare(run, [("nope", "k1_tf0")])
+
+
+def test_eval_compare_command(tmp_path):
+    from click.testing import CliRunner
+
+    from stemstream.cli import cli
+
+    run = _run(tmp_path)
+    result = CliRunner().invoke(cli, ["eval", "compare", str(run), "k1_tf50:k1_tf0",
+                                       "--out", str(tmp_path / "pairs.md")])
+    assert result.exit_code == 0, result.output
+    assert "| k1_tf50 | k1_tf0 | cocola_both |" in (tmp_path / "pairs.md").read_text()
+    bad = CliRunner().invoke(cli, ["eval", "compare", str(run), "k1_tf50"])
+    assert bad.exit_code != 0 and "A:B" in bad.output
