@@ -27,11 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stemstream.data.tokens import TrackCrops, read_track_meta
+from stemstream.data.tokens import TrackCrops, collate, read_track_meta
 from stemstream.model import streaming
 from stemstream.model.routes import accelerate
 from stemstream.model.sampling import SamplingConfig
 from stemstream.stream.models import load_stream_model
+from stemstream.train.inputs import BatchInputs
 
 ROUTES = (("eager", "fp32"), ("compiled", "fp32"), ("onnx", "fp32"), ("onnx", "int8"))
 
@@ -70,10 +71,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       max(0, cfg.future_frames), seed=0)
     rows = np.linspace(0, len(data) - 1, min(args.windows, len(data))).round().astype(int)
     examples = [data[int(i)] for i in rows]
-    inputs = torch.stack([torch.as_tensor(e.input_codes) for e in examples]).long()
-    targets = torch.stack([torch.as_tensor(e.target_codes) for e in examples]).long()
-    inst = torch.tensor([int(e.inst_class) for e in examples])
-    latents = codec.embed(inputs).float()
+    batch = collate(examples)
+    targets, inst = batch.target_codes.long(), batch.inst_class
+    # what the model hears: the input codes' latents, then any input features it was
+    # trained with (the dump stores them; a live model hears the beat phase)
+    latents = BatchInputs(codec.embed, cfg.input_features, data.feature_names, args.dump)(
+        batch, "cpu")
     delayed = model.delay.apply(targets)
     valid = (delayed != model.delay.pad_id).transpose(1, 2)  # [B, S, K]
     results: dict[str, Any] = {}
