@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from stemstream.codec.compiled import accelerate_codec
+from stemstream.guidance import Guidance, format_guidance, guidance_json, parse_guidance
 from stemstream.model.sampling import SamplingConfig
 from stemstream.model.streaming import StreamingDecoder
 from stemstream.stream.bench import bench_session, stream_timing, synthetic_music
@@ -67,10 +68,11 @@ def noop_model(model: StreamingDecoder) -> StreamingDecoder:
 
 
 def measure_stream(model: StreamingDecoder, codec, audio: np.ndarray, seed: int,
-                   codec_block: int = 1) -> dict[str, Any]:
+                   codec_block: int = 1, guidance: Guidance = 1.0) -> dict[str, Any]:
     """RTF and per-frame percentiles of one stream (k = 1: a chunk is a frame);
-    ``codec_block``: frames per codec call."""
-    timing = stream_timing(bench_session(model, codec, seed, codec_block=codec_block), audio)
+    ``codec_block``: frames per codec call; ``guidance``: what the model samples with."""
+    session = bench_session(model, codec, seed, codec_block=codec_block, guidance=guidance)
+    timing = stream_timing(session, audio)
     k = model.config.chunk_frames
     frames = max(1, len(timing.chunk_s) * k)
     return {
@@ -85,14 +87,15 @@ def measure_stream(model: StreamingDecoder, codec, audio: np.ndarray, seed: int,
     }
 
 
-def measure_model_only(model: StreamingDecoder, frames: int, seed: int) -> dict[str, Any]:
+def measure_model_only(model: StreamingDecoder, frames: int, seed: int,
+                       guidance: Guidance = 1.0) -> dict[str, Any]:
     """``generate_chunk`` alone, one frame per call, on random latents (ms per frame)."""
     gen = torch.Generator().manual_seed(seed)
     horizon = max(1, model.config.future_frames)  # the last frame's chunk hears t_f ahead
     latents = torch.randn(1, model.config.input_channels, frames + horizon, generator=gen)
     # the session's KV ring: the compiled step attends over the whole ring at every step
-    state = model.new_state(torch.tensor([0]), window=DEFAULT_WINDOW)
-    sampling = SamplingConfig()
+    sampling = SamplingConfig(guidance=guidance)
+    state = model.new_state(torch.tensor([0]), window=DEFAULT_WINDOW, guided=sampling.guided)
     times = []
     with torch.inference_mode():
         for _ in range(frames):
@@ -133,18 +136,22 @@ def measure_route(args: argparse.Namespace, route: str) -> tuple[dict[str, Any],
         loaded = load_stream_model(args.model, args.codec, chunk_frames=1,
                                    weights=weights or "fp32", route=name)
     model, codec = loaded.model, loaded.codec
+    guidance = loaded.guidance if args.guidance is None else args.guidance
     rate = codec.sample_rate
     audio = synthetic_music(args.seconds, rate, args.seed)
     warm = synthetic_music(args.warmup, rate, args.seed + 1)
     for candidate in (model, noop_model(model)):
-        measure_stream(candidate, codec, warm, args.seed)
-    full = measure_stream(model, codec, audio, args.seed)
+        measure_stream(candidate, codec, warm, args.seed, guidance=guidance)
+    full = measure_stream(model, codec, audio, args.seed, guidance=guidance)
     codec_only = measure_stream(noop_model(model), codec, audio, args.seed)
-    model_only = measure_model_only(model, int(args.seconds * codec.frame_rate), args.seed)
-    blocks = {n: measure_stream(model, codec, audio, args.seed, codec_block=n)["rtf"]
+    model_only = measure_model_only(model, int(args.seconds * codec.frame_rate), args.seed,
+                                    guidance)
+    blocks = {n: measure_stream(model, codec, audio, args.seed, codec_block=n,
+                                guidance=guidance)["rtf"]
               for n in args.codec_blocks if n > 1}
     result = {
         "routes": loaded.describe_routes(),
+        "guidance": guidance_json(guidance),
         "rtf": full["rtf"],
         "p99_frame_ms": full["frame_ms"]["p99"],
         "full": full,
@@ -172,6 +179,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "seconds": args.seconds,
         "future_frames": model.config.future_frames,
         "chunk_frames": model.config.chunk_frames,
+        "guidance": routes[best]["guidance"],
         "frame_ms": 1e3 / codec.frame_rate,
         "routes": routes,
         "fastest": best,
@@ -196,7 +204,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def print_table(result: dict[str, Any]) -> None:
     print(f"model {result['model']} ({'trained' if result['trained'] else 'untrained'}), "
           f"codec {result['codec']}, {result['threads']} thread(s), k=1, "
-          f"t_f={result['future_frames']}, {result['seconds']:g} s in 20 ms blocks")
+          f"t_f={result['future_frames']}, input guidance "
+          f"{format_guidance(parse_guidance(result['guidance']), ' / ')}, "
+          f"{result['seconds']:g} s in 20 ms blocks")
     header = f"{'route / pipeline':<22}{'RTF':>8}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}"
     header += f"{'in ms':>8}{'model ms':>10}{'out ms':>8}{'x eager':>9}"
     print(header)
@@ -238,6 +248,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=1.0, help="untimed seconds first")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--guidance", type=parse_guidance, default=None,
+                        help="input guidance to sample with, one weight or one per codebook "
+                             "(6,2,2,2); default: the model's own (what it ships with)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--routes", nargs="+", default=list(ROUTE_CHOICES),
                         choices=ROUTE_CHOICES,
