@@ -614,7 +614,8 @@ def demo(out_dir, instrument, model, corpus, route, threads):
                    "INPUT).")
 @click.option("--model", default="default", show_default=True,
               help="default (t_f = +0.1 s, for files), default-live (t_f < 0), default-v3 / "
-                   "default-v2 / default-v1 / default-live-v1 (earlier defaults), random-cpu, "
+                   "default-v2 / default-v1 / default-live-v2 / default-live-v1 (earlier "
+                   "defaults), random-cpu, "
                    "random-tiny, "
                    "random-tiny-mock "
                    "or a streaming model checkpoint.")
@@ -695,7 +696,8 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
 @cli.command("bench")
 @click.option("--model", default="default", show_default=True,
               help="default (t_f = +0.1 s, for files), default-live (t_f < 0), default-v3 / "
-                   "default-v2 / default-v1 / default-live-v1 (earlier defaults), random-cpu, "
+                   "default-v2 / default-v1 / default-live-v2 / default-live-v1 (earlier "
+                   "defaults), random-cpu, "
                    "random-tiny, "
                    "random-tiny-mock "
                    "or a streaming checkpoint.")

@@ -12,13 +12,16 @@
   (``streaming-cpu.safetensors``, the paper's fusion at ``t_f = 0``). Without a shipped
   default, an *untrained* ``cpu``-preset streaming decoder over the shipped codec (random
   weights, seed 0) stands in, with a warning: timings are real, the music is noise.
-* ``default-live`` — the shipped live model (``streaming-live-beat.safetensors``: 3 blocks,
-  ``t_f = -120 ms``, so it can play in time with the musician, fast enough for a laptop
-  CPU; it hears onset, loudness, chroma and the tracked beat phase advanced to the frame it
-  decides, and is sampled with input guidance 3; card ``models/streaming-listen-live-beat``).
-  ``stemstream live`` resolves ``default`` to it. Falls back to ``default`` (with a
-  warning) where it is not shipped. The previous live model stays shipped as
-  ``default-live-v1`` (``streaming-live.safetensors``: the paper's fusion, no features).
+* ``default-live`` — the shipped live model (``streaming-live-distill.safetensors``: 3 blocks,
+  ``t_f = -120 ms``, so it can play in time with the musician, fast enough for a laptop CPU;
+  it hears onset, loudness, chroma and the tracked beat phase advanced to the frame it
+  decides; card ``models/streaming-live-distill``): the model below taught to give, in one
+  pass, the distribution it samples from under input guidance 3, so it samples plainly at
+  about half the model work per frame. ``stemstream live`` resolves ``default`` to it. Falls
+  back to ``default`` (with a warning) where it is not shipped. The previous live models stay
+  shipped: ``default-live-v2`` (``streaming-live-beat.safetensors``, the same network sampled
+  with input guidance 3; card ``models/streaming-listen-live-beat``) and ``default-live-v1``
+  (``streaming-live.safetensors``: the paper's fusion, no features).
 * ``random-cpu`` / ``random-tiny`` / ``random-paper`` — untrained decoders of that preset over
   the shipped codec (``random-tiny-mock``: over :class:`~stemstream.codec.mock.MockCodec`, for
   tests; ``random-paper``: the paper's 218M-parameter backbone, for speed measurements);
@@ -59,7 +62,8 @@ DEFAULT_MODEL = MODEL_ASSETS / "streaming-listen-gpu-distill.safetensors"
 THIRD_DEFAULT = MODEL_ASSETS / "streaming-listen-more.safetensors"
 SECOND_DEFAULT = MODEL_ASSETS / "streaming-listen.safetensors"
 PREVIOUS_DEFAULT = MODEL_ASSETS / "streaming-cpu.safetensors"
-LIVE_MODEL = MODEL_ASSETS / "streaming-live-beat.safetensors"
+LIVE_MODEL = MODEL_ASSETS / "streaming-live-distill.safetensors"
+SECOND_LIVE = MODEL_ASSETS / "streaming-live-beat.safetensors"
 PREVIOUS_LIVE = MODEL_ASSETS / "streaming-live.safetensors"
 RANDOM_SPECS = ("random-cpu", "random-tiny", "random-tiny-mock", "random-paper")
 
@@ -103,7 +107,7 @@ def shipped_path(spec: str | Path) -> str:
     """The file behind a shipped model name (``default``, ``default-live``, ``default-v1``,
     ...); any other spec unchanged."""
     shipped = {"default": DEFAULT_MODEL, "default-live": LIVE_MODEL,
-               "default-live-v1": PREVIOUS_LIVE,
+               "default-live-v2": SECOND_LIVE, "default-live-v1": PREVIOUS_LIVE,
                "default-v1": PREVIOUS_DEFAULT, "default-v2": SECOND_DEFAULT,
                "default-v3": THIRD_DEFAULT}
     return str(shipped.get(str(spec), spec))
@@ -181,7 +185,8 @@ def _load(spec: str, codec_spec: str | None, future_frames: int | None,
     path = Path(spec)
     if not path.exists():
         raise ConfigError(
-            f"--model {spec!r}: no such file; use default, default-live, default-live-v1, "
+            f"--model {spec!r}: no such file; use default, default-live, default-live-v2, "
+            "default-live-v1, "
             "default-v1, default-v2, default-v3, "
             f"{', '.join(RANDOM_SPECS)} or a "
             "streaming model checkpoint"

@@ -96,15 +96,20 @@ def test_default_live_is_the_shipped_live_model_or_warns(monkeypatch, tmp_path):
 
 
 def test_shipped_live_models_are_what_the_docs_say():
-    """`default-live` plays ahead (t_f < 0) hearing the beat phase of the frame it decides,
+    """`default-live` plays ahead (t_f < 0) hearing the beat phase of the frame it decides, in
+    one pass (its guidance distilled into its weights); `default-live-v2` is the same network
     sampled with input guidance 3; `default-live-v1` is the earlier live model."""
     live = load_stream_model("default-live")
     config = live.model.config
-    assert live.trained and live.source.endswith("streaming-live-beat.safetensors")
+    assert live.trained and live.source.endswith("streaming-live-distill.safetensors")
     assert config.future_frames == -6 and config.chunk_frames == 1
     assert "beat" in config.input_features
     assert config.beat_lead_seconds == pytest.approx((1 - config.future_frames) / 50)
-    assert live.guidance == 3
+    assert live.guidance == 1
+    guided = load_stream_model("default-live-v2")
+    assert guided.source.endswith("streaming-live-beat.safetensors") and guided.guidance == 3
+    same = ("backbone", "future_frames", "input_features", "beat_lead_seconds", "input_encoder")
+    assert all(getattr(guided.model.config, f) == getattr(config, f) for f in same)
     earlier = load_stream_model("default-live-v1")
     assert earlier.source.endswith("streaming-live.safetensors")
     assert earlier.model.config.future_frames < 0 and not earlier.model.config.input_features
