@@ -266,6 +266,7 @@ function onReady(s, msg) {
   }
   s.latency = Number(msg.latency) || 0;
   s.phase = 'streaming';
+  loadHealth(); // the session count now includes this session
   // The worklet starts its playback clock together with the capture; see capture-worklet.js.
   s.delay = Math.round((s.latency + JITTER_S) * s.sr);
   s.t0 = audio.ctx.currentTime;
