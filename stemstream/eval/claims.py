@@ -190,12 +190,14 @@ def claims_markdown(comparisons: list[Comparison], alpha: float = 0.05) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in comparisons:
-        lines.append(
-            f"| {c.claim} | {c.better} | {c.worse} | {c.metric} | {c.n} | {c.mean_better:.3f} "
-            f"| {c.mean_worse:.3f} | {c.diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
-            f"| {c.p_adjusted:.2g} | {c.verdict} |"
-        )
+        lines.append(f"| {c.claim} {_cells(c)} | {c.p_adjusted:.2g} | {c.verdict} |")
     return "\n".join(lines) + "\n"
+
+
+def _cells(c: Comparison) -> str:
+    """``| A | B | metric | n | mean A | mean B | A - B [95% CI]`` of a table row."""
+    return (f"| {c.better} | {c.worse} | {c.metric} | {c.n} | {c.mean_better:.3f} "
+            f"| {c.mean_worse:.3f} | {c.diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]")
 
 
 def write_claims(run: str | Path, out: str | Path | None = None, alpha: float = 0.05
@@ -243,9 +245,5 @@ def compare_markdown(comparisons: list[Comparison]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for c in comparisons:
-        lines.append(
-            f"| {c.better} | {c.worse} | {c.metric} | {c.n} | {c.mean_better:.3f} "
-            f"| {c.mean_worse:.3f} | {c.diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}] "
-            f"| {c.p_value:.2g} |"
-        )
+        lines.append(f"{_cells(c)} | {c.p_value:.2g} |")
     return "\n".join(lines) + "\n"
