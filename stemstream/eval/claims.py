@@ -181,23 +181,27 @@ def _judge(c: Comparison, alpha: float, tests: int) -> Comparison:
 
 def claims_markdown(comparisons: list[Comparison], alpha: float = 0.05) -> str:
     """A markdown table of :func:`evaluate_claims` results."""
-    lines = [
+    return _table(
         f"Paired over the same test windows: mean difference (better - worse) with a paired "
         f"bootstrap 95% interval, two-sided Wilcoxon signed-rank p, Bonferroni-adjusted over "
         f"{len(comparisons)} tests (alpha {alpha}).",
-        "",
-        "| claim | A | B | metric | n | mean A | mean B | A - B [95% CI] | p (adj.) | verdict |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for c in comparisons:
-        lines.append(f"| {c.claim} {_cells(c)} | {c.p_adjusted:.2g} | {c.verdict} |")
-    return "\n".join(lines) + "\n"
+        ["claim", *_COLUMNS, "p (adj.)", "verdict"],
+        [f"| {c.claim} {_cells(c)} | {c.p_adjusted:.2g} | {c.verdict} |" for c in comparisons])
+
+
+_COLUMNS = ["A", "B", "metric", "n", "mean A", "mean B", "A - B [95% CI]"]
 
 
 def _cells(c: Comparison) -> str:
-    """``| A | B | metric | n | mean A | mean B | A - B [95% CI]`` of a table row."""
+    """The :data:`_COLUMNS` cells of a row, ``| A | B | ... | A - B [95% CI]``."""
     return (f"| {c.better} | {c.worse} | {c.metric} | {c.n} | {c.mean_better:.3f} "
             f"| {c.mean_worse:.3f} | {c.diff:+.3f} [{c.ci_low:+.3f}, {c.ci_high:+.3f}]")
+
+
+def _table(intro: str, columns: list[str], rows: list[str]) -> str:
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "---|" * len(columns)
+    return "\n".join([intro, "", header, rule, *rows]) + "\n"
 
 
 def write_claims(run: str | Path, out: str | Path | None = None, alpha: float = 0.05
@@ -236,14 +240,8 @@ def compare(run: str | Path, pairs: list[tuple[str, str]], seed: int = 0) -> lis
 
 def compare_markdown(comparisons: list[Comparison]) -> str:
     """A markdown table of :func:`compare` results."""
-    lines = [
+    return _table(
         "Paired over the same test windows: mean per-window difference A - B with a paired "
         f"bootstrap 95% interval and a two-sided Wilcoxon signed-rank p, uncorrected "
         f"({len(comparisons)} tests).",
-        "",
-        "| A | B | metric | n | mean A | mean B | A - B [95% CI] | p |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for c in comparisons:
-        lines.append(f"{_cells(c)} | {c.p_value:.2g} |")
-    return "\n".join(lines) + "\n"
+        [*_COLUMNS, "p"], [f"{_cells(c)} | {c.p_value:.2g} |" for c in comparisons])
