@@ -148,11 +148,15 @@ class ModelTrainConfig:
     # ``distill_guidance`` (None = the guidance stored in it; one number, or one per codebook),
     # KL(teacher || model) weighted ``distill_weight`` and the usual loss on the true tokens
     # ``1 - distill_weight``; the KL of tokens just after a target note onset counts
-    # ``distill_onset_weight`` times (whole-track dumps, which know the onsets)
+    # ``distill_onset_weight`` times (whole-track dumps, which know the onsets). A share
+    # ``distill_mismatch`` of each training batch hears another row's input, teacher and
+    # student alike, so the model also learns what the teacher does when its input and the
+    # stem's history disagree (the input must win: that is listening)
     distill_from: Path | None = None
     distill_guidance: float | tuple[float, ...] | None = None
     distill_weight: float = 1.0
     distill_onset_weight: float = 1.0
+    distill_mismatch: float = 0.0
 
     def __post_init__(self) -> None:
         positive = ("batch_size", "steps", "log_every", "valid_every", "checkpoint_every")
@@ -191,6 +195,10 @@ class ModelTrainConfig:
                               f"{self.distill_onset_weight}")
         if not 0 <= self.distill_weight <= 1:
             raise ConfigError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if not 0 <= self.distill_mismatch < 1:
+            raise ConfigError(f"distill_mismatch must be in [0, 1), got {self.distill_mismatch}")
+        if self.distill_from is None and self.distill_mismatch:
+            raise ConfigError("distill_mismatch needs distill_from")
 
 
 def resolve_future_frames(

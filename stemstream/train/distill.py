@@ -14,6 +14,10 @@ carries the notes and their timing, the finer ones codec detail that guidance tu
 noise (``models/streaming-listen-distill``). ``distill_onset_weight`` counts the KL on the
 tokens of frames right after a target note onset (:func:`~stemstream.train.reliance.onset_window`)
 that many times, where the students fall furthest behind their teachers.
+``distill_mismatch`` lets a share of each batch hear another row's input, teacher and student
+alike: teacher-forced on true pairs only, a student learns the guided logits where input and
+history agree and never what the teacher does where they disagree, which is where a model
+that listens differs from one that continues its stem (:func:`mismatch_inputs`).
 
 The teacher must decide the same tokens from the same input: same ``t_f``, ``k``, codebooks,
 codebook size and input channels (features and beat lead included). Its weights are frozen and
@@ -118,3 +122,16 @@ def distill_loss(student: torch.Tensor, teacher: torch.Tensor, targets: torch.Te
         return per_token[valid].mean()
     weights = weights.transpose(1, 2).float() * valid
     return (per_token * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def mismatch_inputs(latents: torch.Tensor, share: float) -> torch.Tensor:
+    """``latents`` ``[B, ...]`` with its first ``round(share * B)`` rows (at most ``B - 1``)
+    hearing another row's input: row ``i`` gets row ``i - 1``'s (row 0 the last row's), so
+    each such row hears a window other than its own. Training rows are drawn at random, so
+    taking the first ones biases nothing."""
+    count = min(round(share * latents.shape[0]), latents.shape[0] - 1)
+    if count <= 0:
+        return latents
+    mixed = latents.clone()
+    mixed[:count] = latents.roll(1, dims=0)[:count]
+    return mixed

@@ -49,7 +49,7 @@ from stemstream.model.checkpoints import (  # noqa: F401 (the training API re-ex
 from stemstream.model.streaming import StreamingDecoder
 from stemstream.schedule import warmup_cosine
 from stemstream.train.config import ModelTrainConfig, resolve_future_frames
-from stemstream.train.distill import GuidedTeacher, distill_loss
+from stemstream.train.distill import GuidedTeacher, distill_loss, mismatch_inputs
 from stemstream.train.families import DumpFacts, get_family
 from stemstream.train.inputs import BatchInputs
 from stemstream.train.reliance import measure_reliance, onset_window, token_frames, token_onsets
@@ -337,7 +337,8 @@ class ModelTrainer(TrainLoop):
         kwargs = {}
         if batch.onsets is not None and getattr(self.model, "onset_head", None) is not None:
             kwargs["onsets"] = batch.onsets.to(self.device)
-        out, kl = self._forward(net, batch, self.config.distill_onset_weight, **kwargs)
+        out, kl = self._forward(net, batch, self.config.distill_onset_weight,
+                                self.config.distill_mismatch, **kwargs)
         # streaming models with auxiliary heads: their losses, logged beside the total
         self._aux_losses = {f"loss/{name}": float(value.detach()) for name in
                             ("onset", "anticipation")
@@ -349,11 +350,13 @@ class ModelTrainer(TrainLoop):
         return weight * kl + (1 - weight) * out.loss.float()
 
     def _forward(self, net: nn.Module, batch: TokenBatch, onset_weight: float = 1.0,
-                 **kwargs) -> tuple[Any, torch.Tensor | None]:
+                 mismatch: float = 0.0, **kwargs) -> tuple[Any, torch.Tensor | None]:
         """The teacher-forced output of ``net`` for ``batch`` and, when distilling, its KL to
         the teacher's guided logits (``None`` otherwise), tokens at onsets counted
-        ``onset_weight`` times."""
+        ``onset_weight`` times; a share ``mismatch`` of the rows hears another row's input."""
         latents = self.inputs(batch, self.device)  # [B, D_in, T_in]
+        if mismatch:
+            latents = mismatch_inputs(latents, mismatch)
         target, inst = batch.target_codes.to(self.device), batch.inst_class.to(self.device)
         with self._autocast():
             out = net(latents, target, inst, **kwargs)

@@ -4,6 +4,7 @@ identity checks, config errors, export/load, the CLI and a 2-process torchrun (g
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -535,6 +536,47 @@ def test_guidance_distillation_per_codebook_and_weighted_at_onsets(track_dump, t
     assert abs(kl[1e6] - kl[1.0]) > 1e-3
 
 
+def test_mismatch_inputs_gives_each_chosen_row_another_rows_input():
+    from stemstream.train.distill import mismatch_inputs
+
+    latents = torch.arange(8.0)[:, None, None].expand(8, 3, 5)
+    mixed = mismatch_inputs(latents, 0.5)
+    assert mixed[:, 0, 0].tolist() == [7, 0, 1, 2, 4, 5, 6, 7]
+    assert torch.equal(latents[:, 0, 0], torch.arange(8.0))  # the input is left alone
+    assert mismatch_inputs(latents, 0.0) is latents
+    # at most B - 1 rows: a share below 1 always leaves a true pair in the batch
+    assert mismatch_inputs(latents, 0.99)[:, 0, 0].tolist() == [7, 0, 1, 2, 3, 4, 5, 7]
+    assert torch.equal(mismatch_inputs(latents[:1], 0.5), latents[:1])
+
+
+def test_guidance_distillation_on_mismatched_inputs(track_dump, tmp_path):
+    """``distill_mismatch``: the KL of a batch is the KL of the same batch with the chosen
+    rows' input codes taken from the row before, for teacher and student alike; validation
+    stays on the true pairs."""
+    common = ("crop_seconds=1.0", "batch_size=2", "model.future_frames=3",
+              "model.input_encoder=conv")
+    path = _train(track_dump, tmp_path / "t", "steps=10", "lr=3e-3", "model.input_dropout=0.3",
+                  *common).export(tmp_path / "t.safetensors")
+    trainer = ModelTrainer(_config(track_dump, tmp_path / "s", *common, "steps=10",
+                                   "lr=3e-3", f"init_from={path}", f"distill_from={path}",
+                                   "distill_guidance=3", "distill_mismatch=0.5"))
+    assert trainer.config.distill_mismatch == 0.5
+    batch = trainer.valid_batches()[0]
+    assert batch.input_codes.shape[0] == 2 and not torch.equal(*batch.input_codes)
+    heard = batch.input_codes.clone()
+    heard[0] = batch.input_codes[1]
+    with torch.no_grad():
+        mixed = float(trainer._forward(trainer.model, batch, 1.0, 0.5)[1])
+        swapped = float(trainer._forward(trainer.model, batch._replace(input_codes=heard))[1])
+        true = float(trainer._forward(trainer.model, batch)[1])
+    assert mixed == pytest.approx(swapped, rel=1e-6)
+    assert abs(mixed - true) > 1e-4
+    assert trainer._valid_distill([batch]) == pytest.approx(true, rel=1e-6)
+    trainer.run(progress=False)  # trains with it
+    assert all(math.isfinite(m["loss/distill"]) for m in _metrics(tmp_path / "s")
+               if "loss/distill" in m)
+
+
 def test_guidance_distillation_refusals(track_dump, tmp_path):
     common = ("crop_seconds=1.0", "batch_size=2", "model.future_frames=3",
               "model.input_encoder=conv")
@@ -551,6 +593,10 @@ def test_guidance_distillation_refusals(track_dump, tmp_path):
         _config(track_dump, tmp_path / "s", f"distill_from={path}", "distill_weight=1.5")
     with pytest.raises(ConfigError, match="distill_onset_weight needs distill_from"):
         _config(track_dump, tmp_path / "s", "distill_onset_weight=4")
+    with pytest.raises(ConfigError, match="distill_mismatch needs distill_from"):
+        _config(track_dump, tmp_path / "s", "distill_mismatch=0.5")
+    with pytest.raises(ConfigError, match=r"distill_mismatch must be in \[0, 1\)"):
+        _config(track_dump, tmp_path / "s", f"distill_from={path}", "distill_mismatch=1")
     with pytest.raises(ConfigError, match="distill_onset_weight must be > 0"):
         _config(track_dump, tmp_path / "s", f"distill_from={path}", "distill_onset_weight=0")
     with pytest.raises(ConfigError, match="guidance must be finite"):
