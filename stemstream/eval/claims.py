@@ -12,8 +12,8 @@ The claims are derived from the systems the run holds (``run.json``: family, ``t
 
 1. every model with ``t_f >= 0`` beats random pairing;
 2. coherence rises with ``t_f`` (same ``k``, backbone and training variant, each larger
-   ``t_f`` against the next smaller, and with three or more, the largest against the
-   smallest);
+   ``t_f`` against the next smaller, and with three or more values of ``t_f``, the largest
+   against the smallest);
 3. larger ``k`` hurts (same ``t_f``, backbone and variant, smaller ``k`` against larger);
 4. ``t_f < 0`` is no better than random pairing (:data:`NO_BETTER`), a claim that A does
    *not* beat B. Its verdicts read in the claim's direction: **refuted** when A beats B as
@@ -132,7 +132,7 @@ def _claims(systems: dict[str, dict[str, Any]], present: set[str]) -> list[tuple
         claims += [("coherence rises with t_f", high, low)
                    for (tf_low, low), (tf_high, high) in zip(group, group[1:], strict=False)
                    if tf_low < tf_high]  # one model sampled two ways shares its t_f
-        if len(group) > 2:
+        if len({tf for tf, _ in group}) > 2:  # three or more t_f, not three models
             claims.append(("coherence rises with t_f (largest vs smallest)", group[-1][1],
                            group[0][1]))
     for group in by_tf.values():

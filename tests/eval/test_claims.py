@@ -96,6 +96,17 @@ def test_two_systems_with_the_same_t_f_and_k_are_not_a_t_f_or_k_claim(tmp_path):
     assert ("beats random pairing", "k1_tf0_b", "random_pairing") in verdicts
 
 
+def test_three_models_with_one_t_f_make_no_t_f_claim(tmp_path):
+    """Three checkpoints of one design (say, a default and two fine-tunings) share t_f and k:
+    none of them is the run's "largest t_f" against its "smallest"."""
+    same = {name: {"family": "streaming", "future_frames": 5, "chunk_frames": 1}
+            for name in ("a", "b", "c")}
+    run = _run(tmp_path, {"random_pairing": 0.0, "a": 0.2, "b": 0.3, "c": 0.1})
+    (run / "run.json").write_text(json.dumps({"systems": same}))
+    claims = {key[0] for key in _verdicts(evaluate_claims(run))}
+    assert claims == {"beats random pairing"}
+
+
 def test_bonferroni_can_turn_a_nominal_result_into_not_shown(tmp_path):
     offsets = OFFSET | {"k1_tf0": 0.025}  # a small effect over 64 windows
     comparisons = [c for c in evaluate_claims(_run(tmp_path, offsets, seed=3))
