@@ -199,6 +199,9 @@ class ModelTrainConfig:
             raise ConfigError(f"distill_mismatch must be in [0, 1), got {self.distill_mismatch}")
         if self.distill_from is None and self.distill_mismatch:
             raise ConfigError("distill_mismatch needs distill_from")
+        if self.distill_mismatch and self.distill_weight < 1:
+            raise ConfigError("distill_mismatch needs distill_weight 1: the loss on the true "
+                              "tokens would teach the mismatched rows to ignore their input")
 
 
 def resolve_future_frames(

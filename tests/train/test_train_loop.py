@@ -597,6 +597,9 @@ def test_guidance_distillation_refusals(track_dump, tmp_path):
         _config(track_dump, tmp_path / "s", "distill_mismatch=0.5")
     with pytest.raises(ConfigError, match=r"distill_mismatch must be in \[0, 1\)"):
         _config(track_dump, tmp_path / "s", f"distill_from={path}", "distill_mismatch=1")
+    with pytest.raises(ConfigError, match="distill_mismatch needs distill_weight 1"):
+        _config(track_dump, tmp_path / "s", f"distill_from={path}", "distill_mismatch=0.5",
+                "distill_weight=0.5")
     with pytest.raises(ConfigError, match="distill_onset_weight must be > 0"):
         _config(track_dump, tmp_path / "s", f"distill_from={path}", "distill_onset_weight=0")
     with pytest.raises(ConfigError, match="guidance must be finite"):
