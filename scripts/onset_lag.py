@@ -21,7 +21,9 @@ import numpy as np
 import soundfile as sf
 
 from stemstream.beats import onset_lag
+from stemstream.errors import ConfigError
 from stemstream.eval.claims import paired
+from stemstream.eval.run import run_stems
 
 
 def main() -> None:
@@ -32,12 +34,11 @@ def main() -> None:
     parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
                         help="paired test of B against A on the correlation at lag 0")
     args = parser.parse_args()
-    examples = sorted(p for p in (args.run / "examples").iterdir() if p.is_dir())
-    if not examples:
-        raise SystemExit(f"{args.run}: no examples/ (not an eval run folder)")
-    systems = args.systems or sorted(
-        p.stem for p in examples[0].glob("*.wav") if p.stem != "input" and
-        not p.stem.endswith("_mix"))
+    try:
+        examples, found = run_stems(args.run)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    systems = args.systems or found
     print(f"{len(examples)} windows of {args.run}; lag > 0: the stem's onsets come later")
     if args.compare:
         systems += [s for s in args.compare if s not in systems]

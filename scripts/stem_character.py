@@ -27,6 +27,9 @@ import librosa
 import numpy as np
 import soundfile as sf
 
+from stemstream.errors import ConfigError
+from stemstream.eval.run import run_stems
+
 COLUMNS = ("harmonic", "flatness", "centroid", "onsets/s", "chroma~input", "chroma~truth")
 
 
@@ -68,12 +71,11 @@ def main() -> None:
     parser.add_argument("--systems", nargs="*", help="default: every system of the run")
     parser.add_argument("--reference", help="a system to count windows against")
     args = parser.parse_args()
-    examples = sorted(p for p in (args.run / "examples").iterdir() if p.is_dir())
-    if not examples:
-        raise SystemExit(f"{args.run}: no examples/ (not an eval run folder)")
-    systems = args.systems or sorted(
-        p.stem for p in examples[0].glob("*.wav") if p.stem != "input" and
-        not p.stem.endswith("_mix"))
+    try:
+        examples, found = run_stems(args.run)
+    except ConfigError as error:
+        raise SystemExit(str(error)) from None
+    systems = args.systems or found
     if args.reference and args.reference not in systems:
         systems.append(args.reference)
     table: dict[str, list[dict[str, float]]] = {s: [] for s in systems}

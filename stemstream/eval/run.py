@@ -291,6 +291,22 @@ class _Run:
         return [*ANCHORS, *(s.name for s in self.systems)]
 
 
+def run_stems(out: str | Path) -> tuple[list[Path], list[str]]:
+    """The window folders of a run written by :func:`run_eval`, in order, and the systems
+    with a stem in the first (anchors included, ``input`` and ``*_mix`` not).
+
+    Raises:
+        ConfigError: ``out`` holds no ``examples/NNNN`` folders.
+    """
+    base = Path(out) / "examples"
+    windows = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+    if not windows:
+        raise ConfigError(f"{out}: no examples/ folders (not an `stemstream eval run` output)")
+    systems = sorted(p.stem for p in windows[0].glob("*.wav")
+                     if p.stem != "input" and not p.stem.endswith("_mix"))
+    return windows, systems
+
+
 def run_eval(config: EvalConfig, progress: bool = True) -> EvalResult:
     """Run the evaluation: check every input, render the anchors and each system's stem for
     every window (resuming what an earlier run of ``--out`` left), score, aggregate, write."""

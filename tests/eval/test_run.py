@@ -20,7 +20,7 @@ from stemstream.config import load_config
 from stemstream.data.windows import WindowConfig
 from stemstream.errors import ConfigError
 from stemstream.eval.plots import plot_runs
-from stemstream.eval.run import EvalConfig, parse_systems, run_eval
+from stemstream.eval.run import EvalConfig, parse_systems, run_eval, run_stems
 from stemstream.train import ModelTrainConfig, ModelTrainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
@@ -286,3 +286,19 @@ def test_unknown_beat_tracker_and_a_single_window_are_refused_before_generating(
     with pytest.raises(ConfigError, match="random-pairing anchor needs at least two"):
         run_eval(config, progress=False)
     assert not list((tmp_path / "b").rglob("*.wav"))
+
+
+def test_run_stems_lists_windows_in_order_and_the_systems_with_stems(tmp_path):
+    """What the analysis scripts read from a run: window folders in order; systems with a
+    stem, not the input or the mixes; an empty or foreign folder is refused in one line."""
+    for n in (1, 0):
+        folder = tmp_path / "examples" / f"{n:04d}"
+        folder.mkdir(parents=True)
+        for name in ("input", "ground_truth", "model", "model_mix", "random_pairing"):
+            (folder / f"{name}.wav").touch()
+    (tmp_path / "examples" / "summary.md").touch()
+    windows, systems = run_stems(tmp_path)
+    assert [w.name for w in windows] == ["0000", "0001"]
+    assert systems == ["ground_truth", "model", "random_pairing"]
+    with pytest.raises(ConfigError, match="not an `stemstream eval run` output"):
+        run_stems(tmp_path / "examples" / "0000")
