@@ -35,10 +35,9 @@ def main() -> None:
                         help="paired test of B against A on the correlation at lag 0")
     args = parser.parse_args()
     try:
-        examples, found = run_stems(args.run)
+        examples, systems = run_stems(args.run, args.systems)
     except ConfigError as error:
         raise SystemExit(str(error)) from None
-    systems = args.systems or found
     print(f"{len(examples)} windows of {args.run}; lag > 0: the stem's onsets come later")
     if args.compare:
         systems += [s for s in args.compare if s not in systems]

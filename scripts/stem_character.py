@@ -72,10 +72,9 @@ def main() -> None:
     parser.add_argument("--reference", help="a system to count windows against")
     args = parser.parse_args()
     try:
-        examples, found = run_stems(args.run)
+        examples, systems = run_stems(args.run, args.systems)
     except ConfigError as error:
         raise SystemExit(str(error)) from None
-    systems = args.systems or found
     if args.reference and args.reference not in systems:
         systems.append(args.reference)
     table: dict[str, list[dict[str, float]]] = {s: [] for s in systems}

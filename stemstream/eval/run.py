@@ -291,9 +291,11 @@ class _Run:
         return [*ANCHORS, *(s.name for s in self.systems)]
 
 
-def run_stems(out: str | Path) -> tuple[list[Path], list[str]]:
-    """The window folders of a run written by :func:`run_eval`, in order, and the systems
-    with a stem in the first (anchors included, ``input`` and ``*_mix`` not).
+def run_stems(out: str | Path, systems: Sequence[str] | None = None
+              ) -> tuple[list[Path], list[str]]:
+    """The window folders of a run written by :func:`run_eval`, in order, and ``systems``,
+    by default those with a stem in the first window (anchors included, ``input`` and
+    ``*_mix`` not).
 
     Raises:
         ConfigError: ``out`` holds no ``examples/NNNN`` folders.
@@ -302,9 +304,9 @@ def run_stems(out: str | Path) -> tuple[list[Path], list[str]]:
     windows = sorted(p for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
     if not windows:
         raise ConfigError(f"{out}: no examples/ folders (not an `stemstream eval run` output)")
-    systems = sorted(p.stem for p in windows[0].glob("*.wav")
-                     if p.stem != "input" and not p.stem.endswith("_mix"))
-    return windows, systems
+    found = sorted(p.stem for p in windows[0].glob("*.wav")
+                   if p.stem != "input" and not p.stem.endswith("_mix"))
+    return windows, list(systems or found)
 
 
 def run_eval(config: EvalConfig, progress: bool = True) -> EvalResult:

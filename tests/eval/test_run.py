@@ -302,3 +302,4 @@ def test_run_stems_lists_windows_in_order_and_the_systems_with_stems(tmp_path):
     assert systems == ["ground_truth", "model", "random_pairing"]
     with pytest.raises(ConfigError, match="not an `stemstream eval run` output"):
         run_stems(tmp_path / "examples" / "0000")
+    assert run_stems(tmp_path, ["model"])[1] == ["model"]
