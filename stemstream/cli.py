@@ -613,9 +613,9 @@ def demo(out_dir, instrument, model, corpus, route, threads):
               help="The stem to write (mono, at INPUT's rate unless --sample-rate, as long as "
                    "INPUT).")
 @click.option("--model", default="default", show_default=True,
-              help="default (t_f = +0.1 s, for files), default-live (t_f < 0), default-v3 / "
-                   "default-v2 / default-v1 / default-live-v2 / default-live-v1 (earlier "
-                   "defaults), random-cpu, "
+              help="default (t_f = +0.1 s, for files), default-live (t_f < 0), default-v4 / "
+                   "default-v3 / default-v2 / default-v1 / default-live-v2 / default-live-v1 "
+                   "(earlier defaults), random-cpu, "
                    "random-tiny, "
                    "random-tiny-mock "
                    "or a streaming model checkpoint.")
@@ -695,9 +695,9 @@ def accompany(input_path, instrument, out, model, codec_spec, tf_seconds, chunk_
 # --- bench: `stemstream bench` (stemstream.stream.bench)
 @cli.command("bench")
 @click.option("--model", default="default", show_default=True,
-              help="default (t_f = +0.1 s, for files), default-live (t_f < 0), default-v3 / "
-                   "default-v2 / default-v1 / default-live-v2 / default-live-v1 (earlier "
-                   "defaults), random-cpu, "
+              help="default (t_f = +0.1 s, for files), default-live (t_f < 0), default-v4 / "
+                   "default-v3 / default-v2 / default-v1 / default-live-v2 / default-live-v1 "
+                   "(earlier defaults), random-cpu, "
                    "random-tiny, "
                    "random-tiny-mock "
                    "or a streaming checkpoint.")

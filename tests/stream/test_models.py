@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from stemstream.aot import RouteError
 from stemstream.errors import ConfigError
@@ -113,3 +114,27 @@ def test_shipped_live_models_are_what_the_docs_say():
     earlier = load_stream_model("default-live-v1")
     assert earlier.source.endswith("streaming-live.safetensors")
     assert earlier.model.config.future_frames < 0 and not earlier.model.config.input_features
+
+
+def test_shipped_file_models_are_what_the_docs_say():
+    """`default` is the self-distilled listener (one pass, t_f = +100 ms); `default-v4`, the
+    GPU-distilled model it replaced, and `default-v3`, the guided model both learned from,
+    share its network; a name that is not shipped lists the ones that are."""
+    default = load_stream_model("default")
+    config = default.model.config
+    assert default.trained and default.source.endswith("streaming-listen-self-distill.safetensors")
+    assert config.future_frames == 5 and config.chunk_frames == 1 and default.guidance == 1
+    fourth = load_stream_model("default-v4")
+    assert fourth.source.endswith("streaming-listen-gpu-distill.safetensors")
+    third = load_stream_model("default-v3")
+    assert third.source.endswith("streaming-listen-more.safetensors") and third.guidance == 2
+    assert fourth.guidance == 1
+    same = ("backbone", "num_codebooks", "future_frames", "input_encoder", "input_window")
+    for earlier in (fourth, third):
+        assert all(getattr(earlier.model.config, f) == getattr(config, f) for f in same)
+    differ = [not torch.equal(a, b) for a, b in zip(default.model.state_dict().values(),
+                                                    fourth.model.state_dict().values(),
+                                                    strict=True)]
+    assert any(differ)
+    with pytest.raises(ConfigError, match="default-v4, random-cpu"):
+        load_stream_model("default-v9")
