@@ -80,15 +80,21 @@ def main() -> None:
     table: dict[str, list[dict[str, float]]] = {s: [] for s in systems}
     for example in examples:
         mix, rate = _mono(example / "input.wav")
-        truth, _ = _mono(example / "ground_truth.wav")
+        truth, truth_rate = _mono(example / "ground_truth.wav")
+        if truth_rate != rate:
+            raise SystemExit(f"{example}: ground truth at {truth_rate} Hz, input at {rate} Hz")
         input_chroma, truth_chroma = _mean_chroma(mix, rate), _mean_chroma(truth, rate)
         for system in systems:
             path = example / f"{system}.wav"
-            if path.exists():
+            if system == "ground_truth":
+                stem, stem_rate = truth, rate  # read above
+            elif path.exists():
                 stem, stem_rate = _mono(path)
-                if stem_rate != rate:
-                    raise SystemExit(f"{path}: {stem_rate} Hz, the input is {rate} Hz")
-                table[system].append(describe(stem, rate, input_chroma, truth_chroma))
+            else:
+                continue
+            if stem_rate != rate:
+                raise SystemExit(f"{path}: {stem_rate} Hz, the input is {rate} Hz")
+            table[system].append(describe(stem, rate, input_chroma, truth_chroma))
     print(f"{len(examples)} windows of {args.run}; medians over the windows")
     print(f"{'system':<24}" + "".join(f"{c:>14}" for c in COLUMNS))
     for system, rows in table.items():
